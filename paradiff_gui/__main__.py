@@ -1,0 +1,3 @@
+from paradiff_gui.cli import main
+
+raise SystemExit(main())

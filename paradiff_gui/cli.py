@@ -1,0 +1,256 @@
+"""``paradiff``: the command line over the same engine the GUI uses.
+
+Exit codes: 0 done; 2 invalid input (the message names the field and the allowed values);
+3 model unavailable; 130 interrupted (Ctrl-C; nothing half-written at ``-o``); 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .engine import request as rq
+
+EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with our 'invalid input' code and a one-line message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_INVALID, f"{self.prog}: error: {message}\n")
+
+
+def _int_arg(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number from {lo} to {hi}, got {text!r}") from None
+
+    return parse
+
+
+def _float_arg(lo: float, hi: float):
+    def parse(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number from {lo} to {hi}, got {text!r}") from None
+
+    return parse
+
+
+def _pair_arg(parse_fn):
+    def parse(text: str):
+        try:
+            return parse_fn(text)
+        except rq.RequestError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="paradiff", description="Ultra-high-resolution images by synchronized tiled diffusion.")
+    p.add_argument("--version", action="version", version=f"paradiff {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    g = sub.add_parser("generate", help="make an image",
+                       description="Make an image. Sizes, tile and overlap are image pixels.")
+    g.add_argument("--model", help="builtin:NAME, a diffusers folder, a .safetensors file or a hub id "
+                                   f"(default {rq.DEFAULT_MODEL})")
+    g.add_argument("--prompt")
+    g.add_argument("--negative", dest="negative_prompt", metavar="TEXT")
+    g.add_argument("--size", type=_pair_arg(rq.parse_size), metavar="WxH")
+    tiling = g.add_mutually_exclusive_group()
+    tiling.add_argument("--grid", type=_pair_arg(rq.parse_grid), metavar="RxC", help="rows x cols of tiles")
+    tiling.add_argument("--tile", type=_int_arg(rq.MIN_TILE, rq.MAX_TILE), metavar="PX", help="tile side")
+    g.add_argument("--overlap", type=_int_arg(0, rq.MAX_OVERLAP), metavar="PX", help="minimum overlap (default tile/4)")
+    g.add_argument("--steps", type=_int_arg(1, rq.MAX_STEPS), metavar="N")
+    g.add_argument("--guidance", type=_float_arg(rq.MIN_GUIDANCE, rq.MAX_GUIDANCE), metavar="F")
+    g.add_argument("--sampler", choices=rq.SAMPLERS)
+    g.add_argument("--seed", type=_int_arg(0, rq.MAX_SEED), metavar="N", help="default: random (printed)")
+    g.add_argument("--fusion", choices=rq.FUSIONS)
+    g.add_argument("--tile-batch", dest="tile_batch", type=_int_arg(1, rq.MAX_TILE_BATCH), metavar="N")
+    g.add_argument("--device", metavar="auto|cpu|cuda|cuda:N|mps")
+    g.add_argument("--dtype", choices=rq.DTYPES)
+    g.add_argument("--request", dest="request_file", metavar="FILE.json|IMAGE.png",
+                   help="replay a saved request or a Paradiff image's recipe (other flags override it)")
+    g.add_argument("--save-request", metavar="FILE.json", help="also save the request as JSON")
+    g.add_argument("-o", "--output", metavar="OUT.png", help="default: paradiff-SEED.png in the current folder")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--allow-download", action="store_true",
+                   help="let a hub model id download when it is not in the local cache")
+
+    m = sub.add_parser("models", help="list the models Paradiff can use")
+    m.add_argument("--json", action="store_true")
+    return p
+
+
+_OVERRIDES = ("model", "prompt", "negative_prompt", "overlap", "steps", "guidance", "sampler", "seed",
+              "fusion", "tile_batch", "device", "dtype")
+
+
+def request_from_args(args: argparse.Namespace) -> rq.GenerationRequest:
+    """The request these arguments describe: a replayed request, with explicit flags on top."""
+    from .engine.metadata import load_request
+
+    changes: dict[str, Any] = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k) is not None}
+    if args.size is not None:
+        changes["width"], changes["height"] = args.size
+    if args.grid is not None:
+        changes.update(grid=args.grid, tile=None)
+    if args.tile is not None:
+        changes.update(tile=args.tile, grid=None)
+    if args.request_file:
+        return load_request(args.request_file).replace(**changes)
+    changes.setdefault("seed", random.SystemRandom().randint(0, rq.MAX_SEED))
+    return rq.GenerationRequest(**changes)
+
+
+class _Progress:
+    """Engine events → a rich progress bar with ETA on stderr."""
+
+    def __init__(self, quiet: bool) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = Console(stderr=True)
+        self.quiet = quiet
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"),
+            TimeRemainingColumn(), TimeElapsedColumn(), console=self.console, disable=quiet,
+        )
+        self.steps = self.decode = None
+
+    def __call__(self, event: Any) -> None:
+        from .engine import events as ev
+
+        if isinstance(event, ev.Planned):
+            if not self.quiet:
+                self.console.print(f"[bold]{event.plan.describe()}[/] on {event.device} ({event.dtype})")
+            self.progress.start()
+            self.steps = self.progress.add_task("denoising", total=event.total_steps)
+        elif isinstance(event, ev.StepFinished) and self.steps is not None:
+            self.progress.update(self.steps, completed=event.step + 1, total=event.total)
+        elif isinstance(event, ev.Decoding):
+            if self.decode is None:
+                self.decode = self.progress.add_task("decoding", total=event.total)
+            self.progress.update(self.decode, completed=event.done, total=event.total)
+        elif isinstance(event, ev.TERMINAL):
+            self.progress.stop()
+
+
+def _default_output(request: rq.GenerationRequest) -> Path:
+    return Path.cwd() / f"paradiff-{request.seed}.png"
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .engine import Cancelled, CancelToken, ModelUnavailable, generate
+    from .engine.metadata import save_png, save_request
+
+    try:
+        request = request_from_args(args)
+    except rq.RequestError as exc:
+        print(f"paradiff: invalid input: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    out = Path(args.output) if args.output else _default_output(request)
+    if out.suffix.lower() != ".png":
+        print(f"paradiff: invalid input: output: must end in .png, got {out.name!r}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.save_request:
+        save_request(args.save_request, request)
+    if args.seed is None and not args.request_file:
+        print(f"seed {request.seed}", file=sys.stderr)
+
+    if args.allow_download:
+        os.environ["PARADIFF_ALLOW_DOWNLOAD"] = "1"
+    cancel = CancelToken()
+
+    def on_sigint(_sig: int, _frame: Any) -> None:
+        # First Ctrl-C: stop cooperatively within one tile batch. Second: stop now.
+        if cancel.cancelled:
+            raise KeyboardInterrupt
+        cancel.cancel()
+        print("\ncancelling… (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    sink = _Progress(args.quiet)
+    try:
+        result = generate(request, sink, cancel)
+    except (Cancelled, KeyboardInterrupt):
+        sink.progress.stop()
+        print("paradiff: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except rq.RequestError as exc:
+        print(f"paradiff: invalid input: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except ModelUnavailable as exc:
+        print(f"paradiff: model unavailable: {exc}", file=sys.stderr)
+        return EXIT_MODEL
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    save_png(out, result.image, result.request, result.plan, result.info)
+    print(f"wrote {out} ({result.image.shape[1]}x{result.image.shape[0]}, {result.seconds:.1f} s)", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .engine.models import list_models, model_dirs
+
+    entries = list_models()
+    if args.json:
+        print(json.dumps([e.__dict__ for e in entries], indent=2))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("model", "kind", "where", title="Models Paradiff can use")
+    for e in entries:
+        table.add_row(e.id, e.kind, e.where)
+    console = Console()
+    console.print(table)
+    if not entries:
+        console.print("No models found.")
+    console.print("Searched: " + ", ".join(str(d) for d in model_dirs()) + ", and the Hugging Face hub cache.")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    try:
+        if args.command == "generate":
+            return cmd_generate(args)
+        return cmd_models(args)
+    except KeyboardInterrupt:
+        print("paradiff: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if os.environ.get("PARADIFF_DEBUG"):
+            raise
+        print(f"paradiff: error: {type(exc).__name__}: {exc} (set PARADIFF_DEBUG=1 for details; "
+              f"after {time.perf_counter() - started:.1f} s)", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""Model backends behind one protocol, and the loader that picks one from ``request.model``.
+
+A backend is anything that satisfies :class:`Denoiser`. The synchronized loop only ever calls
+these methods, so a model of your own plugs in by implementing them — see
+``examples/custom_denoiser.py`` for a complete, runnable one — and either passing the object to
+``generate(..., denoiser=...)`` or registering a factory for a ``builtin:NAME`` model id with
+:func:`register_builtin`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from ..plan import Tile, TilePlan
+from ..request import GenerationRequest
+
+
+class ModelUnavailable(Exception):
+    """The requested model cannot be loaded here; the message says how to get it."""
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    """What the synchronized loop needs from a model.
+
+    Attributes:
+        name: shown to users and written to metadata.
+        scale: image pixels per latent pixel (8 for the SD VAE, 1 for pixel-space models).
+        channels: channels of the latent canvas.
+        native_tile: the model's natural tile side in image pixels (its training resolution).
+        device, dtype: where and in what precision the model runs.
+    """
+
+    name: str
+    scale: int
+    channels: int
+    native_tile: int
+    device: torch.device
+    dtype: torch.dtype
+
+    def make_scheduler(self, sampler: str) -> Any:
+        """A fresh diffusers scheduler for ``sampler`` (one of ``request.SAMPLERS``)."""
+        ...
+
+    def prepare(self, request: GenerationRequest, plan: TilePlan) -> Any:
+        """Everything computed once per generation (text embeddings, guidance...)."""
+        ...
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, tiles: Sequence[Tile], cond: Any) -> torch.Tensor:
+        """The guided model output for a batch of tile crops.
+
+        ``x`` is (len(tiles), channels, tile_h, tile_w), already scaled by the scheduler's
+        ``scale_model_input``; the result has the same shape, in whatever the scheduler expects
+        (noise, v or sample prediction). Classifier-free guidance happens inside, with the
+        unconditional and conditional halves in one batch.
+        """
+        ...
+
+    def preview(self, x: torch.Tensor, pred: torch.Tensor, t: torch.Tensor) -> np.ndarray:
+        """Cheap RGB previews of the batch's denoised estimate: (B, h, w, 3) uint8."""
+        ...
+
+    def decode(self, latents: torch.Tensor, on_progress: Callable[[int, int], None]) -> np.ndarray:
+        """The finished canvas (1, channels, H, W) as an image on the CPU: (H, W, 3) uint8."""
+        ...
+
+
+Factory = Callable[[GenerationRequest, torch.device, torch.dtype], "Denoiser"]
+_BUILTINS: dict[str, Factory] = {}
+
+
+def register_builtin(name: str, factory: Factory) -> None:
+    """Make ``builtin:<name>`` load through ``factory(request, device, dtype)``."""
+    _BUILTINS[name] = factory
+
+
+def builtin_names() -> list[str]:
+    return sorted(_BUILTINS)
+
+
+# One loaded model is kept: the GUI and tests generate many times with the same weights, and
+# loading an SD checkpoint costs seconds. A different model/device/dtype replaces it.
+_CACHE: dict[tuple[str, str, str], Denoiser] = {}
+
+
+def downloads_allowed() -> bool:
+    """Whether the user allowed network downloads (``PARADIFF_ALLOW_DOWNLOAD=1``)."""
+    return os.environ.get("PARADIFF_ALLOW_DOWNLOAD", "").lower() in ("1", "true", "yes")
+
+
+def load_denoiser(request: GenerationRequest, device: torch.device, dtype: torch.dtype) -> Denoiser:
+    """Load (or reuse) the backend for ``request.model`` on ``device`` in ``dtype``."""
+    key = (request.model, str(device), str(dtype))
+    if key in _CACHE:
+        return _CACHE[key]
+    if request.model.startswith("builtin:"):
+        name = request.model.split(":", 1)[1]
+        if name not in _BUILTINS:
+            known = ", ".join(f"builtin:{n}" for n in builtin_names()) or "none"
+            raise ModelUnavailable(f"model: there is no built-in model {name!r} (built-in: {known})")
+        den = _BUILTINS[name](request, device, dtype)
+    else:
+        from .sd import load_sd  # diffusers pipelines import slowly; only pay when used
+
+        den = load_sd(request.model, device, dtype, allow_download=downloads_allowed())
+    _CACHE.clear()
+    _CACHE[key] = den
+    return den
+
+
+def clear_cache() -> None:
+    _CACHE.clear()

@@ -1,0 +1,252 @@
+"""The diffusers UNet family: SD 1.x, SD 2.x (v-prediction), SDXL.
+
+Loading goes through diffusers' own loaders (``from_pretrained`` for folders and hub ids,
+``from_single_file`` for ``.safetensors`` checkpoints); prompt encoding through the pipeline's
+own ``encode_prompt``. What is ours: batching tiles with both guidance halves in one UNet call,
+and SDXL's micro-conditioning per tile (crop coordinates = the tile's position on the canvas).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers.utils import logging as _tlogging
+
+# Importing the pipelines makes transformers log a fallback notice about torchvision (which
+# Paradiff does not need: no image processors run). Keep it off the user's terminal.
+_verbosity = _tlogging.get_verbosity()
+_tlogging.set_verbosity_error()
+try:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+finally:
+    _tlogging.set_verbosity(_verbosity)
+
+from .. import preview as previews
+from ..plan import Tile, TilePlan
+from ..request import GenerationRequest
+from ..schedulers import make_scheduler
+from ..vae import decode_latents, to_uint8
+from . import ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+HUB_HINT = (
+    "download it while online (e.g. `hf download {id}`), or pass a local diffusers folder or "
+    "a .safetensors file with --model"
+)
+
+
+@dataclass(frozen=True)
+class SDConditioning:
+    embeds: torch.Tensor  # (2, L, D) [negative, positive] with guidance, else (1, L, D)
+    pooled: torch.Tensor | None  # SDXL: (2 or 1, P)
+    guidance: float
+    cfg: bool
+    timestep_cond: torch.Tensor | None  # LCM-distilled UNets embed the guidance scale
+    canvas_hw: tuple[int, int]  # image px
+
+
+class SDDenoiser:
+    """A diffusers Stable Diffusion (1.x / 2.x / XL) pipeline behind the Denoiser protocol."""
+
+    def __init__(self, pipe: Any, name: str, device: torch.device, dtype: torch.dtype) -> None:
+        self.pipe = pipe
+        self.name = name
+        self.device = device
+        self.dtype = dtype
+        self.is_xl = isinstance(pipe, StableDiffusionXLPipeline)
+        self.unet = pipe.unet
+        self.vae = pipe.vae
+        self.scale = int(pipe.vae_scale_factor)
+        self.channels = int(self.unet.config.in_channels)
+        sample = self.unet.config.sample_size
+        self.native_tile = int((sample[0] if isinstance(sample, (list, tuple)) else sample) * self.scale)
+        self.scheduler_config = pipe.scheduler.config
+        self.prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
+        self._alphas_cumprod = make_scheduler("ddim", self.scheduler_config).alphas_cumprod
+        self._rgb: torch.Tensor | None = None
+        # SDXL's VAE overflows in fp16; diffusers marks such VAEs with force_upcast.
+        self._vae_dtype = torch.float32 if getattr(self.vae.config, "force_upcast", False) else dtype
+        if self.vae.dtype != self._vae_dtype:
+            self.vae.to(dtype=self._vae_dtype)
+
+    # -- Denoiser protocol ------------------------------------------------------------------
+
+    def make_scheduler(self, sampler: str) -> Any:
+        return make_scheduler(sampler, self.scheduler_config)
+
+    @torch.no_grad()
+    def prepare(self, request: GenerationRequest, plan: TilePlan) -> SDConditioning:
+        g = request.guidance
+        # LCM-distilled UNets take the guidance as an embedding instead of a second batch half.
+        guided_by_embedding = self.unet.config.time_cond_proj_dim is not None
+        cfg = g > 1.0 and not guided_by_embedding
+        if self.is_xl:
+            pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
+                prompt=request.prompt, device=self.device, num_images_per_prompt=1,
+                do_classifier_free_guidance=cfg, negative_prompt=request.negative_prompt or None,
+            )
+            pooled_all = torch.cat([neg_pooled, pooled]) if cfg else pooled
+        else:
+            pos, neg = self.pipe.encode_prompt(
+                request.prompt, self.device, 1, cfg, request.negative_prompt or None
+            )
+            pooled_all = None
+        embeds = torch.cat([neg, pos]) if cfg else pos
+        timestep_cond = None
+        if guided_by_embedding:
+            w = torch.tensor(g - 1).repeat(1)
+            timestep_cond = self.pipe.get_guidance_scale_embedding(
+                w, embedding_dim=self.unet.config.time_cond_proj_dim
+            ).to(self.device, self.dtype)
+        return SDConditioning(
+            embeds.to(self.dtype), None if pooled_all is None else pooled_all.to(self.dtype),
+            g, cfg, timestep_cond, (request.height, request.width),
+        )
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, t: torch.Tensor, tiles: Sequence[Tile], cond: SDConditioning) -> torch.Tensor:
+        b = len(tiles)
+        halves = 2 if cond.cfg else 1
+        x_in = torch.cat([x] * halves) if cond.cfg else x
+        # embeds is [neg, pos]: repeat_interleave gives B negatives then B positives, matching x_in.
+        ehs = cond.embeds.repeat_interleave(b, dim=0)
+        added = None
+        if self.is_xl:
+            s = self.scale
+            H, W = cond.canvas_hw
+            # SDXL micro-conditioning: each tile says where on the full canvas it was "cropped".
+            time_ids = torch.tensor(
+                [[H, W, tl.y0 * s, tl.x0 * s, tl.height * s, tl.width * s] for tl in tiles],
+                device=self.device, dtype=self.dtype,
+            ).repeat(halves, 1)
+            added = {"text_embeds": cond.pooled.repeat_interleave(b, dim=0), "time_ids": time_ids}
+        tcond = None if cond.timestep_cond is None else cond.timestep_cond.expand(len(x_in), -1)
+        out = self.unet(
+            x_in, t, encoder_hidden_states=ehs, timestep_cond=tcond, added_cond_kwargs=added, return_dict=False
+        )[0]
+        if cond.cfg:
+            uncond, text = out.chunk(2)
+            out = uncond + cond.guidance * (text - uncond)
+        return out
+
+    @torch.no_grad()
+    def preview(self, x: torch.Tensor, pred: torch.Tensor, t: torch.Tensor) -> np.ndarray:
+        if self._rgb is None:
+            self._rgb = previews.fit_linear_rgb(self.vae, self.vae.config.scaling_factor, self.scale)
+        ti = int(torch.as_tensor(t).round().clamp(0, len(self._alphas_cumprod) - 1))
+        x0 = previews.x0_from_vp(x.float(), pred.float(), float(self._alphas_cumprod[ti]), self.prediction_type)
+        return previews.apply_linear_rgb(x0, self._rgb)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, on_progress: Callable[[int, int], None]) -> np.ndarray:
+        cfg = self.vae.config
+        shift = getattr(cfg, "shift_factor", None) or 0.0
+
+        def decode_fn(z: torch.Tensor) -> torch.Tensor:
+            return self.vae.decode(z.to(self._vae_dtype) / cfg.scaling_factor + shift, return_dict=False)[0]
+
+        return to_uint8(decode_latents(decode_fn, latents, self.scale, on_progress))
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def _pipeline_class(name: str) -> Any:
+    classes = {c.__name__: c for c in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
+    if name not in classes:
+        raise ModelUnavailable(
+            f"model: {name} is not supported; Paradiff runs {', '.join(classes)} checkpoints"
+        )
+    return classes[name]
+
+
+def _is_sdxl_checkpoint(path: Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return any(k.startswith("conditioner.embedders.1") for k in f.keys())  # noqa: SIM118
+
+
+def _extra_kwargs(cls: Any) -> dict[str, Any]:
+    # SD 1.x/2.x folders may name a safety checker; Paradiff never runs one (its output would be
+    # a black tile in the middle of a canvas) and passing None up front skips loading it.
+    if cls.__name__ == "StableDiffusionPipeline":
+        return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    return {}
+
+
+def load_sd(model: str, device: torch.device, dtype: torch.dtype, allow_download: bool = False) -> SDDenoiser:
+    """Load from a local diffusers folder, a single ``.safetensors`` file, or a hub id.
+
+    Hub ids load from the local hub cache; the network is used only with ``allow_download``.
+    """
+    from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
+
+    # Our own progress reporting replaces the loaders' bars on stderr.
+    dlogging.disable_progress_bar()
+    tlogging.disable_progress_bar()
+    path = Path(model).expanduser()
+    try:
+        if path.is_dir():
+            index = path / "model_index.json"
+            if not index.is_file():
+                raise ModelUnavailable(f"model: {path} is a folder but not a diffusers model (no model_index.json)")
+            try:
+                cls = _pipeline_class(json.loads(index.read_text())["_class_name"])
+            except (json.JSONDecodeError, KeyError) as exc:
+                raise ModelUnavailable(f"model: {index} is not a valid diffusers model index ({exc})") from None
+            pipe = cls.from_pretrained(str(path), dtype=dtype, local_files_only=True, **_extra_kwargs(cls))
+        elif path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
+            raise ModelUnavailable(
+                f"model: {path.name} is a pickle checkpoint, which can run code when loaded; "
+                "convert it to .safetensors or use a diffusers folder"
+            )
+        elif path.suffix == ".safetensors":
+            if not path.is_file():
+                raise ModelUnavailable(f"model: no such file {path}")
+            cls = StableDiffusionXLPipeline if _is_sdxl_checkpoint(path) else StableDiffusionPipeline
+            pipe = cls.from_single_file(str(path), dtype=dtype, **_extra_kwargs(cls))
+        elif _HUB_ID.fullmatch(model):
+            pipe = _load_hub(model, dtype, allow_download)
+        else:
+            raise ModelUnavailable(f"model: no such file or folder {path}")
+    except ModelUnavailable:
+        raise
+    except OSError as exc:
+        raise ModelUnavailable(f"model: could not load {model!r}: {exc}") from None
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
+    return SDDenoiser(pipe, path.name if path.exists() else model, device, dtype)
+
+
+def _load_hub(model_id: str, dtype: torch.dtype) -> Any:
+    """A hub id: from the local hub cache, or downloaded when online and allowed."""
+    from diffusers import DiffusionPipeline
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HFValidationError
+
+    offline = constants.HF_HUB_OFFLINE
+    try:
+        index = DiffusionPipeline.load_config(model_id, local_files_only=offline)
+    except HFValidationError:
+        raise ModelUnavailable(
+            f"model: {model_id!r} is neither a local path nor a hub id (owner/name)"
+        ) from None
+    except OSError:
+        how = "downloads are off (HF_HUB_OFFLINE=1)" if offline else "it could not be downloaded"
+        raise ModelUnavailable(
+            f"model: {model_id!r} is not in the local hub cache and {how}; " + HUB_HINT.format(id=model_id)
+        ) from None
+    cls = _pipeline_class(index.get("_class_name", "?"))
+    return cls.from_pretrained(model_id, dtype=dtype, local_files_only=offline, **_extra_kwargs(cls))

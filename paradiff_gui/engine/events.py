@@ -1,0 +1,88 @@
+"""Progress events: small frozen dataclasses, one per thing that happened.
+
+The engine emits them through one callback and never knows who listens (CLI, GUI bridge,
+tests). Arrays in events are numpy, never torch, so listeners need no torch and no device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .plan import TilePlan
+    from .request import GenerationRequest
+
+
+@dataclass(frozen=True)
+class Planned:
+    """The plan is fixed and the model is loaded; ``total_steps`` model evaluations follow."""
+
+    request: GenerationRequest
+    plan: TilePlan
+    total_steps: int
+    device: str
+    dtype: str
+
+
+@dataclass(frozen=True)
+class StepStarted:
+    step: int  # 0-based
+    total: int
+    timestep: float
+
+
+@dataclass(frozen=True)
+class BatchStarted:
+    """A batch of tiles went to the model (the GUI highlights them)."""
+
+    step: int
+    tiles: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TilePreview:
+    """A cheap RGB approximation of one tile's current state (uint8, at most ~128 px a side)."""
+
+    step: int
+    tile: int
+    rgb: np.ndarray  # (h, w, 3) uint8
+
+
+@dataclass(frozen=True)
+class StepFinished:
+    step: int
+    total: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Decoding:
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    image: np.ndarray  # (H, W, 3) uint8 RGB, or (H, W) uint16 for single-channel models
+    request: GenerationRequest
+    plan: TilePlan
+    seconds: float
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    step: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+    kind: str  # "request" | "model" | "runtime"
+
+
+Event = Planned | StepStarted | BatchStarted | TilePreview | StepFinished | Decoding | Finished | Cancelled | Failed
+TERMINAL = (Finished, Cancelled, Failed)

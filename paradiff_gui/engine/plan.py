@@ -1,0 +1,223 @@
+"""TilePlan: where the tiles sit on the canvas. Pure Python, no torch.
+
+All geometry is computed in latent pixels (the unit the model sees); image-pixel rectangles are
+the latent ones times the VAE factor. Tiles all have one size, their starts are spread evenly so
+every pair of neighbours overlaps by at least the requested amount, and together they cover
+every latent pixel.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+from .request import GenerationRequest, RequestError
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile, in latent pixels: rows ``y0:y1``, columns ``x0:x1``."""
+
+    index: int
+    row: int
+    col: int
+    y0: int
+    x0: int
+    y1: int
+    x1: int
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return (self.y0 + self.y1) / 2, (self.x0 + self.x1) / 2
+
+
+# A grid may not shrink tiles below this (latent px): a model sees nothing useful in less.
+MIN_GRID_TILE = 8
+
+
+def _starts(length: int, tile: int, count: int) -> list[int]:
+    """``count`` starts from 0 to ``length - tile``, spread as evenly as whole pixels allow."""
+    if count == 1:
+        return [0]
+    span = length - tile
+    return [round(i * span / (count - 1)) for i in range(count)]
+
+
+def _axis_from_tile(length: int, tile: int, overlap: int) -> tuple[int, int]:
+    """(tile, count) along one axis for a requested tile size and overlap (latent px)."""
+    if length <= tile:
+        return length, 1
+    return tile, math.ceil((length - overlap) / (tile - overlap))
+
+
+def _axis_from_count(length: int, count: int, overlap: int, field: str) -> tuple[int, int]:
+    """(tile, count) along one axis for a requested number of tiles and overlap (latent px)."""
+    if count == 1:
+        return length, 1
+    # Smallest tile for which `count` tiles with `overlap` cover `length`.
+    tile = min(length, math.ceil((length + (count - 1) * overlap) / count))
+    if tile <= overlap or tile == length or tile < MIN_GRID_TILE:
+        raise RequestError(
+            field,
+            f"{count} tiles across {length} latent px with an overlap of {overlap} latent px give tiles of "
+            f"{tile} latent px; tiles must be at least {MIN_GRID_TILE} latent px, larger than the overlap "
+            f"and smaller than the canvas: use fewer tiles or a smaller overlap",
+        )
+    return tile, count
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """The tile layout of one canvas. Coordinates are latent pixels unless a name says ``image``."""
+
+    height: int  # latent px
+    width: int  # latent px
+    tile_h: int  # latent px
+    tile_w: int  # latent px
+    rows: int
+    cols: int
+    overlap: int  # requested, latent px
+    scale: int  # image px per latent px
+    tiles: tuple[Tile, ...]
+
+    # -- construction -----------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        height: int,
+        width: int,
+        *,
+        overlap: int,
+        tile: int | tuple[int, int] | None = None,
+        grid: tuple[int, int] | None = None,
+        scale: int = 1,
+    ) -> TilePlan:
+        """Plan a canvas of ``height`` x ``width`` latent px, from a tile size *or* a grid."""
+        if (tile is None) == (grid is None):
+            raise ValueError("give exactly one of tile or grid")
+        if height < 1 or width < 1:
+            raise RequestError("size", "the canvas must be at least one latent pixel")
+        if overlap < 0:
+            raise RequestError("overlap", f"must be 0 or more, got {overlap}")
+        if grid is not None:
+            tile_h, rows = _axis_from_count(height, grid[0], overlap, "grid")
+            tile_w, cols = _axis_from_count(width, grid[1], overlap, "grid")
+        else:
+            th, tw = (tile, tile) if isinstance(tile, int) else tile
+            if overlap >= min(th, tw):
+                raise RequestError("overlap", f"must be less than the tile ({min(th, tw)} latent px)")
+            tile_h, rows = _axis_from_tile(height, th, overlap)
+            tile_w, cols = _axis_from_tile(width, tw, overlap)
+        ys, xs = _starts(height, tile_h, rows), _starts(width, tile_w, cols)
+        tiles = tuple(
+            Tile(r * cols + c, r, c, y, x, y + tile_h, x + tile_w)
+            for r, y in enumerate(ys)
+            for c, x in enumerate(xs)
+        )
+        return cls(height, width, tile_h, tile_w, rows, cols, overlap, scale, tiles)
+
+    @classmethod
+    def for_request(cls, request: GenerationRequest, scale: int, native_tile: int) -> TilePlan:
+        """Plan from a request (image px) for a model with VAE factor ``scale``.
+
+        ``native_tile`` (image px) is the model's own tile size, used when the request gives
+        neither a grid nor a tile.
+        """
+        tile_px = request.tile if request.grid is None and request.tile is not None else native_tile
+        overlap_px = request.overlap if request.overlap is not None else tile_px // 4
+        for name, value in (("width", request.width), ("height", request.height), ("overlap", overlap_px)):
+            if value % scale:
+                raise RequestError(name, f"must be a multiple of {scale} px for this model, got {value}")
+        if request.grid is not None:
+            return cls.create(
+                request.height // scale, request.width // scale,
+                overlap=overlap_px // scale, grid=request.grid, scale=scale,
+            )
+        if tile_px % scale:
+            raise RequestError("tile", f"must be a multiple of {scale} px for this model, got {tile_px}")
+        if overlap_px >= tile_px:
+            raise RequestError("overlap", f"must be less than the tile ({tile_px} px), got {overlap_px}")
+        return cls.create(
+            request.height // scale, request.width // scale,
+            overlap=overlap_px // scale, tile=tile_px // scale, scale=scale,
+        )
+
+    # -- derived ------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    @property
+    def row_starts(self) -> list[int]:
+        return [self.tiles[r * self.cols].y0 for r in range(self.rows)]
+
+    @property
+    def col_starts(self) -> list[int]:
+        return [self.tiles[c].x0 for c in range(self.cols)]
+
+    @property
+    def actual_overlap(self) -> tuple[int | None, int | None]:
+        """Smallest overlap between neighbours (rows, cols) in latent px; None with one tile."""
+
+        def axis(starts: list[int], tile: int) -> int | None:
+            if len(starts) < 2:
+                return None
+            return tile - max(b - a for a, b in itertools.pairwise(starts))
+
+        return axis(self.row_starts, self.tile_h), axis(self.col_starts, self.tile_w)
+
+    @property
+    def overhead(self) -> float:
+        """Σ tile area ÷ canvas area: how much more the model computes than one pass would."""
+        return len(self.tiles) * self.tile_h * self.tile_w / (self.height * self.width)
+
+    def image_rect(self, tile: Tile) -> tuple[int, int, int, int]:
+        """The tile as ``(x0, y0, x1, y1)`` in image pixels."""
+        s = self.scale
+        return tile.x0 * s, tile.y0 * s, tile.x1 * s, tile.y1 * s
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(width, height) in image pixels."""
+        return self.width * self.scale, self.height * self.scale
+
+    def owner_index(self) -> list[list[int]]:
+        """Per latent pixel, the index of the tile whose centre is nearest (ties: lower index).
+
+        On a grid of centres the Euclidean nearest centre is the nearest row centre paired with
+        the nearest column centre, so each axis is solved on its own.
+        """
+
+        def axis_owner(length: int, starts: list[int], tile: int) -> list[int]:
+            centres = [s + tile / 2 for s in starts]
+            return [min(range(len(centres)), key=lambda i: (abs(p + 0.5 - centres[i]), i)) for p in range(length)]
+
+        row_of = axis_owner(self.height, self.row_starts, self.tile_h)
+        col_of = axis_owner(self.width, self.col_starts, self.tile_w)
+        return [[r * self.cols + c for c in col_of] for r in row_of]
+
+    def describe(self) -> str:
+        oy, ox = self.actual_overlap
+        ov = f"{(oy or 0) * self.scale}x{(ox or 0) * self.scale}px"
+        return (
+            f"{self.rows}x{self.cols} tiles of {self.tile_w * self.scale}x{self.tile_h * self.scale}px, "
+            f"overlap {ov}, overhead {self.overhead:.2f}x"
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "rows": self.rows,
+            "cols": self.cols,
+            "scale": self.scale,
+            "tiles": [list(self.image_rect(t)) for t in self.tiles],
+        }

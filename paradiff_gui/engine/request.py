@@ -1,0 +1,205 @@
+"""GenerationRequest: every input of one generation, validated on construction.
+
+The GUI builds it, the CLI parses it, tests construct it, PNG metadata stores it and
+``--request`` replays it: one object, one JSON form, one set of rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+SAMPLERS = ("euler", "euler_a", "heun", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "lcm")
+FUSIONS = ("independent", "none", "uniform", "gaussian", "cosine")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+# Limits in image pixels. Sizes and tiles are multiples of 8 so that they map to whole latent
+# pixels for the SD VAE (factor 8) and trivially for pixel-space models (factor 1).
+SIZE_MULTIPLE = 8
+MIN_SIZE, MAX_SIZE = 64, 65536
+MIN_TILE, MAX_TILE = 64, 4096
+MAX_OVERLAP = 2048
+MAX_GRID = 64
+MAX_STEPS = 1000
+MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 30.0
+MAX_SEED = 2**32 - 1
+MAX_TILE_BATCH = 1024
+MAX_PROMPT_CHARS = 4000
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,2})?)$")
+
+
+class RequestError(ValueError):
+    """A request field (or file) holds a value outside what is allowed.
+
+    ``field`` names the offending field, the message says what is allowed. User-facing
+    front ends print ``str(error)`` and nothing else.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int, multiple: int = 1) -> int:
+    # bool is an int subclass; a JSON `true` for a size is a user error, not 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(name, f"must be a whole number from {lo} to {hi}, got {value!r}")
+    if not lo <= value <= hi:
+        raise RequestError(name, f"must be from {lo} to {hi}, got {value}")
+    if value % multiple:
+        raise RequestError(name, f"must be a multiple of {multiple}, got {value}")
+    return value
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise RequestError(name, f"must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def _check_str(name: str, value: Any, max_chars: int) -> str:
+    if not isinstance(value, str):
+        raise RequestError(name, f"must be text, got {type(value).__name__}")
+    if len(value) > max_chars:
+        raise RequestError(name, f"must be at most {max_chars} characters, got {len(value)}")
+    return value
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    """Parse ``RxC`` (e.g. ``3x5``) into (rows, cols)."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
+    if not m:
+        raise RequestError("grid", f"must look like ROWSxCOLS, e.g. 3x5; got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """Parse ``WxH`` (e.g. ``4096x2048``) into (width, height)."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
+    if not m:
+        raise RequestError("size", f"must look like WIDTHxHEIGHT, e.g. 4096x4096; got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Everything a generation needs. Sizes, tile and overlap are in image pixels.
+
+    Either ``grid`` (rows, cols) or ``tile`` (square tile side) may be given, not both; with
+    neither the model's native tile size is used. ``overlap=None`` means a quarter of the tile.
+    """
+
+    model: str = DEFAULT_MODEL
+    prompt: str = ""
+    negative_prompt: str = ""
+    width: int = 1024
+    height: int = 1024
+    grid: tuple[int, int] | None = None
+    tile: int | None = None
+    overlap: int | None = None
+    steps: int = 30
+    guidance: float = 7.5
+    sampler: str = "dpmpp_2m_karras"
+    seed: int = 0
+    fusion: str = "cosine"
+    tile_batch: int = 4
+    device: str = "auto"
+    dtype: str = "auto"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise RequestError("model", "must name a model: builtin:NAME, a folder, a .safetensors file or a hub id")
+        _check_str("model", self.model, 4096)
+        _check_str("prompt", self.prompt, MAX_PROMPT_CHARS)
+        _check_str("negative_prompt", self.negative_prompt, MAX_PROMPT_CHARS)
+        _check_int("width", self.width, MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE)
+        _check_int("height", self.height, MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE)
+        if self.grid is not None and self.tile is not None:
+            raise RequestError("grid", "give either grid (rows x cols) or tile (pixels), not both")
+        if self.grid is not None:
+            if isinstance(self.grid, str):
+                object.__setattr__(self, "grid", parse_grid(self.grid))
+            if not isinstance(self.grid, (tuple, list)) or len(self.grid) != 2:
+                raise RequestError("grid", f"must be [rows, cols], got {self.grid!r}")
+            rows = _check_int("grid", self.grid[0], 1, MAX_GRID)
+            cols = _check_int("grid", self.grid[1], 1, MAX_GRID)
+            object.__setattr__(self, "grid", (rows, cols))
+        if self.tile is not None:
+            _check_int("tile", self.tile, MIN_TILE, MAX_TILE, SIZE_MULTIPLE)
+        if self.overlap is not None:
+            _check_int("overlap", self.overlap, 0, MAX_OVERLAP, SIZE_MULTIPLE)
+            if self.tile is not None and self.overlap >= self.tile:
+                raise RequestError(
+                    "overlap", f"must be less than the tile ({self.tile} px); got {self.overlap}"
+                )
+        _check_int("steps", self.steps, 1, MAX_STEPS)
+        if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)):
+            raise RequestError("guidance", f"must be a number from {MIN_GUIDANCE} to {MAX_GUIDANCE}")
+        if not MIN_GUIDANCE <= float(self.guidance) <= MAX_GUIDANCE:  # also rejects NaN
+            raise RequestError(
+                "guidance", f"must be from {MIN_GUIDANCE} to {MAX_GUIDANCE}, got {self.guidance}"
+            )
+        object.__setattr__(self, "guidance", float(self.guidance))
+        _check_choice("sampler", self.sampler, SAMPLERS)
+        _check_int("seed", self.seed, 0, MAX_SEED)
+        _check_choice("fusion", self.fusion, FUSIONS)
+        _check_int("tile_batch", self.tile_batch, 1, MAX_TILE_BATCH)
+        if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
+            raise RequestError("device", f"must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
+        _check_choice("dtype", self.dtype, DTYPES)
+        if not isinstance(self.extra, dict):
+            raise RequestError("extra", "must be an object of backend options")
+
+    # -- derived -----------------------------------------------------------------------------
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+    def replace(self, **changes: Any) -> GenerationRequest:
+        """A copy with some fields changed (validated like a new request)."""
+        return dataclasses.replace(self, **changes)
+
+    # -- JSON ----------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["grid"] = list(self.grid) if self.grid is not None else None
+        return {"schema": SCHEMA_VERSION, **d}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> GenerationRequest:
+        if not isinstance(data, dict):
+            raise RequestError("request", "must be a JSON object")
+        data = dict(data)
+        schema = data.pop("schema", SCHEMA_VERSION)
+        if schema != SCHEMA_VERSION:
+            raise RequestError("schema", f"this Paradiff reads request schema {SCHEMA_VERSION}, got {schema!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RequestError(unknown[0], f"is not a request field (known: {', '.join(sorted(known))})")
+        if isinstance(data.get("grid"), list):
+            data["grid"] = tuple(data["grid"])
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> GenerationRequest:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RequestError("request", f"is not valid JSON ({exc})") from None
+        return cls.from_dict(data)
