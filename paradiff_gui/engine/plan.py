@@ -65,7 +65,8 @@ def _axis_from_count(length: int, count: int, overlap: int, field: str) -> tuple
         return length, 1
     # Smallest tile for which `count` tiles with `overlap` cover `length`.
     tile = min(length, math.ceil((length + (count - 1) * overlap) / count))
-    if tile <= overlap or tile == length or tile < MIN_GRID_TILE:
+    # length - tile < count - 1 would put two tiles at the same place.
+    if tile <= overlap or length - tile < count - 1 or tile < MIN_GRID_TILE:
         raise RequestError(
             field,
             f"{count} tiles across {length} latent px with an overlap of {overlap} latent px give tiles of "

@@ -230,23 +230,31 @@ def load_sd(model: str, device: torch.device, dtype: torch.dtype, allow_download
     return SDDenoiser(pipe, path.name if path.exists() else model, device, dtype)
 
 
-def _load_hub(model_id: str, dtype: torch.dtype) -> Any:
-    """A hub id: from the local hub cache, or downloaded when online and allowed."""
+def _load_hub(model_id: str, dtype: torch.dtype, allow_download: bool) -> Any:
+    """A hub id: from the local hub cache, or downloaded when the user allows it."""
+    import warnings
+
     from diffusers import DiffusionPipeline
     from huggingface_hub import constants
     from huggingface_hub.errors import HFValidationError
 
-    offline = constants.HF_HUB_OFFLINE
+    local_only = constants.HF_HUB_OFFLINE or not allow_download
     try:
-        index = DiffusionPipeline.load_config(model_id, local_files_only=offline)
+        with warnings.catch_warnings():
+            # diffusers passes a deprecated argument to huggingface_hub; not the user's concern.
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+            index = DiffusionPipeline.load_config(model_id, local_files_only=local_only)
     except HFValidationError:
-        raise ModelUnavailable(
-            f"model: {model_id!r} is neither a local path nor a hub id (owner/name)"
-        ) from None
+        raise ModelUnavailable(f"model: {model_id!r} is neither a local path nor a hub id (owner/name)") from None
     except OSError:
-        how = "downloads are off (HF_HUB_OFFLINE=1)" if offline else "it could not be downloaded"
+        if constants.HF_HUB_OFFLINE:
+            how = "downloads are off (HF_HUB_OFFLINE=1)"
+        elif not allow_download:
+            how = "downloads are not allowed (pass --allow-download, or set PARADIFF_ALLOW_DOWNLOAD=1)"
+        else:
+            how = "it could not be downloaded (offline, or no such repository)"
         raise ModelUnavailable(
             f"model: {model_id!r} is not in the local hub cache and {how}; " + HUB_HINT.format(id=model_id)
         ) from None
     cls = _pipeline_class(index.get("_class_name", "?"))
-    return cls.from_pretrained(model_id, dtype=dtype, local_files_only=offline, **_extra_kwargs(cls))
+    return cls.from_pretrained(model_id, dtype=dtype, local_files_only=local_only, **_extra_kwargs(cls))

@@ -1,0 +1,177 @@
+"""The CLI contract: flags, outputs, replay and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from paradiff_gui.cli import main
+from paradiff_gui.engine.metadata import load_request, read_recipe
+
+FAST = ["--prompt", "a red castle", "--size", "256x192", "--grid", "2x2", "--overlap", "16", "--steps", "2",
+        "--seed", "5", "--device", "cpu", "--quiet"]
+
+
+def run(argv, capsys):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_generate_writes_png_with_metadata_and_replays_bit_for_bit(sd_folder, tmp_path, capsys):
+    a = tmp_path / "a.png"
+    code, _, err = run(["generate", "--model", str(sd_folder), *FAST, "--sampler", "euler_a", "-o", str(a),
+                        "--save-request", str(tmp_path / "r.json")], capsys)
+    assert code == 0, err
+    assert f"wrote {a}" in err
+    req = load_request(a)
+    assert (req.width, req.height, req.grid, req.steps, req.seed, req.sampler) == (256, 192, (2, 2), 2, 5, "euler_a")
+    assert load_request(tmp_path / "r.json") == req
+    assert read_recipe(a)["info"]["tiles"] == 4
+    # Replay from the PNG and from the JSON: the very same pixels.
+    for source in (a, tmp_path / "r.json"):
+        b = tmp_path / f"replay-{source.suffix[1:]}.png"
+        code, _, err = run(["generate", "--request", str(source), "--quiet", "-o", str(b)], capsys)
+        assert code == 0, err
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+        assert load_request(b) == req
+
+
+def test_request_plus_flags_overrides_only_those_flags(sd_folder, tmp_path, capsys):
+    a = tmp_path / "a.png"
+    assert run(["generate", "--model", str(sd_folder), *FAST, "-o", str(a)], capsys)[0] == 0
+    b = tmp_path / "b.png"
+    code, _, err = run(["generate", "--request", str(a), "--seed", "6", "--tile", "128", "-o", str(b), "--quiet"],
+                       capsys)
+    assert code == 0, err
+    r = load_request(b)
+    assert (r.seed, r.tile, r.grid, r.prompt, r.steps) == (6, 128, None, "a red castle", 2)
+
+
+def test_random_seed_is_printed_and_recorded(sd_folder, tmp_path, capsys):
+    argv = ["generate", "--model", str(sd_folder), *[a for a in FAST if a not in ("--seed", "5")],
+            "-o", str(tmp_path / "x.png")]
+    code, _, err = run(argv, capsys)
+    assert code == 0
+    printed = int(err.split("seed ")[1].split()[0])
+    assert load_request(tmp_path / "x.png").seed == printed
+
+
+def exit_code(argv) -> int:
+    """main()'s exit code, whether it returns it or argparse raises SystemExit."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--size", "100x64"], "width: must be a multiple of 8"),
+        (["--size", "64"], "--size: must look like WIDTHxHEIGHT"),
+        (["--size", "70000x512"], "width: must be from 64 to 65536"),
+        (["--grid", "0x3"], "grid: must be from 1 to 64"),
+        (["--grid", "3by3"], "--grid: must look like ROWSxCOLS"),
+        (["--grid", "2x2", "--tile", "512"], "not allowed with argument"),
+        (["--tile", "20"], "tile: must be from 64 to 4096"),
+        (["--tile", "abc"], "--tile: must be a whole number from 64 to 4096"),
+        (["--tile", "256", "--overlap", "256"], "overlap: must be less than the tile"),
+        (["--overlap", "-8"], "overlap: must be from 0 to 2048"),
+        (["--steps", "0"], "steps: must be from 1 to 1000"),
+        (["--steps", "many"], "--steps: must be a whole number from 1 to 1000"),
+        (["--guidance", "0"], "guidance: must be from 1.0 to 30.0"),
+        (["--guidance", "x"], "--guidance: must be a number from 1.0 to 30.0"),
+        (["--sampler", "plms"], "--sampler: invalid choice: 'plms' (choose from 'euler'"),
+        (["--seed", "-1"], "seed: must be from 0 to 4294967295"),
+        (["--fusion", "avg"], "--fusion: invalid choice"),
+        (["--tile-batch", "0"], "tile_batch: must be from 1 to 1024"),
+        (["--device", "tpu"], "device: must be auto, cpu, cuda, cuda:N or mps"),
+        (["--dtype", "int8"], "--dtype: invalid choice"),
+        (["--dtype", "fp16", "--device", "cpu"], "dtype: fp16 is not supported on the CPU"),
+        (["--prompt", "x" * 4001], "prompt: must be at most 4000 characters"),
+        (["-o", "out.jpg"], "output: must end in .png"),
+        (["--request", "missing.json"], "request: cannot read"),
+        (["--request", "missing.png"], "request: no such file"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_input_exits_2_with_the_field_and_no_traceback(args, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert exit_code(["generate", "--model", "x/y", *args]) == 2
+    err = capsys.readouterr().err
+    assert needle in err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == [], "nothing written"
+
+
+@pytest.mark.parametrize(
+    ("model", "needle"),
+    [
+        ("/no/such/folder", "no such file or folder"),
+        ("owner/not-cached", "is not in the local hub cache and downloads are off"),
+        ("weights.ckpt", "pickle checkpoint"),
+        ("builtin:nothing", "there is no built-in model 'nothing'"),
+    ],
+)
+def test_unavailable_model_exits_3_saying_how_to_get_it(model, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(["generate", "--model", model, *FAST], capsys)
+    assert code == 3
+    assert needle in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_folder_without_model_index_is_explained(tmp_path, capsys):
+    code, _, err = run(["generate", "--model", str(tmp_path), *FAST, "-o", str(tmp_path / "o.png")], capsys)
+    assert code == 3 and "not a diffusers model (no model_index.json)" in err
+
+
+def test_models_lists_local_folders(sd_folder, capsys, monkeypatch):
+    monkeypatch.setenv("PARADIFF_MODEL_PATH", str(sd_folder.parent))
+    code, out, _ = run(["models", "--json"], capsys)
+    assert code == 0
+    entries = json.loads(out)
+    assert {"id": str(sd_folder), "kind": "folder", "where": str(sd_folder.parent)} in entries
+
+
+def _cli(*args, env=None, **kw):
+    e = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "paradiff_gui", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=e, **kw)
+
+
+def test_ctrl_c_exits_130_and_writes_nothing(sd_folder, tmp_path):
+    out = tmp_path / "never.png"
+    out.write_bytes(b"an older file of that name")
+    # Enough steps that the run is surely still denoising when the signal arrives.
+    proc = _cli("generate", "--model", str(sd_folder), "--size", "512x512", "--tile", "128", "--steps", "300",
+                "--device", "cpu", "--seed", "1", "-o", str(out))
+    deadline = time.time() + 120
+    seen = ""
+    while "tiles of" not in seen and time.time() < deadline:  # the plan line: the model is loaded
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen += line
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, seen + err
+    assert "interrupted; nothing was written" in err
+    assert out.read_bytes() == b"an older file of that name"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["never.png"]
+
+
+def test_module_entry_point_and_version():
+    proc = _cli("--version")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and out.startswith("paradiff ")
