@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="make an image",
                        description="Make an image. Sizes, tile and overlap are image pixels.")
     g.add_argument("--model", help="builtin:NAME, a diffusers folder, a .safetensors file or a hub id "
-                                   f"(default {rq.DEFAULT_MODEL})")
+                                   f"(default $PARADIFF_MODEL, else {rq.DEFAULT_MODEL})")
     g.add_argument("--prompt")
     g.add_argument("--negative", dest="negative_prompt", metavar="TEXT")
     g.add_argument("--size", type=_pair_arg(rq.parse_size), metavar="WxH")
@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tile-batch", dest="tile_batch", type=_int_arg(1, rq.MAX_TILE_BATCH), metavar="N")
     g.add_argument("--device", metavar="auto|cpu|cuda|cuda:N|mps")
     g.add_argument("--dtype", choices=rq.DTYPES)
+    g.add_argument("--terrain-difficulty", type=_int_arg(1, 100), metavar="1..100",
+                   help="builtin:terrain: how rugged the landscape is (default 35)")
     g.add_argument("--request", dest="request_file", metavar="FILE.json|IMAGE.png",
                    help="replay a saved request or a Paradiff image's recipe (other flags override it)")
     g.add_argument("--save-request", metavar="FILE.json", help="also save the request as JSON")
@@ -113,10 +115,13 @@ def request_from_args(args: argparse.Namespace) -> rq.GenerationRequest:
         changes.update(grid=args.grid, tile=None)
     if args.tile is not None:
         changes.update(tile=args.tile, grid=None)
+    extra = {"terrain_difficulty": args.terrain_difficulty} if args.terrain_difficulty is not None else {}
     if args.request_file:
-        return load_request(args.request_file).replace(**changes)
+        base = load_request(args.request_file)
+        return base.replace(**changes, extra={**base.extra, **extra})
     changes.setdefault("seed", random.SystemRandom().randint(0, rq.MAX_SEED))
-    return rq.GenerationRequest(**changes)
+    model = changes.pop("model", None) or os.environ.get("PARADIFF_MODEL") or rq.DEFAULT_MODEL
+    return rq.GenerationRequest.for_model(model, **changes, extra=extra)
 
 
 class _Progress:
@@ -149,6 +154,8 @@ class _Progress:
                 self.console.print(f"[bold]{event.plan.describe()}[/] on {event.device} ({event.dtype})")
             self.progress.start()
             self.steps = self.progress.add_task("denoising", total=event.total_steps)
+        elif isinstance(event, ev.Notice):
+            self.console.print(f"note: {event.message}")
         elif isinstance(event, ev.StepFinished) and self.steps is not None:
             self.progress.update(self.steps, completed=event.step + 1, total=event.total)
         elif isinstance(event, ev.Decoding):

@@ -12,8 +12,8 @@ os.environ.pop("PARADIFF_ALLOW_DOWNLOAD", None)
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 torch.set_num_threads(2)
 

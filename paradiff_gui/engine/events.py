@@ -28,6 +28,13 @@ class Planned:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """Something the user should know that does not stop the run (e.g. an ignored prompt)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class StepStarted:
     step: int  # 0-based
     total: int
@@ -84,5 +91,8 @@ class Failed:
     kind: str  # "request" | "model" | "runtime"
 
 
-Event = Planned | StepStarted | BatchStarted | TilePreview | StepFinished | Decoding | Finished | Cancelled | Failed
+Event = (
+    Planned | Notice | StepStarted | BatchStarted | TilePreview | StepFinished | Decoding | Finished
+    | Cancelled | Failed
+)
 TERMINAL = (Finished, Cancelled, Failed)

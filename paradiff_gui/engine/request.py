@@ -31,7 +31,7 @@ MAX_SEED = 2**32 - 1
 MAX_TILE_BATCH = 1024
 MAX_PROMPT_CHARS = 4000
 
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_MODEL = "builtin:terrain"
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,2})?)$")
 
@@ -159,6 +159,13 @@ class GenerationRequest:
         _check_choice("dtype", self.dtype, DTYPES)
         if not isinstance(self.extra, dict):
             raise RequestError("extra", "must be an object of backend options")
+
+    @classmethod
+    def for_model(cls, model: str = DEFAULT_MODEL, **fields: Any) -> GenerationRequest:
+        """A request for ``model`` with that model's own defaults under the given ``fields``."""
+        from .denoisers import model_defaults
+
+        return cls(model=model, **{**model_defaults(model), **fields})
 
     # -- derived -----------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from .events import (
     Event,
     Failed,
     Finished,
+    Notice,
     Planned,
     StepFinished,
     StepStarted,
@@ -205,6 +206,8 @@ def generate(
             den = denoiser
         plan = TilePlan.for_request(request, den.scale, den.native_tile)
         emit(Planned(request, plan, request.steps, str(den.device), dtype_name(den.dtype)))
+        for message in getattr(den, "notices", lambda _r: [])(request):
+            emit(Notice(message))
 
         # 2. Conditioning, computed once for all tiles and steps.
         cond = den.prepare(request, plan)

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,3 +174,16 @@ def test_module_entry_point_and_version():
     proc = _cli("--version")
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0 and out.startswith("paradiff ")
+
+
+def test_default_model_is_the_builtin_terrain_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("PARADIFF_MODEL", raising=False)
+    out = tmp_path / "terrain.png"
+    code, _, err = run(["generate", "--size", "128x128", "--steps", "1", "--seed", "2", "--prompt", "alps",
+                        "--terrain-difficulty", "60", "-o", str(out)], capsys)
+    assert code == 0, err
+    assert "note: builtin:terrain is conditioned on difficulty, not text" in err
+    req = load_request(out)
+    assert req.model == "builtin:terrain" and req.extra == {"terrain_difficulty": 60} and req.sampler == "lcm"
+    with Image.open(out) as im:
+        assert im.mode == "I;16"

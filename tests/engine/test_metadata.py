@@ -34,15 +34,15 @@ def test_request_json_files_load_and_bad_ones_are_named(tmp_path):
     p = save_request(tmp_path / "r.json", REQ)
     assert load_request(p) == REQ
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(RequestError, match="^request: .*not valid JSON"):
+    with pytest.raises(RequestError, match=r"^request: .*not valid JSON"):
         load_request(tmp_path / "bad.json")
     (tmp_path / "field.json").write_text(json.dumps({**REQ.to_dict(), "steps": -3}))
-    with pytest.raises(RequestError, match="^steps: must be from 1 to 1000"):
+    with pytest.raises(RequestError, match=r"^steps: must be from 1 to 1000"):
         load_request(tmp_path / "field.json")
     Image.new("RGB", (8, 8)).save(tmp_path / "foreign.png")
-    with pytest.raises(RequestError, match="has no Paradiff metadata"):
+    with pytest.raises(RequestError, match=r"has no Paradiff metadata"):
         load_request(tmp_path / "foreign.png")
-    with pytest.raises(RequestError, match="no such file"):
+    with pytest.raises(RequestError, match=r"no such file"):
         load_request(tmp_path / "missing.png")
 
 

@@ -13,7 +13,7 @@ def check_invariants(plan: TilePlan, requested_overlap: int) -> None:
     cover = np.zeros((plan.height, plan.width), dtype=int)
     for t in plan.tiles:
         assert (t.height, t.width) == (plan.tile_h, plan.tile_w), "all tiles have one size"
-        assert 0 <= t.y0 and t.y1 <= plan.height and 0 <= t.x0 and t.x1 <= plan.width
+        assert t.y0 >= 0 and t.y1 <= plan.height and t.x0 >= 0 and t.x1 <= plan.width
         cover[t.y0 : t.y1, t.x0 : t.x1] += 1
     assert cover.min() >= 1, "every latent pixel is covered"
     oy, ox = plan.actual_overlap
@@ -79,7 +79,7 @@ def test_default_tile_is_the_models_native_tile_and_overlap_a_quarter():
 
 
 def test_model_factor_must_divide_sizes():
-    with pytest.raises(RequestError, match="^overlap: must be a multiple of 16"):
+    with pytest.raises(RequestError, match=r"^overlap: must be a multiple of 16"):
         TilePlan.for_request(GenerationRequest(width=512, height=512, overlap=8), 16, 256)
 
 

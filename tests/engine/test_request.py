@@ -85,18 +85,18 @@ def test_bad_fields_name_the_field_and_the_allowed_values(changes, field, allowe
 
 def test_from_dict_rejects_unknown_fields_and_wrong_schema():
     good = GenerationRequest().to_dict()
-    with pytest.raises(RequestError, match="^colour: is not a request field"):
+    with pytest.raises(RequestError, match=r"^colour: is not a request field"):
         GenerationRequest.from_dict({**good, "colour": "red"})
-    with pytest.raises(RequestError, match="^schema: "):
+    with pytest.raises(RequestError, match=r"^schema: "):
         GenerationRequest.from_dict({**good, "schema": 99})
-    with pytest.raises(RequestError, match="^request: is not valid JSON"):
+    with pytest.raises(RequestError, match=r"^request: is not valid JSON"):
         GenerationRequest.from_json("{nope")
-    with pytest.raises(RequestError, match="^request: must be a JSON object"):
+    with pytest.raises(RequestError, match=r"^request: must be a JSON object"):
         GenerationRequest.from_json(json.dumps([1, 2]))
 
 
 def test_grid_string_is_parsed_and_sizes_parse():
     assert GenerationRequest(grid="3x5").grid == (3, 5)
     assert rq.parse_size("4096x2048") == (4096, 2048)
-    with pytest.raises(RequestError, match="^size: "):
+    with pytest.raises(RequestError, match=r"^size: "):
         rq.parse_size("4096")

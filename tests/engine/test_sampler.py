@@ -7,7 +7,7 @@ import pytest
 import torch
 from fakes import FieldDenoiser
 
-from paradiff_gui.engine import CancelToken, Cancelled, GenerationRequest, events, generate
+from paradiff_gui.engine import Cancelled, CancelToken, GenerationRequest, events, generate
 from paradiff_gui.engine.plan import TilePlan
 
 
@@ -134,7 +134,7 @@ def test_cuda_request_without_cuda_is_a_clear_request_error():
 
     if torch.cuda.is_available():
         pytest.skip("this check is about machines without CUDA")
-    with pytest.raises(RequestError, match="^device: cuda is not available here"):
+    with pytest.raises(RequestError, match=r"^device: cuda is not available here"):
         generate(GenerationRequest(model="x/y", device="cuda"))
-    with pytest.raises(RequestError, match="^dtype: fp16 is not supported on the CPU"):
+    with pytest.raises(RequestError, match=r"^dtype: fp16 is not supported on the CPU"):
         generate(GenerationRequest(model="x/y", device="cpu", dtype="fp16"))

@@ -72,11 +72,24 @@ class Denoiser(Protocol):
 
 Factory = Callable[[GenerationRequest, torch.device, torch.dtype], "Denoiser"]
 _BUILTINS: dict[str, Factory] = {}
+_DEFAULTS: dict[str, dict[str, Any]] = {}
 
 
-def register_builtin(name: str, factory: Factory) -> None:
-    """Make ``builtin:<name>`` load through ``factory(request, device, dtype)``."""
+def register_builtin(name: str, factory: Factory, defaults: dict[str, Any] | None = None) -> None:
+    """Make ``builtin:<name>`` load through ``factory(request, device, dtype)``.
+
+    ``defaults`` are request fields that suit the model (steps, sampler, tile...), applied by
+    :func:`model_defaults` where the user gave no value.
+    """
     _BUILTINS[name] = factory
+    _DEFAULTS[name] = dict(defaults or {})
+
+
+def model_defaults(model: str) -> dict[str, Any]:
+    """Request fields that suit ``model`` (empty for models that take the request's defaults)."""
+    if model.startswith("builtin:"):
+        return dict(_DEFAULTS.get(model.split(":", 1)[1], {}))
+    return {}
 
 
 def builtin_names() -> list[str]:
@@ -115,3 +128,7 @@ def load_denoiser(request: GenerationRequest, device: torch.device, dtype: torch
 
 def clear_cache() -> None:
     _CACHE.clear()
+
+
+# Built-in backends register themselves; importing them is cheap (their runtimes load lazily).
+from . import terrain  # noqa: E402, F401

@@ -1,0 +1,66 @@
+"""builtin:terrain on the real bundled weights (ONNX Runtime on the CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from paradiff_gui.engine import GenerationRequest, RequestError, events, generate
+from paradiff_gui.engine.metadata import load_request, save_png
+
+SMALL = dict(width=256, height=256, steps=2, seed=4, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def result():
+    seen: list = []
+    req = GenerationRequest.for_model("builtin:terrain", prompt="ignored", **SMALL)
+    return generate(req, seen.append), seen
+
+
+def test_real_weights_give_a_16_bit_heightmap_with_structure(result):
+    res, _ = result
+    img = res.image
+    assert img.dtype == np.uint16 and img.shape == (256, 256)
+    assert len(res.plan) == 9 and res.plan.tile_h == 128
+    # Real terrain, not noise: neighbouring heights are far more alike than random pixels.
+    f = img.astype(float)
+    neighbour = np.abs(np.diff(f, axis=1)).mean()
+    shuffled = np.abs(np.diff(np.random.default_rng(0).permutation(f.ravel()))).mean()
+    assert f.std() > 50 and neighbour < 0.2 * shuffled
+
+
+def test_prompt_is_ignored_with_a_notice(result):
+    _, seen = result
+    notes = [e.message for e in seen if isinstance(e, events.Notice)]
+    assert any("prompt is ignored" in n for n in notes)
+
+
+def test_png_is_16_bit_grayscale_and_replays(result, tmp_path):
+    res, _ = result
+    out = save_png(tmp_path / "h.png", res.image, res.request, res.plan, res.info)
+    with Image.open(out) as im:
+        assert im.mode == "I;16"
+        assert np.array_equal(np.asarray(im), res.image)
+    again = generate(load_request(out))
+    assert np.array_equal(again.image, res.image)
+
+
+def test_difficulty_changes_the_terrain_and_is_validated():
+    a = generate(GenerationRequest.for_model("builtin:terrain", **{**SMALL, "width": 128, "height": 128}))
+    b = generate(GenerationRequest.for_model("builtin:terrain", **{**SMALL, "width": 128, "height": 128},
+                                             extra={"terrain_difficulty": 90}))
+    assert not np.array_equal(a.image, b.image)
+    with pytest.raises(RequestError, match=r"^terrain_difficulty: must be a whole number from 1 to 100"):
+        generate(GenerationRequest.for_model("builtin:terrain", **SMALL, extra={"terrain_difficulty": 0}))
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [({"sampler": "dpmpp_2m"}, "^sampler: builtin:terrain supports lcm, euler, ddim"),
+     ({"tile": 256}, "^tile: builtin:terrain works on 128 px tiles")],
+)
+def test_unsupported_settings_are_refused_clearly(changes, needle):
+    with pytest.raises(RequestError, match=needle):
+        generate(GenerationRequest.for_model("builtin:terrain", **{**SMALL, **changes}))
