@@ -68,7 +68,7 @@ class SDDenoiser:
         self.vae = pipe.vae
         self.scale = int(pipe.vae_scale_factor)
         self.channels = int(self.unet.config.in_channels)
-        sample = self.unet.config.sample_size
+        sample = self.unet.config.sample_size or 64  # latent px; a config without it is SD1.x-sized
         self.native_tile = int((sample[0] if isinstance(sample, (list, tuple)) else sample) * self.scale)
         self.scheduler_config = pipe.scheduler.config
         self.prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
