@@ -30,26 +30,30 @@ def run(device: str, dtype: torch.dtype, tile_batch: int, sampler: str = "dpmpp_
     return generate(req, denoiser=den)
 
 
+def compare(name: str, res, ref, latent_tol: float | None, image_max: int, image_mean: float) -> bool:
+    d = (res.latents - ref.latents).abs().max().item()
+    img = abs(res.image.astype(int) - ref.image.astype(int))
+    passed = (latent_tol is None or d <= latent_tol) and img.max() <= image_max and img.mean() <= image_mean
+    print(json.dumps({"check": name, "max_abs_latent_diff": d, "latent_tol": latent_tol,
+                      "image_max_diff": int(img.max()), "image_mean_diff": float(img.mean()), "pass": passed}),
+          flush=True)
+    return passed
+
+
 def main() -> int:
     ok = True
     cpu = run("cpu", torch.float32, 15)
-    for name, res, tol in [
-        ("cuda fp32 == cpu fp32 (tile_batch 15)", run("cuda", torch.float32, 15), 2e-3),
-        ("cuda fp32 tile_batch 1 == cpu", run("cuda", torch.float32, 1), 2e-3),
-        ("cuda fp16 ≈ cpu fp32", run("cuda", torch.float16, 15), 5e-2),
-    ]:
-        d = (res.latents - cpu.latents).abs().max().item()
-        img = (res.image.astype(int) - cpu.image.astype(int))
-        passed = d <= tol
-        ok &= passed
-        print(json.dumps({"check": name, "max_abs_latent_diff": d, "tol": tol, "image_max_diff": int(abs(img).max()),
-                          "image_mean_diff": float(abs(img).mean()), "pass": passed}), flush=True)
-    a = run("cuda", torch.float32, 15, "euler_a")
-    b = run("cpu", torch.float32, 4, "euler_a")
-    d = (a.latents - b.latents).abs().max().item()
-    ok &= d <= 2e-3
-    print(json.dumps({"check": "euler_a: ancestral noise identical on cuda and cpu", "max_abs_latent_diff": d,
-                      "pass": d <= 2e-3}))
+    cpu_a = run("cpu", torch.float32, 4, "euler_a")
+    # Strict: without TF32, CUDA fp32 must match the CPU up to float rounding.
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    ok &= compare("cuda fp32 (no TF32) == cpu fp32", run("cuda", torch.float32, 15), cpu, 2e-3, 1, 0.01)
+    ok &= compare("cuda fp32 (no TF32) tile_batch 1 == cpu", run("cuda", torch.float32, 1), cpu, 2e-3, 1, 0.01)
+    ok &= compare("euler_a: the same ancestral noise on cuda (no TF32) and cpu",
+                  run("cuda", torch.float32, 15, "euler_a"), cpu_a, 2e-3, 1, 0.01)
+    # PyTorch's defaults (TF32 convolutions) and fp16: the same image up to rounding.
+    torch.backends.cudnn.allow_tf32 = True
+    ok &= compare("cuda fp32 (TF32 convs, default) ≈ cpu fp32", run("cuda", torch.float32, 15), cpu, None, 2, 0.1)
+    ok &= compare("cuda fp16 ≈ cpu fp32", run("cuda", torch.float16, 15), cpu, None, 3, 0.5)
     return 0 if ok else 1
 
 

@@ -52,8 +52,8 @@ class BlobDenoiser:
     def predict(self, x: torch.Tensor, t: torch.Tensor, tiles: Sequence[Tile], cond: torch.Tensor) -> torch.Tensor:
         return torch.stack([cond[:, tl.y0 : tl.y1, tl.x0 : tl.x1] for tl in tiles])
 
-    def preview(self, x: torch.Tensor, pred: torch.Tensor, t: torch.Tensor) -> np.ndarray:
-        return ((pred.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    def preview(self, x: torch.Tensor, pred: torch.Tensor, t: float) -> torch.Tensor:
+        return ((pred.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
 
     def decode(self, latents: torch.Tensor, on_progress: Callable[[int, int], None]) -> np.ndarray:
         on_progress(1, 1)

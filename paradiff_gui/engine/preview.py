@@ -8,7 +8,6 @@ far below 5 % of a UNet step.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 PREVIEW_MAX = 128  # px a side; larger tiles are subsampled
@@ -41,13 +40,12 @@ def fit_linear_rgb(vae: torch.nn.Module, scaling_factor: float, scale: int) -> t
     return torch.linalg.lstsq(z, rgb).solution  # (C + 1, 3)
 
 
-def apply_linear_rgb(latents: torch.Tensor, matrix: torch.Tensor) -> np.ndarray:
-    """(B, C, h, w) latents → (B, h', w', 3) uint8, subsampled to at most PREVIEW_MAX a side."""
+def apply_linear_rgb(latents: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) latents → (B, h', w', 3) uint8 on the same device, at most PREVIEW_MAX a side."""
     step = max(1, -(-max(latents.shape[-2:]) // PREVIEW_MAX))
     z = latents[..., ::step, ::step].float()
-    m = matrix.to(z.device)
-    rgb = torch.einsum("bchw,cd->bhwd", z, m[:-1]) + m[-1]
-    return ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    rgb = torch.einsum("bchw,cd->bhwd", z, matrix[:-1]) + matrix[-1]
+    return ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def x0_from_vp(x: torch.Tensor, pred: torch.Tensor, alpha_bar: float, prediction_type: str) -> torch.Tensor:

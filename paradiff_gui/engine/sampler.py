@@ -81,6 +81,8 @@ class _Denoise:
         self.emit, self.cancel, self.previews = emit, cancel, previews
         self.batch = request.tile_batch
         self.step = 0
+        self.t_value = 0.0  # the current timestep as a host float (no device sync to read it)
+        self._pending: tuple | None = None  # the previous batch's previews, still in flight to the host
 
     def batches(self) -> list[list[Tile]]:
         tiles = list(self.plan.tiles)
@@ -93,10 +95,38 @@ class _Denoise:
         self.emit(BatchStarted(self.step, tuple(tl.index for tl in tiles)))
         pred = self.den.predict(crops.to(self.den.dtype), t, tiles, self.cond).float()
         if self.previews:
-            rgbs = self.den.preview(crops, pred, t)
-            for tl, rgb in zip(tiles, rgbs):
-                self.emit(TilePreview(self.step, tl.index, rgb))
+            self._queue_previews(tiles, self.den.preview(crops, pred, self.t_value))
         return pred
+
+    def _queue_previews(self, tiles: list[Tile], rgb: torch.Tensor) -> None:
+        """Start copying this batch's previews to the host and emit the previous batch's.
+
+        Reading a GPU result on the host waits for the GPU. Emitting one batch late means the
+        wait is for a copy queued *before* the current batch's model call, so the GPU is never
+        left idle by previews; the last batch of a step is flushed once per step.
+        """
+        if rgb.device.type == "cuda":
+            host = torch.empty(rgb.shape, dtype=rgb.dtype, pin_memory=True)
+            host.copy_(rgb, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        else:
+            host, done = rgb, None
+        previous, self._pending = self._pending, (self.step, tiles, host, done)
+        if previous is not None:
+            self._emit_previews(*previous)
+
+    def flush_previews(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._emit_previews(*pending)
+
+    def _emit_previews(self, step: int, tiles: list[Tile], host: torch.Tensor, done: Any) -> None:
+        if done is not None:
+            done.synchronize()
+        arrays = host.numpy()
+        for k, tl in enumerate(tiles):
+            self.emit(TilePreview(step, tl.index, arrays[k]))
 
 
 def predict_canvas(run: _Denoise, x_in: torch.Tensor, t: torch.Tensor, wins: torch.Tensor,
@@ -126,17 +156,19 @@ def _synchronized(run: _Denoise, noise: torch.Tensor, generator: torch.Generator
     inv_wsum = torch.from_numpy(1.0 / blend.weight_sum(plan, wins_np)).float().to(den.device)
     latents = noise.to(den.device) * scheduler.init_noise_sigma
     kwargs = _step_kwargs(scheduler, generator)
-    total = len(scheduler.timesteps)
+    t_host = scheduler.timesteps.cpu()
+    total = len(t_host)
     for i, t in enumerate(scheduler.timesteps):
-        run.step = i
+        run.step, run.t_value = i, float(t_host[i])
         run.cancel.check()
         started = time.perf_counter()
-        run.emit(StepStarted(i, total, float(t)))
+        run.emit(StepStarted(i, total, run.t_value))
         # Scaling is position-independent, so the whole canvas is scaled once, then cropped.
         x_in = scheduler.scale_model_input(latents, t)
         pred = predict_canvas(run, x_in, t, wins, inv_wsum)
         # 4.3 One scheduler step on the whole canvas.
         latents = scheduler.step(pred, t, latents, **kwargs, return_dict=False)[0]
+        run.flush_previews()  # the one host wait of the step, after the step is queued
         run.emit(StepFinished(i, total, time.perf_counter() - started))
     return latents
 
@@ -155,12 +187,13 @@ def _independent(run: _Denoise, noise: torch.Tensor, seed: int) -> torch.Tensor:
     noise = noise.to(den.device)
     states = [noise[..., tl.y0 : tl.y1, tl.x0 : tl.x1] * scheds[tl.index].init_noise_sigma for tl in plan.tiles]
     timesteps = scheds[0].timesteps
+    t_host = timesteps.cpu()
     total = len(timesteps)
     for i, t in enumerate(timesteps):
-        run.step = i
+        run.step, run.t_value = i, float(t_host[i])
         run.cancel.check()
         started = time.perf_counter()
-        run.emit(StepStarted(i, total, float(t)))
+        run.emit(StepStarted(i, total, run.t_value))
         for tiles in run.batches():
             crops = torch.cat([scheds[tl.index].scale_model_input(states[tl.index], t) for tl in tiles])
             pred = run.run_batch(crops, t, tiles)
@@ -169,6 +202,7 @@ def _independent(run: _Denoise, noise: torch.Tensor, seed: int) -> torch.Tensor:
                 states[tl.index] = s.step(
                     pred[k : k + 1], t, states[tl.index], **_step_kwargs(s, gens[tl.index]), return_dict=False
                 )[0]
+        run.flush_previews()
         run.emit(StepFinished(i, total, time.perf_counter() - started))
     # Stitch: each latent pixel from the tile whose centre is nearest (hard seams by design).
     owner = torch.from_numpy(blend.ownership(plan)).to(den.device)

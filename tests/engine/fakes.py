@@ -47,7 +47,7 @@ class FieldDenoiser:
         return out
 
     def preview(self, x, pred, t):
-        return np.zeros((len(x), 2, 2, 3), np.uint8)
+        return torch.zeros((len(x), 2, 2, 3), dtype=torch.uint8)
 
     def decode(self, latents, on_progress):
         self.decoded = True

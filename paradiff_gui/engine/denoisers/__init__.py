@@ -61,8 +61,11 @@ class Denoiser(Protocol):
         """
         ...
 
-    def preview(self, x: torch.Tensor, pred: torch.Tensor, t: torch.Tensor) -> np.ndarray:
-        """Cheap RGB previews of the batch's denoised estimate: (B, h, w, 3) uint8."""
+    def preview(self, x: torch.Tensor, pred: torch.Tensor, t: float) -> torch.Tensor:
+        """Cheap RGB previews of the batch's denoised estimate: (B, h, w, 3) uint8, on any device.
+
+        Stay on the device: the loop copies previews to the host without stalling the GPU.
+        """
         ...
 
     def decode(self, latents: torch.Tensor, on_progress: Callable[[int, int], None]) -> np.ndarray:

@@ -102,6 +102,8 @@ class SDDenoiser:
             )
             pooled_all = None
         embeds = torch.cat([neg, pos]) if cfg else pos
+        if self._rgb is None:  # once per model: one VAE encode of a colour chart
+            self._rgb = previews.fit_linear_rgb(self.vae, self.vae.config.scaling_factor, self.scale).to(self.device)
         timestep_cond = None
         if guided_by_embedding:
             w = torch.tensor(g - 1).repeat(1)
@@ -140,10 +142,8 @@ class SDDenoiser:
         return out
 
     @torch.no_grad()
-    def preview(self, x: torch.Tensor, pred: torch.Tensor, t: torch.Tensor) -> np.ndarray:
-        if self._rgb is None:
-            self._rgb = previews.fit_linear_rgb(self.vae, self.vae.config.scaling_factor, self.scale)
-        ti = int(torch.as_tensor(t).round().clamp(0, len(self._alphas_cumprod) - 1))
+    def preview(self, x: torch.Tensor, pred: torch.Tensor, t: float) -> torch.Tensor:
+        ti = min(max(round(t), 0), len(self._alphas_cumprod) - 1)
         x0 = previews.x0_from_vp(x.float(), pred.float(), float(self._alphas_cumprod[ti]), self.prediction_type)
         return previews.apply_linear_rgb(x0, self._rgb)
 

@@ -155,9 +155,9 @@ class TerrainDenoiser:
         out = self.session.run(["denoised"], feeds)[0]
         return torch.from_numpy(out).to(x.device)
 
-    def preview(self, x: torch.Tensor, pred: torch.Tensor, t: torch.Tensor) -> np.ndarray:
-        grey = ((pred[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
-        return np.repeat(grey[..., None], 3, axis=-1)
+    def preview(self, x: torch.Tensor, pred: torch.Tensor, t: float) -> torch.Tensor:
+        grey = ((pred[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return grey[..., None].expand(-1, -1, -1, 3)
 
     def decode(self, latents: torch.Tensor, on_progress: Callable[[int, int], None]) -> np.ndarray:
         """The 16-bit heightmap: 0 = sea level of the model, 65535 = its full 22.17 m range."""
