@@ -33,7 +33,7 @@ def run(device: str, dtype: torch.dtype, tile_batch: int, sampler: str = "dpmpp_
 def compare(name: str, res, ref, latent_tol: float | None, image_max: int, image_mean: float) -> bool:
     d = (res.latents - ref.latents).abs().max().item()
     img = abs(res.image.astype(int) - ref.image.astype(int))
-    passed = (latent_tol is None or d <= latent_tol) and img.max() <= image_max and img.mean() <= image_mean
+    passed = bool((latent_tol is None or d <= latent_tol) and img.max() <= image_max and img.mean() <= image_mean)
     print(json.dumps({"check": name, "max_abs_latent_diff": d, "latent_tol": latent_tol,
                       "image_max_diff": int(img.max()), "image_mean_diff": float(img.mean()), "pass": passed}),
           flush=True)
