@@ -187,3 +187,15 @@ def test_default_model_is_the_builtin_terrain_model(tmp_path, capsys, monkeypatc
     assert req.model == "builtin:terrain" and req.extra == {"terrain_difficulty": 60} and req.sampler == "lcm"
     with Image.open(out) as im:
         assert im.mode == "I;16"
+
+
+def test_single_file_checkpoint_without_cached_config_is_explained(tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / "my-model.safetensors"  # SD-1.x-style key names, as in a real checkpoint
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3)}, str(ckpt))
+    code, _, err = run(["generate", "--model", str(ckpt), *FAST, "-o", str(tmp_path / "o.png")], capsys)
+    assert code == 3, err
+    assert "my-model.safetensors is a single-file SD 1.x/2.x checkpoint" in err
+    assert "--allow-download" in err and "Traceback" not in err

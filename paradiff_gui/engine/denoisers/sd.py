@@ -216,7 +216,7 @@ def load_sd(model: str, device: torch.device, dtype: torch.dtype, allow_download
             if not path.is_file():
                 raise ModelUnavailable(f"model: no such file {path}")
             cls = StableDiffusionXLPipeline if _is_sdxl_checkpoint(path) else StableDiffusionPipeline
-            pipe = cls.from_single_file(str(path), dtype=dtype, **_extra_kwargs(cls))
+            pipe = _load_single_file(cls, path, dtype, allow_download)
         elif _HUB_ID.fullmatch(model):
             pipe = _load_hub(model, dtype, allow_download)
         else:
@@ -228,6 +228,25 @@ def load_sd(model: str, device: torch.device, dtype: torch.dtype, allow_download
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     return SDDenoiser(pipe, path.name if path.exists() else model, device, dtype)
+
+
+def _load_single_file(cls: Any, path: Path, dtype: torch.dtype, allow_download: bool) -> Any:
+    """A single ``.safetensors`` checkpoint; diffusers takes the component configs of its base
+    model from the hub cache (a few kB, fetched once when downloads are allowed)."""
+    from huggingface_hub import constants
+
+    local_only = constants.HF_HUB_OFFLINE or not allow_download
+    try:
+        return cls.from_single_file(str(path), dtype=dtype, local_files_only=local_only, **_extra_kwargs(cls))
+    except (OSError, ValueError) as exc:
+        if local_only and ("local" in str(exc) or "cached" in str(exc)):
+            base = "SDXL" if cls is StableDiffusionXLPipeline else "SD 1.x/2.x"
+            raise ModelUnavailable(
+                f"model: {path.name} is a single-file {base} checkpoint; diffusers needs its base model's "
+                "configuration files (not weights), which are not in the local hub cache and downloads are "
+                "not allowed: run it once with --allow-download, or convert it to a diffusers folder"
+            ) from None
+        raise ModelUnavailable(f"model: could not load {path.name} as a single-file checkpoint: {exc}") from None
 
 
 def _load_hub(model_id: str, dtype: torch.dtype, allow_download: bool) -> Any:
