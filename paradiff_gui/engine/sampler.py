@@ -90,7 +90,7 @@ class _Denoise:
 
     def run_batch(self, crops: torch.Tensor, t: torch.Tensor, tiles: list[Tile]) -> torch.Tensor:
         """One model call on a batch of tile crops; emits the batch and its previews."""
-        # 5.0 Cancel is checked before every batch: a cancel lands within one batch.
+        # Cancel is checked before every batch: a cancel lands within one batch.
         self.cancel.check()
         self.emit(BatchStarted(self.step, tuple(tl.index for tl in tiles)))
         pred = self.den.predict(crops.to(self.den.dtype), t, tiles, self.cond).float()
@@ -126,7 +126,7 @@ class _Denoise:
             done.synchronize()
         arrays = host.numpy()
         for k, tl in enumerate(tiles):
-            self.emit(TilePreview(step, tl.index, arrays[k]))
+            self.emit(TilePreview(step, tl.index, np.ascontiguousarray(arrays[k])))
 
 
 def predict_canvas(run: _Denoise, x_in: torch.Tensor, t: torch.Tensor, wins: torch.Tensor,
