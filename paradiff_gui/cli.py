@@ -31,24 +31,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_INVALID, f"{self.prog}: error: {message}\n")
 
 
-def _int_arg(lo: int, hi: int):
-    def parse(text: str) -> int:
+def _number_arg(cast: type, lo: float, hi: float):
+    """argparse type: a number, with the allowed range in the message when it is not one."""
+    what = "a whole number" if cast is int else "a number"
+
+    def parse(text: str):
         try:
-            return int(text)
+            return cast(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a whole number from {lo} to {hi}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be {what} from {lo} to {hi}, got {text!r}") from None
 
     return parse
+
+
+def _int_arg(lo: int, hi: int):
+    return _number_arg(int, lo, hi)
 
 
 def _float_arg(lo: float, hi: float):
-    def parse(text: str) -> float:
-        try:
-            return float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number from {lo} to {hi}, got {text!r}") from None
-
-    return parse
+    return _number_arg(float, lo, hi)
 
 
 def _pair_arg(parse_fn):
