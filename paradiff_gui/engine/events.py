@@ -39,6 +39,7 @@ class StepStarted:
     step: int  # 0-based
     total: int
     timestep: float
+    plan: TilePlan  # the tiles of this step (with jitter, the grid moves from step to step)
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,9 @@ class TilePreview:
     """A cheap RGB approximation of one tile's current state (uint8, at most ~128 px a side)."""
 
     step: int
-    tile: int
+    tile: int  # index into this step's plan
     rgb: np.ndarray  # (h, w, 3) uint8
+    rect: tuple[int, int, int, int]  # where the tile sits: x0, y0, x1, y1 in image px
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class StepFinished:
     step: int
     total: int
     seconds: float
+    consensus: float | None = None  # RMS disagreement of overlapping tiles before fusion
 
 
 @dataclass(frozen=True)

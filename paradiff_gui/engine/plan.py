@@ -153,6 +153,39 @@ class TilePlan:
             overlap=overlap_px // scale, tile=tile_px // scale, scale=scale,
         )
 
+    def shifted(self, dy: int, dx: int) -> TilePlan:
+        """The same tiles on a grid moved up/left by (dy, dx) latent px (each below one stride).
+
+        Tiles keep their size; the grid is laid from -d with the plan's largest stride and every
+        tile is clamped into the canvas, so coverage and the minimum overlap are kept, and a row
+        or column of tiles may be added where the shift opens a gap.
+        """
+
+        def axis(length: int, tile: int, starts: list[int], stride: int, d: int) -> list[int]:
+            if len(starts) < 2:
+                return starts
+            out: list[int] = []
+            k = 0
+            while True:
+                s = k * stride - d
+                clamped = min(max(s, 0), length - tile)
+                if not out or clamped != out[-1]:
+                    out.append(clamped)
+                if s >= length - tile:
+                    return out
+                k += 1
+
+        sy, sx = self.stride
+        ys = axis(self.height, self.tile_h, self.row_starts, sy, dy)
+        xs = axis(self.width, self.tile_w, self.col_starts, sx, dx)
+        tiles = tuple(
+            Tile(r * len(xs) + c, r, c, y, x, y + self.tile_h, x + self.tile_w)
+            for r, y in enumerate(ys)
+            for c, x in enumerate(xs)
+        )
+        return TilePlan(self.height, self.width, self.tile_h, self.tile_w, len(ys), len(xs), self.overlap,
+                        self.scale, tiles)
+
     # -- derived ------------------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -165,6 +198,15 @@ class TilePlan:
     @property
     def col_starts(self) -> list[int]:
         return [self.tiles[c].x0 for c in range(self.cols)]
+
+    @property
+    def stride(self) -> tuple[int, int]:
+        """Largest distance between neighbouring tile starts (rows, cols), latent px; 1 with one tile."""
+
+        def axis(starts: list[int]) -> int:
+            return max(b - a for a, b in itertools.pairwise(starts)) if len(starts) > 1 else 1
+
+        return axis(self.row_starts), axis(self.col_starts)
 
     @property
     def actual_overlap(self) -> tuple[int | None, int | None]:

@@ -111,6 +111,8 @@ class GenerationRequest:
     sampler: str = "dpmpp_2m_karras"
     seed: int = 0
     fusion: str = "cosine"
+    jitter: bool = False
+    global_context: float = 0.0
     tile_batch: int = 4
     device: str = "auto"
     dtype: str = "auto"
@@ -153,6 +155,12 @@ class GenerationRequest:
         _check_choice("sampler", self.sampler, SAMPLERS)
         _check_int("seed", self.seed, 0, MAX_SEED)
         _check_choice("fusion", self.fusion, FUSIONS)
+        if not isinstance(self.jitter, bool):
+            raise RequestError("jitter", f"must be true or false, got {self.jitter!r}")
+        if isinstance(self.global_context, bool) or not isinstance(self.global_context, (int, float)) \
+                or not 0.0 <= float(self.global_context) <= 1.0:
+            raise RequestError("global_context", f"must be a number from 0 (off) to 1, got {self.global_context!r}")
+        object.__setattr__(self, "global_context", float(self.global_context))
         _check_int("tile_batch", self.tile_batch, 1, MAX_TILE_BATCH)
         if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
             raise RequestError("device", f"must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")

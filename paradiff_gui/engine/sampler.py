@@ -81,24 +81,27 @@ class _Denoise:
         self.emit, self.cancel, self.previews = emit, cancel, previews
         self.batch = request.tile_batch
         self.step = 0
+        self.step_offset = 0  # steps of earlier passes (global context), for one running count
+        self.total_steps = 0
         self.t_value = 0.0  # the current timestep as a host float (no device sync to read it)
         self._pending: tuple | None = None  # the previous batch's previews, still in flight to the host
 
-    def batches(self) -> list[list[Tile]]:
-        tiles = list(self.plan.tiles)
+    def batches(self, plan: TilePlan) -> list[list[Tile]]:
+        tiles = list(plan.tiles)
         return [tiles[i : i + self.batch] for i in range(0, len(tiles), self.batch)]
 
-    def run_batch(self, crops: torch.Tensor, t: torch.Tensor, tiles: list[Tile]) -> torch.Tensor:
+    def run_batch(self, crops: torch.Tensor, t: torch.Tensor, tiles: list[Tile], plan: TilePlan) -> torch.Tensor:
         """One model call on a batch of tile crops; emits the batch and its previews."""
         # Cancel is checked before every batch: a cancel lands within one batch.
         self.cancel.check()
         self.emit(BatchStarted(self.step, tuple(tl.index for tl in tiles)))
         pred = self.den.predict(crops.to(self.den.dtype), t, tiles, self.cond).float()
         if self.previews:
-            self._queue_previews(tiles, self.den.preview(crops, pred, self.t_value))
+            rects = [plan.image_rect(tl) for tl in tiles]
+            self._queue_previews(tiles, rects, self.den.preview(crops, pred, self.t_value))
         return pred
 
-    def _queue_previews(self, tiles: list[Tile], rgb: torch.Tensor) -> None:
+    def _queue_previews(self, tiles: list[Tile], rects: list[tuple[int, int, int, int]], rgb: torch.Tensor) -> None:
         """Start copying this batch's previews to the host and emit the previous batch's.
 
         Reading a GPU result on the host waits for the GPU. Emitting one batch late means the
@@ -112,7 +115,7 @@ class _Denoise:
             done.record()
         else:
             host, done = rgb, None
-        previous, self._pending = self._pending, (self.step, tiles, host, done)
+        previous, self._pending = self._pending, (self.step, tiles, rects, host, done)
         if previous is not None:
             self._emit_previews(*previous)
 
@@ -121,56 +124,134 @@ class _Denoise:
             pending, self._pending = self._pending, None
             self._emit_previews(*pending)
 
-    def _emit_previews(self, step: int, tiles: list[Tile], host: torch.Tensor, done: Any) -> None:
+    def _emit_previews(self, step: int, tiles: list[Tile], rects: list, host: torch.Tensor, done: Any) -> None:
         if done is not None:
             done.synchronize()
         arrays = host.numpy()
         for k, tl in enumerate(tiles):
-            self.emit(TilePreview(step, tl.index, np.ascontiguousarray(arrays[k])))
+            self.emit(TilePreview(step, tl.index, np.ascontiguousarray(arrays[k]), rects[k]))
 
 
-def predict_canvas(run: _Denoise, x_in: torch.Tensor, t: torch.Tensor, wins: torch.Tensor,
-                   inv_wsum: torch.Tensor) -> torch.Tensor:
-    """4.2 The fused prediction for the whole canvas: Σ W_i·pred_i / Σ W_i.
+@dataclass(frozen=True)
+class _Weights:
+    """Everything about a plan's blend windows that stays fixed while the plan does."""
 
-    ``x_in`` is the scaled canvas (1, C, H, W); ``wins`` the (n, th, tw) blend windows;
-    ``inv_wsum`` the (H, W) reciprocal of their sum on the canvas (fixed for the whole run).
+    wins: torch.Tensor  # (n, th, tw) blend windows
+    inv_wsum: torch.Tensor  # (H, W) 1 / Σ windows on the canvas
+    inv_count: torch.Tensor  # (H, W) 1 / number of tiles covering each pixel
+    multi: torch.Tensor  # (H, W) bool: covered by two or more tiles (where tiles can disagree)
+
+    @classmethod
+    def build(cls, plan: TilePlan, fusion: str, device: torch.device) -> _Weights:
+        wins = blend.windows(plan, fusion)
+        count = blend.weight_sum(plan, np.ones_like(wins))
+        return cls(
+            torch.from_numpy(wins).to(device),
+            torch.from_numpy(1.0 / blend.weight_sum(plan, wins)).float().to(device),
+            torch.from_numpy(1.0 / count).float().to(device),
+            torch.from_numpy(count >= 2).to(device),
+        )
+
+
+def predict_canvas(run: _Denoise, plan: TilePlan, x_in: torch.Tensor, t: torch.Tensor,
+                   weights: _Weights) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """4.2 The fused prediction for the whole canvas, Σ W_i·pred_i / Σ W_i, and the overlap
+    consensus error: the RMS spread of the tiles' own predictions where two or more overlap,
+    before any blending (0 = the tiles already agree). ``x_in`` is the scaled canvas (1, C, H, W).
     """
     acc = torch.zeros(x_in.shape, dtype=torch.float32, device=x_in.device)
-    for tiles in run.batches():
+    first = torch.zeros_like(acc)  # Σ pred and Σ pred², unweighted, for the consensus error
+    second = torch.zeros_like(acc)
+    for tiles in run.batches(plan):
         crops = torch.cat([x_in[..., tl.y0 : tl.y1, tl.x0 : tl.x1] for tl in tiles])
-        pred = run.run_batch(crops, t, tiles)
+        pred = run.run_batch(crops, t, tiles, plan)
         for k, tl in enumerate(tiles):
-            acc[0, :, tl.y0 : tl.y1, tl.x0 : tl.x1] += pred[k] * wins[tl.index]
-    return acc * inv_wsum
+            region = (0, slice(None), slice(tl.y0, tl.y1), slice(tl.x0, tl.x1))
+            acc[region] += pred[k] * weights.wins[tl.index]
+            first[region] += pred[k]
+            second[region] += pred[k] * pred[k]
+    consensus = None
+    if bool(weights.multi.any()):
+        mean = first * weights.inv_count
+        var = (second * weights.inv_count - mean * mean).clamp_min(0)
+        consensus = var[0][:, weights.multi].mean().sqrt()
+    return acc * weights.inv_wsum, consensus
 
 
-def _synchronized(run: _Denoise, noise: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """4. All tiles, every step, one canvas, one scheduler."""
-    den, plan = run.den, run.plan
-    scheduler = den.make_scheduler(run.request.sampler)
-    scheduler.set_timesteps(run.request.steps, device=den.device)
-    # 4.1 Blend windows and their canvas sum are fixed for the run: computed once.
-    wins_np = blend.windows(plan, run.request.fusion)
-    wins = torch.from_numpy(wins_np).to(den.device)
-    inv_wsum = torch.from_numpy(1.0 / blend.weight_sum(plan, wins_np)).float().to(den.device)
+def jitter_offsets(plan: TilePlan, seed: int, steps: int) -> list[tuple[int, int]]:
+    """Per step, a seeded random shift (latent px) of the tile grid, below one stride per axis."""
+    rng = np.random.default_rng([seed, 0x6A17])
+    sy, sx = plan.stride
+    return [(int(rng.integers(0, sy)), int(rng.integers(0, sx))) for _ in range(steps)]
+
+
+def _context_weights(steps: int, strength: float, power: float = 3.0) -> list[float]:
+    """DemoFusion's skip-residual weights (Du et al. 2024, eq. 4): c_i = ((1 + cos(π i/N)) / 2)^α,
+    scaled by ``strength``: the low-resolution structure leads early and fades out."""
+    n = max(steps - 1, 1)
+    return [strength * ((1 + np.cos(np.pi * i / n)) / 2) ** power for i in range(steps)]
+
+
+def _synchronized(run: _Denoise, plan: TilePlan, noise: torch.Tensor, generator: torch.Generator, *,
+                  jitter: bool = False, guide: torch.Tensor | None = None) -> torch.Tensor:
+    """4. All tiles, every step, one canvas, one scheduler.
+
+    ``jitter`` shifts the tile grid by a seeded offset every step, so seams never sit in the same
+    place twice; the canvas itself never moves. ``guide`` is an x0 estimate of the whole canvas
+    (the upscaled low-resolution pass of global context), mixed in through the skip residual.
+    """
+    den, request = run.den, run.request
+    scheduler = den.make_scheduler(request.sampler)
+    scheduler.set_timesteps(request.steps, device=den.device)
     latents = noise.to(den.device) * scheduler.init_noise_sigma
     kwargs = _step_kwargs(scheduler, generator)
     t_host = scheduler.timesteps.cpu()
     total = len(t_host)
+    offsets = jitter_offsets(plan, request.seed, total) if jitter else [(0, 0)] * total
+    context = _context_weights(total, request.global_context) if guide is not None else [0.0] * total
+    weights: dict[TilePlan, _Weights] = {}  # 4.1 windows depend only on the plan: built once per plan
     for i, t in enumerate(scheduler.timesteps):
-        run.step, run.t_value = i, float(t_host[i])
+        run.step, run.t_value = run.step_offset + i, float(t_host[i])
         run.cancel.check()
         started = time.perf_counter()
-        run.emit(StepStarted(i, total, run.t_value))
+        step_plan = plan.shifted(*offsets[i]) if jitter else plan
+        if step_plan not in weights:
+            weights[step_plan] = _Weights.build(step_plan, request.fusion, den.device)
+        run.emit(StepStarted(run.step, run.total_steps, run.t_value, step_plan))
+        if context[i] > 0:  # skip residual: pull the canvas toward the noised global layout
+            noised_guide = scheduler.add_noise(guide, noise.to(den.device), t.reshape(1))
+            latents = context[i] * noised_guide + (1 - context[i]) * latents
         # Scaling is position-independent, so the whole canvas is scaled once, then cropped.
         x_in = scheduler.scale_model_input(latents, t)
-        pred = predict_canvas(run, x_in, t, wins, inv_wsum)
+        pred, consensus = predict_canvas(run, step_plan, x_in, t, weights[step_plan])
         # 4.3 One scheduler step on the whole canvas.
         latents = scheduler.step(pred, t, latents, **kwargs, return_dict=False)[0]
         run.flush_previews()  # the one host wait of the step, after the step is queued
-        run.emit(StepFinished(i, total, time.perf_counter() - started))
+        run.emit(StepFinished(run.step, run.total_steps, time.perf_counter() - started,
+                              None if consensus is None else float(consensus)))
+    run.step_offset += total
     return latents
+
+
+def _global_context(run: _Denoise, plan: TilePlan, generator: torch.Generator) -> torch.Tensor | None:
+    """4a. Global context: denoise the canvas at the model's native resolution first (short side =
+    one tile), so the large structure is decided once for the whole canvas; return it upscaled.
+    None when the canvas is no larger than that already."""
+    native = run.den.native_tile // run.den.scale  # latent px
+    short = min(plan.height, plan.width)
+    if short <= native:
+        return None
+    low_h, low_w = round(plan.height * native / short), round(plan.width * native / short)
+    low_plan = TilePlan.create(low_h, low_w, overlap=min(plan.overlap, native // 4), tile=native, scale=plan.scale)
+    low_noise = torch.randn((1, run.den.channels, low_h, low_w), generator=generator)
+    # Previews of the small pass would not sit on the canvas's tiles; its steps still count.
+    previews, run.previews = run.previews, False
+    try:
+        low = _synchronized(run, low_plan, low_noise, generator)
+    finally:
+        run.previews = previews
+    return torch.nn.functional.interpolate(low.float(), size=(plan.height, plan.width), mode="bicubic",
+                                           align_corners=False)
 
 
 def _independent(run: _Denoise, noise: torch.Tensor, seed: int) -> torch.Tensor:
@@ -188,22 +269,21 @@ def _independent(run: _Denoise, noise: torch.Tensor, seed: int) -> torch.Tensor:
     states = [noise[..., tl.y0 : tl.y1, tl.x0 : tl.x1] * scheds[tl.index].init_noise_sigma for tl in plan.tiles]
     timesteps = scheds[0].timesteps
     t_host = timesteps.cpu()
-    total = len(timesteps)
     for i, t in enumerate(timesteps):
         run.step, run.t_value = i, float(t_host[i])
         run.cancel.check()
         started = time.perf_counter()
-        run.emit(StepStarted(i, total, run.t_value))
-        for tiles in run.batches():
+        run.emit(StepStarted(i, run.total_steps, run.t_value, plan))
+        for tiles in run.batches(plan):
             crops = torch.cat([scheds[tl.index].scale_model_input(states[tl.index], t) for tl in tiles])
-            pred = run.run_batch(crops, t, tiles)
+            pred = run.run_batch(crops, t, tiles, plan)
             for k, tl in enumerate(tiles):
                 s = scheds[tl.index]
                 states[tl.index] = s.step(
                     pred[k : k + 1], t, states[tl.index], **_step_kwargs(s, gens[tl.index]), return_dict=False
                 )[0]
         run.flush_previews()
-        run.emit(StepFinished(i, total, time.perf_counter() - started))
+        run.emit(StepFinished(i, run.total_steps, time.perf_counter() - started))
     # Stitch: each latent pixel from the tile whose centre is nearest (hard seams by design).
     owner = torch.from_numpy(blend.ownership(plan)).to(den.device)
     canvas = torch.zeros_like(noise)
@@ -239,13 +319,21 @@ def generate(
         else:
             den = denoiser
         plan = TilePlan.for_request(request, den.scale, den.native_tile)
-        emit(Planned(request, plan, request.steps, str(den.device), dtype_name(den.dtype)))
+        probe = den.make_scheduler(request.sampler)  # second-order samplers evaluate more than `steps`
+        probe.set_timesteps(request.steps, device="cpu")
+        passes = 2 if request.global_context > 0 and request.fusion != "independent" \
+            and min(plan.height, plan.width) > den.native_tile // den.scale else 1
+        total_steps = passes * len(probe.timesteps)
+        emit(Planned(request, plan, total_steps, str(den.device), dtype_name(den.dtype)))
         for message in getattr(den, "notices", lambda _r: [])(request):
             emit(Notice(message))
+        if request.fusion == "independent" and (request.jitter or request.global_context > 0):
+            emit(Notice("fusion independent has no shared canvas: jitter and global context are ignored"))
 
         # 2. Conditioning, computed once for all tiles and steps.
         cond = den.prepare(request, plan)
         run = _Denoise(den, request, plan, cond, emit, cancel, previews)
+        run.total_steps = total_steps
 
         # 3. Noise for the whole canvas from one CPU generator: the image depends on the seed
         #    alone, not on tile_batch, the device or the number of devices.
@@ -257,7 +345,8 @@ def generate(
             if request.fusion == "independent":
                 latents = _independent(run, noise, request.seed)
             else:
-                latents = _synchronized(run, noise, generator)
+                guide = _global_context(run, plan, generator) if request.global_context > 0 else None
+                latents = _synchronized(run, plan, noise, generator, jitter=request.jitter, guide=guide)
 
             # 5. Decode (never after a cancel) and finish.
             cancel.check()

@@ -14,7 +14,7 @@ from paradiff_gui.engine import blend
 from paradiff_gui.engine.cancel import CancelToken
 from paradiff_gui.engine.plan import TilePlan
 from paradiff_gui.engine.request import GenerationRequest
-from paradiff_gui.engine.sampler import _Denoise, predict_canvas
+from paradiff_gui.engine.sampler import _Denoise, _Weights, predict_canvas
 
 
 def fused(plan: TilePlan, mode: str, tile_batch: int = 4) -> tuple[np.ndarray, FieldDenoiser]:
@@ -22,10 +22,8 @@ def fused(plan: TilePlan, mode: str, tile_batch: int = 4) -> tuple[np.ndarray, F
     req = GenerationRequest(model="test:field", fusion=mode, tile_batch=tile_batch)
     den.prepare(req, plan)
     run = _Denoise(den, req, plan, None, lambda e: None, CancelToken(), previews=False)
-    wins = blend.windows(plan, mode)
-    inv = torch.from_numpy(1 / blend.weight_sum(plan, wins)).float()
     x = torch.zeros(1, den.channels, plan.height, plan.width)
-    out = predict_canvas(run, x, torch.tensor(500), torch.from_numpy(wins), inv)
+    out, _ = predict_canvas(run, plan, x, torch.tensor(500), _Weights.build(plan, mode, torch.device("cpu")))
     # Subtract the position field: what remains is the weighted mean of the tile indices.
     return (out[0] - den.full).numpy(), den
 

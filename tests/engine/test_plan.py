@@ -92,3 +92,27 @@ def test_owner_is_nearest_centre_brute_force():
             assert owner[y, x] == min(d)[1]
             t = plan.tiles[owner[y, x]]
             assert t.y0 <= y < t.y1 and t.x0 <= x < t.x1, "the owner covers the pixel"
+
+
+@given(st.integers(40, 400), st.integers(40, 400), st.integers(8, 64), st.integers(0, 16), st.data())
+def test_shifted_plans_keep_size_coverage_and_overlap(h, w, tile, overlap, data):
+    assume(overlap < tile)
+    plan = TilePlan.create(h, w, overlap=overlap, tile=tile)
+    sy, sx = plan.stride
+    dy, dx = data.draw(st.integers(0, sy - 1)), data.draw(st.integers(0, sx - 1))
+    shifted = plan.shifted(dy, dx)
+    check_invariants_shifted(shifted, overlap)
+    if plan.rows > 1 and dy > 0 and shifted.row_starts[1] < plan.tile_h:
+        assert shifted.row_starts[1] == sy - dy, "the grid really moved"
+
+
+def check_invariants_shifted(plan: TilePlan, requested_overlap: int) -> None:
+    cover = np.zeros((plan.height, plan.width), dtype=int)
+    for t in plan.tiles:
+        assert (t.height, t.width) == (plan.tile_h, plan.tile_w)
+        assert t.y0 >= 0 and t.y1 <= plan.height and t.x0 >= 0 and t.x1 <= plan.width
+        cover[t.y0 : t.y1, t.x0 : t.x1] += 1
+    assert cover.min() >= 1
+    oy, ox = plan.actual_overlap
+    assert plan.rows == 1 or oy >= requested_overlap
+    assert plan.cols == 1 or ox >= requested_overlap

@@ -63,6 +63,9 @@ class TerrainSampler:
         self.timesteps = torch.tensor(sigma_schedule(steps), dtype=torch.float32)
         self._index = 0
 
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return x0 + sigma.reshape(-1, 1, 1, 1).to(x0) * noise
+
     def scale_model_input(self, sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return sample  # the ONNX graph takes the raw noisy sample and σ
 
