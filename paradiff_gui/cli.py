@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sampler", choices=rq.SAMPLERS)
     g.add_argument("--seed", type=_int_arg(0, rq.MAX_SEED), metavar="N", help="default: random (printed)")
     g.add_argument("--fusion", choices=rq.FUSIONS)
+    g.add_argument("--jitter", action=argparse.BooleanOptionalAction, default=None,
+                   help="shift the tile grid by a seeded offset every step")
+    g.add_argument("--global-context", dest="global_context", type=_float_arg(0.0, 1.0), metavar="0..1",
+                   help="first denoise a small whole-canvas version and let it guide the layout (0 = off)")
     g.add_argument("--tile-batch", dest="tile_batch", type=_int_arg(1, rq.MAX_TILE_BATCH), metavar="N")
     g.add_argument("--device", metavar="auto|cpu|cuda|cuda:N|mps")
     g.add_argument("--dtype", choices=rq.DTYPES)
@@ -92,17 +96,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replay a saved request or a Paradiff image's recipe (other flags override it)")
     g.add_argument("--save-request", metavar="FILE.json", help="also save the request as JSON")
     g.add_argument("-o", "--output", metavar="OUT.png", help="default: paradiff-SEED.png in the current folder")
+    g.add_argument("--relief", metavar="RELIEF.png",
+                   help="single-channel models (heightmaps): also write a shaded-relief RGB picture")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.add_argument("--allow-download", action="store_true",
                    help="let a hub model id download when it is not in the local cache")
 
     m = sub.add_parser("models", help="list the models Paradiff can use")
     m.add_argument("--json", action="store_true")
+
+    i = sub.add_parser("inspect", help="score the seams of an image",
+                       description="Seam scores of an image: its tile plan comes from Paradiff metadata, or "
+                                   "from --grid/--tile and --overlap for other images (image px).")
+    i.add_argument("image")
+    i.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    plan = i.add_mutually_exclusive_group()
+    plan.add_argument("--grid", type=_pair_arg(rq.parse_grid), metavar="RxC")
+    plan.add_argument("--tile", type=_int_arg(8, rq.MAX_TILE), metavar="PX")
+    i.add_argument("--overlap", type=_int_arg(0, rq.MAX_OVERLAP), metavar="PX", default=None)
     return p
 
 
 _OVERRIDES = ("model", "prompt", "negative_prompt", "overlap", "steps", "guidance", "sampler", "seed",
-              "fusion", "tile_batch", "device", "dtype")
+              "fusion", "jitter", "global_context", "tile_batch", "device", "dtype")
 
 
 def request_from_args(args: argparse.Namespace) -> rq.GenerationRequest:
@@ -216,6 +232,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return EXIT_MODEL
     finally:
         signal.signal(signal.SIGINT, previous)
+    if args.relief and result.image.ndim != 2:
+        print("paradiff: note: --relief is for heightmaps (single-channel models); not written", file=sys.stderr)
+    elif args.relief:
+        from PIL import Image
+
+        from .engine.metadata import atomic_write
+        from .engine.relief import shaded_relief
+
+        relief = Image.fromarray(shaded_relief(result.image))
+        atomic_write(args.relief, lambda f: relief.save(f, format="PNG"))
     save_png(out, result.image, result.request, result.plan, result.info)
     print(f"wrote {out} ({result.image.shape[1]}x{result.image.shape[0]}, {result.seconds:.1f} s)", file=sys.stderr)
     return EXIT_OK
@@ -242,12 +268,66 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from .engine.metadata import read_recipe
+    from .engine.plan import TilePlan
+    from .engine.seams import analyse
+
+    try:
+        with Image.open(args.image) as im:
+            image = np.asarray(im.convert("RGB") if im.mode not in ("L", "I;16", "I", "F", "RGB") else im)
+    except FileNotFoundError:
+        print(f"paradiff: invalid input: image: no such file {args.image}", file=sys.stderr)
+        return EXIT_INVALID
+    except (OSError, Image.DecompressionBombError) as exc:
+        print(f"paradiff: invalid input: image: {args.image} is not a readable image ({exc})", file=sys.stderr)
+        return EXIT_INVALID
+    h, w = image.shape[:2]
+    if args.grid or args.tile:
+        overlap = args.overlap if args.overlap is not None else 0
+        try:
+            plan = TilePlan.create(h, w, overlap=overlap, tile=args.tile, grid=args.grid)
+        except rq.RequestError as exc:
+            print(f"paradiff: invalid input: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        tiles, source = [plan.image_rect(t) for t in plan.tiles], "command line"
+    else:
+        try:
+            tiles, source = [tuple(t) for t in read_recipe(args.image)["plan"]["tiles"]], "Paradiff metadata"
+        except (rq.RequestError, KeyError, TypeError) as exc:
+            msg = exc if isinstance(exc, rq.RequestError) else "request: the Paradiff metadata holds no tile plan"
+            print(f"paradiff: invalid input: {msg}; give the plan with --grid RxC or --tile PX (and --overlap PX)",
+                  file=sys.stderr)
+            return EXIT_INVALID
+    report = analyse(image, tiles)
+    if args.json:
+        print(json.dumps({"image": str(args.image), "size": [w, h], "plan_from": source, **report.to_dict()}))
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{args.image}[/] {w}x{h}, {len(tiles)} tiles (plan from {source})")
+    console.print(f"seam ratio {report.seam_ratio:.3f} (1.0 = no trace of the grid), spectral peak "
+                  f"{report.spectral_peak:.2f}, mean drift {report.drift:.4g}")
+    table = Table("seam", "kind", "at px", "ratio", "drift ÷ std", title="Seams, worst first")
+    for s in sorted(report.seams, key=lambda s: -s.ratio):
+        table.add_row(s.orientation, s.kind, str(s.position), f"{s.ratio:.3f}", f"{s.drift_rel:.3f}")
+    console.print(table)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started = time.perf_counter()
     try:
         if args.command == "generate":
             return cmd_generate(args)
+        if args.command == "inspect":
+            return cmd_inspect(args)
         return cmd_models(args)
     except KeyboardInterrupt:
         print("paradiff: interrupted", file=sys.stderr)

@@ -199,3 +199,57 @@ def test_single_file_checkpoint_without_cached_config_is_explained(tmp_path, cap
     assert code == 3, err
     assert "my-model.safetensors is a single-file SD 1.x/2.x checkpoint" in err
     assert "--allow-download" in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def terrain_png(tmp_path_factory):
+    out = tmp_path_factory.mktemp("terrain") / "t.png"
+    relief = out.with_name("relief.png")
+    code = main(["generate", "--size", "256x256", "--steps", "2", "--seed", "1", "--fusion", "independent",
+                 "--quiet", "-o", str(out), "--relief", str(relief)])
+    assert code == 0
+    return out, relief
+
+
+def test_relief_picture_is_written_for_heightmaps(terrain_png):
+    _, relief = terrain_png
+    with Image.open(relief) as im:
+        assert im.mode == "RGB" and im.size == (256, 256)
+        assert np.asarray(im).std() > 5
+
+
+def test_inspect_reads_the_plan_from_metadata_and_prints_json(terrain_png, capsys):
+    out, _ = terrain_png
+    code, stdout, _ = run(["inspect", str(out), "--json"], capsys)
+    assert code == 0
+    report = json.loads(stdout)
+    assert report["plan_from"] == "Paradiff metadata" and report["size"] == [256, 256]
+    assert len(report["tiles"]) == 9 and report["tiles"][0] == [0, 0, 128, 128]
+    assert report["seam_ratio"] > 1.5, "independent tiles leave hard seams"
+    assert {"orientation", "kind", "position", "ratio"} <= set(report["seams"][0])
+    code, stdout, _ = run(["inspect", str(out)], capsys)
+    assert code == 0 and "seam ratio" in stdout
+
+
+def test_inspect_foreign_images_needs_and_takes_a_plan(tmp_path, capsys):
+    img = tmp_path / "foreign.png"
+    arr = np.zeros((256, 256), np.uint8)
+    arr[:, 128:] = 200  # one hard vertical seam at x = 128
+    Image.fromarray(arr).save(img)
+    code, _, err = run(["inspect", str(img)], capsys)
+    assert code == 2 and "has no Paradiff metadata" in err and "--grid" in err
+    code, stdout, _ = run(["inspect", str(img), "--grid", "1x2", "--json"], capsys)
+    assert code == 0
+    report = json.loads(stdout)
+    assert report["tiles"] == [[0, 0, 128, 256], [128, 0, 256, 256]] and report["seam_ratio"] > 3
+    assert run(["inspect", str(tmp_path / "nope.png")], capsys)[0] == 2
+
+
+def test_jitter_and_global_context_flags_reach_the_request(tmp_path, capsys):
+    out = tmp_path / "j.png"
+    code, _, err = run(["generate", "--size", "128x128", "--steps", "1", "--seed", "1", "--jitter",
+                        "--global-context", "0.3", "--quiet", "-o", str(out)], capsys)
+    assert code == 0, err
+    r = load_request(out)
+    assert r.jitter is True and r.global_context == 0.3
+    assert exit_code(["generate", "--global-context", "2"]) == 2
