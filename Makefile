@@ -21,10 +21,13 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed
 
-# The main job: a 512x512 terrain heightmap (16-bit PNG) from the built-in model, offline.
+# The main job: a 512x512 terrain heightmap (16-bit PNG) from the built-in model, offline,
+# with a shaded-relief picture of it, and its seam scores.
 run: setup
 	mkdir -p $(OUT)
-	$(BIN)/paradiff generate --size 512x512 --seed 7 -o $(OUT)/paradiff-terrain.png
+	$(BIN)/paradiff generate --size 512x512 --seed 7 -o $(OUT)/paradiff-terrain.png \
+		--relief $(OUT)/paradiff-terrain-relief.png
+	$(BIN)/paradiff inspect $(OUT)/paradiff-terrain.png
 
 lint: setup
 	$(BIN)/ruff check .

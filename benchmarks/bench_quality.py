@@ -5,7 +5,7 @@ terrain model (real pretrained weights, CPU, offline).
     python benchmarks/bench_quality.py --sizes 256 --seeds 2 # a quick look
 
 Writes benchmarks/results/quality.json (every run), benchmarks/results/quality.md (the table) and
-docs/images/quality-*.png (the first seed of each mode at the largest size, with shaded relief).
+docs/images/quality-sheet.png (seed 0 of each mode at the largest size, as shaded relief).
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--fusions", nargs="+", default=list(FUSIONS))
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality"))
+    ap.add_argument("--keep", metavar="DIR", help="also save every heightmap as .npy here (to recompute metrics)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     rows, pictures = [], {}
@@ -80,6 +81,9 @@ def main() -> None:
                     continue  # no shared canvas: jitter and global context do not apply
                 for seed in range(args.seeds):
                     r = one(size, seed, fusion, variant, args.steps)
+                    if args.keep:
+                        Path(args.keep).mkdir(parents=True, exist_ok=True)
+                        np.save(Path(args.keep) / f"{size}-{fusion}-{variant}-{seed}.npy", r["image"])
                     if seed == 0 and size == max(args.sizes):
                         pictures[(fusion, variant)] = r["image"]
                     r.pop("image")
@@ -112,8 +116,28 @@ def main() -> None:
 
     images = ROOT / "docs" / "images"
     images.mkdir(parents=True, exist_ok=True)
-    for (fusion, variant), img in pictures.items():
-        Image.fromarray(shaded_relief(img)).save(images / f"quality-{fusion}-{variant}.png")
+    contact_sheet({k: Image.fromarray(shaded_relief(v)) for k, v in pictures.items()}).save(
+        images / "quality-sheet.png", optimize=True)
+
+
+def contact_sheet(pictures: dict[tuple[str, str], Image.Image]) -> Image.Image:
+    """One labelled grid: a row per fusion mode, a column per variant."""
+    from PIL import ImageDraw
+
+    fusions = [f for f in FUSIONS if any(k[0] == f for k in pictures)]
+    variants = [v for v in VARIANTS if any(k[1] == v for k in pictures)]
+    size = next(iter(pictures.values())).size[0]
+    pad, label_w, label_h = 6, 90, 18
+    sheet = Image.new("RGB", (label_w + len(variants) * (size + pad), label_h + len(fusions) * (size + pad)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, v in enumerate(variants):
+        draw.text((label_w + c * (size + pad) + 4, 3), v, fill="black")
+    for r, f in enumerate(fusions):
+        draw.text((4, label_h + r * (size + pad) + size // 2), f, fill="black")
+        for c, v in enumerate(variants):
+            if (f, v) in pictures:
+                sheet.paste(pictures[(f, v)], (label_w + c * (size + pad), label_h + r * (size + pad)))
+    return sheet
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from . import __version__
 from .engine import request as rq
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+SEAM_ROWS = 8  # worst seams shown by `inspect` without --json
 
 
 class _Parser(argparse.ArgumentParser):
@@ -313,10 +314,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     console.print(f"[bold]{args.image}[/] {w}x{h}, {len(tiles)} tiles (plan from {source})")
     console.print(f"seam ratio {report.seam_ratio:.3f} (1.0 = no trace of the grid), spectral peak "
                   f"{report.spectral_peak:.2f}, mean drift {report.drift:.4g}")
+    worst = sorted(report.seams, key=lambda s: -s.ratio)
     table = Table("seam", "kind", "at px", "ratio", "drift ÷ std", title="Seams, worst first")
-    for s in sorted(report.seams, key=lambda s: -s.ratio):
+    for s in worst[:SEAM_ROWS]:
         table.add_row(s.orientation, s.kind, str(s.position), f"{s.ratio:.3f}", f"{s.drift_rel:.3f}")
     console.print(table)
+    if len(worst) > SEAM_ROWS:
+        console.print(f"({len(worst) - SEAM_ROWS} more seams; --json lists them all)")
     return EXIT_OK
 
 

@@ -95,7 +95,8 @@ def _stride(cuts: list[int]) -> float | None:
 
 
 def _spectral_peak(profile: np.ndarray, stride: float | None) -> float | None:
-    if stride is None or stride < 4 or len(profile) < 4 * stride:
+    # Needs at least two periods of the grid in the image to call anything a peak.
+    if stride is None or stride < 4 or len(profile) < 2 * stride:
         return None
     p = profile - profile.mean()
     spec = np.abs(np.fft.rfft(p * np.hanning(len(p))))

@@ -95,3 +95,13 @@ def test_shifted_plan_example():
     plan = TilePlan.create(40, 40, overlap=4, tile=16)
     assert plan.row_starts == [0, 12, 24] and plan.stride == (12, 12)
     assert plan.shifted(5, 0).row_starts == [0, 7, 19, 24]
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m_karras", "ddim", "unipc"])
+def test_global_context_and_jitter_work_with_diffusers_schedulers(sd_folder, sampler):
+    req = GenerationRequest(model=str(sd_folder), prompt="a castle", width=384, height=256, tile=128, overlap=32,
+                            steps=3, seed=1, device="cpu", sampler=sampler)
+    plain = generate(req, previews=False).latents
+    both = generate(req.replace(jitter=True, global_context=0.5), previews=False).latents
+    assert torch.isfinite(both).all() and both.shape == plain.shape
+    assert (both - plain).abs().mean() > 1e-3
