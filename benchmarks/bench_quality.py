@@ -5,7 +5,7 @@ terrain model (real pretrained weights, CPU, offline).
     python benchmarks/bench_quality.py --sizes 256 --seeds 2 # a quick look
 
 Writes benchmarks/results/quality.json (every run), benchmarks/results/quality.md (the table) and
-docs/images/quality-sheet.png (seed 0 of each mode at the largest size, as shaded relief).
+docs/images/quality-sheet.jpg (seed 0 of each mode at the largest size, as shaded relief).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def main() -> None:
     images = ROOT / "docs" / "images"
     images.mkdir(parents=True, exist_ok=True)
     contact_sheet({k: Image.fromarray(shaded_relief(v)) for k, v in pictures.items()}).save(
-        images / "quality-sheet.png", optimize=True)
+        images / "quality-sheet.jpg", quality=85, optimize=True)
 
 
 def contact_sheet(pictures: dict[tuple[str, str], Image.Image]) -> Image.Image:
