@@ -1,7 +1,7 @@
 """Seam quality of every fusion mode, with and without jitter and global context, on the built-in
 terrain model (real pretrained weights, CPU, offline).
 
-    python benchmarks/bench_quality.py                       # the table of docs/QUALITY.md (~45 min on 2 cores)
+    python benchmarks/bench_quality.py                       # the table of docs/QUALITY.md (~50 min on 2 cores)
     python benchmarks/bench_quality.py --sizes 256 --seeds 2 # a quick look
 
 Writes benchmarks/results/quality.json (every run), benchmarks/results/quality.md (the table) and
@@ -32,9 +32,9 @@ VARIANTS = {"plain": {}, "jitter": {"jitter": True}, "context": {"global_context
             "jitter+context": {"jitter": True, "global_context": 0.5}}
 
 
-def one(size: int, seed: int, fusion: str, variant: str, steps: int) -> dict:
+def one(size: int, seed: int, fusion: str, variant: str, steps: int, overlap: int) -> dict:
     req = GenerationRequest.for_model("builtin:terrain", width=size, height=size, seed=seed, fusion=fusion,
-                                      steps=steps, device="cpu", **VARIANTS[variant])
+                                      steps=steps, overlap=overlap, device="cpu", **VARIANTS[variant])
     consensus: list[float] = []
 
     def on_event(e):
@@ -64,9 +64,10 @@ def fmt(values: list[float | None], digits: int = 2) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 384])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 320])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--overlap", type=int, default=32, help="requested overlap, px (the table used 32)")
     ap.add_argument("--fusions", nargs="+", default=list(FUSIONS))
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality"))
@@ -80,7 +81,7 @@ def main() -> None:
                 if fusion == "independent" and variant != "plain":
                     continue  # no shared canvas: jitter and global context do not apply
                 for seed in range(args.seeds):
-                    r = one(size, seed, fusion, variant, args.steps)
+                    r = one(size, seed, fusion, variant, args.steps, args.overlap)
                     if args.keep:
                         Path(args.keep).mkdir(parents=True, exist_ok=True)
                         np.save(Path(args.keep) / f"{size}-{fusion}-{variant}-{seed}.npy", r["image"])
@@ -94,7 +95,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"model": "builtin:terrain (adaptive-terrain-diffusion 0.4.2)", "cpu_threads": 2,
             "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "date": date.today().isoformat(), "steps": args.steps, "overlap_px": 32, "tile_px": 128}
+            "date": date.today().isoformat(), "steps": args.steps, "overlap_px": args.overlap, "tile_px": 128}
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1) + "\n")
 
     lines = ["| size | fusion | jitter | global context | seam ratio | spectral peak | drift (÷ std) |"
