@@ -12,11 +12,12 @@ _COLOURS = np.array([[64, 110, 70], [120, 150, 90], [170, 150, 110], [140, 120, 
 def shaded_relief(height: np.ndarray, azimuth: float = 315.0, altitude: float = 45.0) -> np.ndarray:
     """(H, W) heights (any units) → (H, W, 3) uint8, lit from ``azimuth``/``altitude`` degrees.
 
-    Slopes are scaled by their 98th percentile, so flat and rugged terrain both show their shape.
+    Slopes are scaled by their 98th percentile and the tint spans the 1st–99.5th height
+    percentile, so neither a single peak nor flat ground washes the picture out.
     """
     z = np.asarray(height, dtype=np.float64)
-    lo, hi = float(z.min()), float(z.max())
-    unit = (z - lo) / (hi - lo) if hi > lo else np.zeros_like(z)
+    lo, hi = (float(v) for v in np.percentile(z, [1, 99.5]))
+    unit = np.clip((z - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(z)
     gy, gx = np.gradient(z)
     scale = float(np.percentile(np.hypot(gx, gy), 98)) or 1.0
     gx, gy = gx / scale, gy / scale
