@@ -140,6 +140,7 @@ class _Weights:
     inv_wsum: torch.Tensor  # (H, W) 1 / Σ windows on the canvas
     inv_count: torch.Tensor  # (H, W) 1 / number of tiles covering each pixel
     multi: torch.Tensor  # (H, W) bool: covered by two or more tiles (where tiles can disagree)
+    any_multi: bool  # host copy of multi.any(): reading it from the device each step would stall it
 
     @classmethod
     def build(cls, plan: TilePlan, fusion: str, device: torch.device) -> _Weights:
@@ -150,6 +151,7 @@ class _Weights:
             torch.from_numpy(1.0 / blend.weight_sum(plan, wins)).float().to(device),
             torch.from_numpy(1.0 / count).float().to(device),
             torch.from_numpy(count >= 2).to(device),
+            bool((count >= 2).any()),
         )
 
 
@@ -171,7 +173,7 @@ def predict_canvas(run: _Denoise, plan: TilePlan, x_in: torch.Tensor, t: torch.T
             first[region] += pred[k]
             second[region] += pred[k] * pred[k]
     consensus = None
-    if bool(weights.multi.any()):
+    if weights.any_multi:
         mean = first * weights.inv_count
         var = (second * weights.inv_count - mean * mean).clamp_min(0)
         consensus = var[0][:, weights.multi].mean().sqrt()

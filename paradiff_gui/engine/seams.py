@@ -109,13 +109,18 @@ def _spectral_peak(profile: np.ndarray, stride: float | None) -> float | None:
     return float(max(spec[b] for b in peak_bins) / (np.median(background) + 1e-12))
 
 
+def _zone_half(lowpass: float, zone: int | None) -> int:
+    """Half-width of a seam zone, px: two low-pass widths unless given."""
+    return zone if zone is not None else max(2, round(2 * lowpass))
+
+
 def analyse(image: np.ndarray, tiles: list[Rect] | tuple[Rect, ...], *, lowpass: float = 2.0,
             zone: int | None = None) -> SeamReport:
     """Seam metrics of ``image`` for its tile rectangles (image px)."""
     img = _to_float(image)
     h, w = img.shape
     families = boundaries(tiles)
-    half = zone if zone is not None else max(2, round(2 * lowpass))
+    half = _zone_half(lowpass, zone)
     low = ndimage.gaussian_filter(img, lowpass, mode="nearest")
     gx = np.abs(np.diff(low, axis=1))  # gradient between columns x and x+1: (h, w-1)
     gy = np.abs(np.diff(low, axis=0))  # (h-1, w)
@@ -179,8 +184,7 @@ def heatmap(image: np.ndarray, tiles: list[Rect] | tuple[Rect, ...], *, lowpass:
     seam zones; 0 elsewhere. 1 = as smooth as the rest of the image; ≫ 1 = a visible seam."""
     img = _to_float(image)
     h, w = img.shape
-    report = analyse(img, tiles, lowpass=lowpass, zone=zone)
-    half = report.zone
+    half = _zone_half(lowpass, zone)
     low = ndimage.gaussian_filter(img, lowpass, mode="nearest")
     gx = np.abs(np.gradient(low, axis=1))
     gy = np.abs(np.gradient(low, axis=0))
