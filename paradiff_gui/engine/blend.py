@@ -53,7 +53,9 @@ def _neighbour_overlaps(plan: TilePlan, tile: Tile) -> tuple[int, int, int, int]
 
 
 def tile_window(plan: TilePlan, tile: Tile, mode: str, upscale: int = 1) -> np.ndarray:
-    """The (tile_h, tile_w) float32 weight window of ``tile`` for blend ``mode``.
+    """The (tile_h, tile_w) float32 weight window of ``tile`` for a smooth blend ``mode``
+    (uniform, gaussian, cosine); the 0/1 ownership masks of none/independent come from
+    :func:`windows`, which needs the whole plan's ownership once, not once per tile.
 
     ``upscale`` > 1 gives the same window at ``upscale`` times the resolution (smooth, not
     stair-stepped), for blending decoded image tiles.
@@ -66,11 +68,8 @@ def tile_window(plan: TilePlan, tile: Tile, mode: str, upscale: int = 1) -> np.n
     elif mode == "cosine":
         up, down, left, right = (o * upscale for o in _neighbour_overlaps(plan, tile))
         win = np.outer(_cosine_ramp(h, up, down), _cosine_ramp(w, left, right))
-    elif mode in ("none", "independent") and upscale == 1:
-        owner = ownership(plan)
-        win = (owner[tile.y0 : tile.y1, tile.x0 : tile.x1] == tile.index).astype(np.float64)
     else:
-        raise ValueError(f"unknown blend mode {mode!r}")
+        raise ValueError(f"not a smooth blend mode: {mode!r}")
     return win.astype(np.float32)
 
 
