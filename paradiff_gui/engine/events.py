@@ -66,6 +66,7 @@ class StepFinished:
     total: int
     seconds: float
     consensus: float | None = None  # RMS disagreement of overlapping tiles before fusion
+    device_memory: int | None = None  # peak bytes allocated on the GPU so far (CUDA only)
 
 
 @dataclass(frozen=True)

@@ -230,7 +230,7 @@ def _synchronized(run: _Denoise, plan: TilePlan, noise: torch.Tensor, generator:
         latents = scheduler.step(pred, t, latents, **kwargs, return_dict=False)[0]
         run.flush_previews()  # the one host wait of the step, after the step is queued
         run.emit(StepFinished(run.step, run.total_steps, time.perf_counter() - started,
-                              None if consensus is None else float(consensus)))
+                              None if consensus is None else float(consensus), _device_memory(den.device)))
     run.step_offset += total
     return latents
 
@@ -285,7 +285,7 @@ def _independent(run: _Denoise, noise: torch.Tensor, seed: int) -> torch.Tensor:
                     pred[k : k + 1], t, states[tl.index], **_step_kwargs(s, gens[tl.index]), return_dict=False
                 )[0]
         run.flush_previews()
-        run.emit(StepFinished(i, run.total_steps, time.perf_counter() - started))
+        run.emit(StepFinished(i, run.total_steps, time.perf_counter() - started, None, _device_memory(run.den.device)))
     # Stitch: each latent pixel from the tile whose centre is nearest (hard seams by design).
     owner = torch.from_numpy(blend.ownership(plan)).to(den.device)
     canvas = torch.zeros_like(noise)
@@ -294,6 +294,12 @@ def _independent(run: _Denoise, noise: torch.Tensor, seed: int) -> torch.Tensor:
         region = canvas[..., tl.y0 : tl.y1, tl.x0 : tl.x1]
         region[..., mask] = states[tl.index].float()[..., mask]
     return canvas
+
+
+def _device_memory(device: torch.device) -> int | None:
+    """Peak bytes allocated on a CUDA device so far (a host-side counter: no sync); None elsewhere."""
+    device = torch.device(device)
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
 
 
 def generate(

@@ -76,16 +76,26 @@ class Denoiser(Protocol):
 Factory = Callable[[GenerationRequest, torch.device, torch.dtype], "Denoiser"]
 _BUILTINS: dict[str, Factory] = {}
 _DEFAULTS: dict[str, dict[str, Any]] = {}
+_INFO: dict[str, dict[str, Any]] = {}
 
 
-def register_builtin(name: str, factory: Factory, defaults: dict[str, Any] | None = None) -> None:
+def register_builtin(name: str, factory: Factory, defaults: dict[str, Any] | None = None,
+                     info: dict[str, Any] | None = None) -> None:
     """Make ``builtin:<name>`` load through ``factory(request, device, dtype)``.
 
     ``defaults`` are request fields that suit the model (steps, sampler, tile...), applied by
-    :func:`model_defaults` where the user gave no value.
+    :func:`model_defaults` where the user gave no value. ``info`` describes the model without
+    loading it (see :class:`paradiff_gui.engine.modelinfo.ModelInfo`: scale, native_tile, text,
+    samplers, controls, output), so a GUI can plan tiles and show the right controls.
     """
     _BUILTINS[name] = factory
     _DEFAULTS[name] = dict(defaults or {})
+    _INFO[name] = dict(info or {})
+
+
+def builtin_info(name: str) -> dict[str, Any] | None:
+    """What :func:`register_builtin` was told about ``builtin:<name>``; None if unknown."""
+    return dict(_INFO[name]) if name in _INFO else None
 
 
 def model_defaults(model: str) -> dict[str, Any]:

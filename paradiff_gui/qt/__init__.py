@@ -1,0 +1,1 @@
+"""Everything Qt: the desktop app. The engine never imports this package."""

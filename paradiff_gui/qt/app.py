@@ -1,0 +1,167 @@
+"""``paradiff-gui``: the desktop app's entry point (QApplication on a qasync event loop).
+
+Scripted mode, for demos, docs and tests::
+
+    paradiff-gui --request FILE --autorun --screenshot OUT.png --quit-when-done
+
+runs the request in the real window, saves a screenshot of the window once the picture is
+shown, and exits 0 — or non-zero with the error on stderr. ``--stats`` prints the run's
+figures (event-loop stall, preview rate) as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import logging.handlers
+import os
+import sys
+from pathlib import Path
+
+from platformdirs import user_log_path
+
+APP_NAME = "Paradiff"
+ORG_NAME = "Paradiff"
+
+
+def log_dir() -> Path:
+    return user_log_path("paradiff", appauthor=False, ensure_exists=True)
+
+
+def setup_logging() -> Path:
+    path = log_dir() / "paradiff-gui.log"
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=2 << 20, backupCount=3, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return path
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="paradiff-gui", description="Paradiff desktop app")
+    p.add_argument("--request", metavar="FILE", help="load a request (.json or a Paradiff image) into the panel")
+    p.add_argument("--model", help="select this model (a builtin: id, a diffusers folder or a .safetensors file)")
+    p.add_argument("--open", metavar="IMAGE", help="open an image for seam inspection")
+    p.add_argument("--autorun", action="store_true", help="press Generate once the window is up")
+    p.add_argument("--screenshot", metavar="PNG", help="save a screenshot of the window when the run is done")
+    p.add_argument("--export", metavar="FILE", help="export the result here when the run is done")
+    p.add_argument("--quit-when-done", action="store_true", help="exit after the run (0 = done, 1 = failed)")
+    p.add_argument("--stats", action="store_true", help="print the run's figures as one JSON line on stdout")
+    p.add_argument("--theme", choices=("system", "light", "dark"), default="system")
+    p.add_argument("--size", metavar="WxH", help="window size, e.g. 1600x1000 (for screenshots)")
+    return p.parse_args(argv)
+
+
+def make_app(argv: list[str], theme: str = "system"):
+    os.environ.setdefault("QT_API", "pyside6")  # qasync picks the first binding it finds otherwise
+    from PySide6.QtCore import QCoreApplication, Qt
+    from PySide6.QtGui import QGuiApplication, QIcon
+    from PySide6.QtWidgets import QApplication
+
+    from .theme import apply_theme
+
+    app = QApplication.instance()
+    if app is None:
+        QGuiApplication.setHighDpiScaleFactorRoundingPolicy(Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
+        QCoreApplication.setOrganizationName(ORG_NAME)
+        QCoreApplication.setApplicationName(APP_NAME)
+        app = QApplication(argv)
+        app.setDesktopFileName("paradiff")
+    # The icon lives in the source tree's resources/ (the installers install it from there too).
+    icon = Path(__file__).resolve().parents[2] / "resources" / "paradiff.png"
+    if icon.is_file():
+        app.setWindowIcon(QIcon(str(icon)))
+    apply_theme(app, theme)
+    return app
+
+
+async def _scripted(window, args: argparse.Namespace) -> int:
+    """Run the request in the window and report; returns the exit code."""
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[str] = loop.create_future()
+    shown: asyncio.Future[object] = loop.create_future()
+    window.run_ended.connect(lambda outcome: ended.done() or ended.set_result(outcome))
+    window.result_ready.connect(lambda r: shown.done() or shown.set_result(r))
+    if not window.generate():
+        print(f"paradiff-gui: {window.last_error}", file=sys.stderr)
+        return 2
+    outcome = await ended
+    if outcome != "finished":
+        print(f"paradiff-gui: {outcome}: {window.last_error or ''}".rstrip(": "), file=sys.stderr)
+        return 130 if outcome == "cancelled" else 1
+    await shown
+    if args.export:
+        exported: asyncio.Future[str] = loop.create_future()
+        window.exported.connect(lambda p: exported.done() or exported.set_result(p))
+        window.export_failed.connect(lambda m: exported.done() or exported.set_exception(OSError(m)))
+        window.export(args.export)
+        try:
+            await exported
+        except OSError as exc:
+            print(f"paradiff-gui: export: {exc}", file=sys.stderr)
+            return 1
+    if args.screenshot:
+        scored: asyncio.Future[object] = loop.create_future()
+        if window.current is not None and window.current.report is None:
+            window.scored.connect(lambda r: scored.done() or scored.set_result(r))
+            await scored  # the seam table and heatmap are part of the picture
+        await asyncio.sleep(0.2)  # let the last paints land
+        window.grab().save(args.screenshot)
+    if args.stats:
+        print(json.dumps(window.stats))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    log_path = setup_logging()
+    try:
+        import qasync
+    except ImportError:
+        print("paradiff-gui: the desktop app needs PySide6 and qasync: pip install 'paradiff-gui[gui]'",
+              file=sys.stderr)
+        return 3
+    app = make_app(sys.argv[:1], args.theme)
+    from .window import MainWindow
+
+    scripted = args.autorun and args.quit_when_done
+    window = MainWindow(interactive=not scripted)
+    if args.size:
+        try:
+            w, h = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            print(f"paradiff-gui: --size: must be WxH, got {args.size!r}", file=sys.stderr)
+            return 2
+        window.resize(w, h)
+    if args.model:
+        window.panel.add_model(args.model)
+    if args.request and not window.load_request(args.request):
+        print(f"paradiff-gui: {window.last_error}", file=sys.stderr)
+        if scripted:
+            return 2
+    window.show()
+    if args.open:
+        window.open_image(args.open)
+    logging.getLogger(__name__).info("started; log at %s", log_path)
+
+    loop = qasync.QEventLoop(app)
+    asyncio.set_event_loop(loop)
+    code = 0
+    with loop:
+        if args.autorun:
+            task = loop.create_task(_scripted(window, args))
+            if args.quit_when_done:
+                code = loop.run_until_complete(task)
+                window.close()
+                return code
+        closed = asyncio.Event()
+        app.aboutToQuit.connect(closed.set)
+        loop.run_until_complete(closed.wait())
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

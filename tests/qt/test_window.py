@@ -1,0 +1,304 @@
+"""The main window against the scriptable fake engine: a run from key press to history, cancel,
+errors, the panel, seam inspection, files, and persisted settings."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import numpy as np
+import pytest
+from fake_engine import tile_colour
+from PIL import Image
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent
+from PySide6.QtWidgets import QMessageBox
+
+from paradiff_gui.engine.export import open_image
+from paradiff_gui.engine.metadata import load_request, read_recipe, save_png
+from paradiff_gui.engine.modelinfo import describe_model
+from paradiff_gui.engine.request import GenerationRequest
+
+
+def run_to_result(qtbot, window, start=None):
+    with qtbot.waitSignal(window.result_ready, timeout=20000) as blocker:
+        (start or window.generate)()
+    return blocker.args[0]
+
+
+def test_ctrl_enter_runs_and_the_result_lands_in_view_history_and_inspector(qtbot, window, fake):
+    seen: list = []
+    window.bridge.previews.connect(seen.extend)
+    result = run_to_result(qtbot, window, lambda: qtbot.keyClick(window, Qt.Key.Key_Return,
+                                                                  Qt.KeyboardModifier.ControlModifier))
+    assert len(fake.calls) == 1 and fake.calls[0].width == 256
+    assert {p.tile for p in seen} == set(range(9))  # every tile's preview arrived
+    assert result.image.shape == (256, 256) and result.image.dtype == np.uint16
+    assert window.canvas.layer is result.layer
+    assert window.history.list.count() == 1
+    assert window.act_export.isEnabled() and window.generate_button.isEnabled()
+    assert not window.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: result.report is not None, timeout=20000)
+    assert window.seams.table.rowCount() == len(result.report.seams) > 0
+    assert "Seam score" in window.seams.summary.text()
+    assert window.stats["outcome"] == "finished" and window.stats["stall_ms_max"] >= 0
+
+
+def test_the_canvas_shows_previews_and_steps_while_running(qtbot, window, fake):
+    fake.batch_seconds = 0.05
+    window.panel.set_request(window.panel.request().replace(steps=20))
+    window.generate()
+    qtbot.waitUntil(lambda: len(window.canvas.tile_steps) == 9, timeout=10000)
+    assert window.canvas.total_steps == 20
+    assert window.progress.isVisible() and window.progress.maximum() == 20
+    qtbot.waitUntil(lambda: "ETA" in window.step_label.text(), timeout=10000)
+    # Pixels in a tile's own (unshared) corner, clear of its step label, are that tile's colour.
+    window.canvas.set_in_flight(())  # the highlight tints the batch in flight
+    img = window.canvas.grab().toImage()
+    p = window.canvas.to_widget(QPointF(48, 48))
+    dpr = img.devicePixelRatio()
+    c = img.pixelColor(int(p.x() * dpr), int(p.y() * dpr))
+    assert (c.red(), c.green(), c.blue()) == tile_colour(0)
+    with qtbot.waitSignal(window.run_ended, timeout=10000):
+        qtbot.keyClick(window, Qt.Key.Key_Escape)
+
+
+def test_escape_cancels_within_a_batch_and_the_app_is_ready_for_the_next_run(qtbot, window, fake):
+    fake.batch_seconds = 0.05
+    window.panel.set_request(window.panel.request().replace(steps=200))
+    window.generate()
+    assert fake.batch_seen.wait(5)
+    with qtbot.waitSignal(window.run_ended, timeout=5000) as blocker:
+        qtbot.keyClick(window, Qt.Key.Key_Escape)
+    assert blocker.args == ["cancelled"]
+    assert window.stats["cancel_latency_s"] < 0.5
+    assert "Cancelled" in window.status_text.text()
+    qtbot.waitUntil(lambda: window.generate_button.isEnabled())
+    assert window.history.list.count() == 0  # a cancelled run writes and keeps nothing
+    fake.batch_seconds = 0.0
+    window.panel.set_request(window.panel.request().replace(steps=2))
+    run_to_result(qtbot, window)
+    assert window.history.list.count() == 1
+
+
+def test_an_engine_error_shows_the_message_in_a_dialog_and_the_log(qtbot, window, fake, caplog):
+    fake.fail_at_step = 1
+    with qtbot.waitSignal(window.run_ended, timeout=10000) as blocker:
+        window.generate()
+    assert blocker.args == ["failed"]
+    box = window.error_box
+    assert isinstance(box, QMessageBox) and box.isVisible()
+    assert box.text() == fake.fail_message
+    assert fake.fail_message in caplog.text
+    box.close()
+    qtbot.waitUntil(lambda: window.generate_button.isEnabled())
+
+
+def test_a_bad_request_is_refused_before_starting_with_the_field_named(qtbot, window, fake):
+    window.panel.by_grid.setEnabled(True)
+    window.panel.overlap.setValue(128)  # = the terrain tile: not allowed
+    assert "overlap" in window.panel.plan_info.text()
+    assert window.generate() is False
+    assert fake.calls == []
+    assert window.error_box.isVisible() and window.error_box.text().startswith("overlap:")
+    window.error_box.close()
+
+
+def test_the_plan_is_drawn_before_generation_and_follows_the_editor(window):
+    p = window.panel
+    assert len(window.canvas.tiles) == 9 and "9 tiles" in p.plan_info.text()
+    p.width_.setValue(512)
+    assert len(window.canvas.tiles) == 7 * 3 and "21 tiles" in p.plan_info.text()
+    assert (window.canvas.image_w, window.canvas.image_h) == (512, 256)
+    p.overlap.setValue(32)
+    # Tiles are spread evenly: the 256 px side needs 3 rows, so they overlap by 64, not 32.
+    plan = describe_model("builtin:terrain").plan(p.request())
+    assert plan.actual_overlap == (64, 32) and "overlap x 32 · y 64 px" in p.plan_info.text()
+    assert "overhead" in p.plan_info.text() and "≈" in p.plan_info.text()
+
+
+def test_panel_round_trips_a_request_and_shows_the_right_controls(qtbot, window, sd_folder):
+    p = window.panel
+    terrain = GenerationRequest.for_model("builtin:terrain", width=384, height=256, steps=5, seed=4_000_000_000,
+                                          extra={"terrain_difficulty": 70}, jitter=True)
+    p.set_request(terrain)
+    assert p.request() == terrain
+    assert not p.prompt_box.isVisibleTo(window) and p.options_box.isVisibleTo(window)
+    assert not p.by_grid.isEnabled()  # the terrain model's tiles are fixed
+    sd = GenerationRequest(model=str(sd_folder), prompt="a castle", negative_prompt="blur", width=1024, height=512,
+                           grid=(2, 3), overlap=64, steps=7, guidance=5.5, sampler="euler_a", seed=9,
+                           fusion="gaussian", global_context=0.5, tile_batch=3, device="cpu", dtype="fp32")
+    p.set_request(sd)
+    assert p.request() == sd
+    assert p.prompt_box.isVisibleTo(window) and not p.options_box.isVisibleTo(window)
+    assert describe_model(str(sd_folder)).scale == 8
+
+
+def test_size_presets_keep_the_aspect_and_the_lock_links_width_and_height(window):
+    p = window.panel
+    p.width_.setValue(1024)
+    p.height_.setValue(512)
+    p.preset.setCurrentIndex(p.preset.findData(4096))
+    p._preset_chosen(p.preset.currentIndex())
+    assert (p.width_.value(), p.height_.value()) == (4096, 2048)
+    p.aspect_lock.setChecked(True)
+    p.width_.setValue(2048)
+    assert p.height_.value() == 1024
+    p.aspect_lock.setChecked(False)
+    p.width_.setValue(1000)
+    assert p.height_.value() == 1024
+
+
+def test_an_unlocked_seed_changes_every_run_and_a_locked_one_does_not(qtbot, window, fake):
+    window.panel.seed_lock.setChecked(False)
+    run_to_result(qtbot, window)
+    run_to_result(qtbot, window)
+    window.panel.seed_lock.setChecked(True)
+    run_to_result(qtbot, window)
+    seeds = [r.seed for r in fake.calls]
+    assert seeds[0] != seeds[1] and seeds[2] == seeds[1]
+
+
+def test_clicking_a_seam_zooms_to_it_at_100_percent(qtbot, window):
+    result = run_to_result(qtbot, window)
+    qtbot.waitUntil(lambda: result.report is not None, timeout=20000)
+    table = window.seams.table
+    table.sortItems(0, Qt.SortOrder.DescendingOrder)
+    seam = window.seams.seam_at(0)
+    assert seam.ratio == max(s.ratio for s in result.report.seams)
+    rect = table.visualItemRect(table.item(0, 0))
+    qtbot.mouseClick(table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert window.canvas.device_scale() == pytest.approx(1.0)
+    centre = window.canvas.center
+    assert (centre.x() if seam.orientation == "vertical" else centre.y()) == pytest.approx(seam.position)
+    # The overlay toggles reach the canvas.
+    window.seams.heatmap.setChecked(True)
+    window.seams.overlaps.setChecked(True)
+    window.seams.borders.setChecked(False)
+    assert window.canvas.show_heatmap and window.canvas.show_overlaps and not window.canvas.show_borders
+    assert window.canvas.heat is result.heat
+
+
+def test_history_views_old_results_and_reuses_their_settings(qtbot, window):
+    first = run_to_result(qtbot, window)
+    window.panel.set_request(window.panel.request().replace(seed=77, steps=2))
+    second = run_to_result(qtbot, window)
+    assert window.history.list.count() == 2 and window.current is second
+    item = window.history.list.item(1)  # newest first
+    rect = window.history.list.visualItemRect(item)
+    qtbot.mouseClick(window.history.list.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert window.current is first and window.canvas.layer is first.layer
+    window.history.reuse_button.click()
+    assert window.panel.request() == first.request
+
+
+def test_export_writes_every_format_with_the_recipe(qtbot, window, tmp_path):
+    result = run_to_result(qtbot, window)
+    for name in ("out.png", "out.tif", "out.webp", "out.jpg"):
+        path = tmp_path / name
+        with qtbot.waitSignal(window.exported, timeout=20000):
+            window.export(str(path))
+        assert read_recipe(path)["request"] == result.request.to_dict()
+    assert open_image(tmp_path / "out.png").dtype == np.uint16  # 16-bit heightmap kept
+    assert np.array_equal(open_image(tmp_path / "out.tif"), result.image)
+
+
+def test_a_failed_export_says_why_and_keeps_the_result(qtbot, window, tmp_path, monkeypatch):
+    result = run_to_result(qtbot, window)
+    tmp_path = tmp_path / "exports"
+    tmp_path.mkdir()
+    # A folder that cannot be made (its parent is a file)...
+    (tmp_path / "file").write_text("x")
+    with qtbot.waitSignal(window.export_failed, timeout=20000) as blocker:
+        window.export(str(tmp_path / "file" / "out.png"))
+    assert "file" in blocker.args[0] and window.error_box.isVisible()
+    window.error_box.close()
+    # ...and a full disk mid-write: the older file of that name survives untouched.
+    (tmp_path / "out.png").write_bytes(b"older")
+
+    def full(self, fp, *args, **kwargs):
+        fp.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    with qtbot.waitSignal(window.export_failed, timeout=20000) as blocker:
+        window.export(str(tmp_path / "out.png"))
+    assert "No space left on device" in blocker.args[0]
+    assert (tmp_path / "out.png").read_bytes() == b"older"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "out.png"]
+    assert window.current is result and result.image is not None and window.act_export.isEnabled()
+
+
+def test_open_image_takes_the_plan_from_metadata_or_from_the_editor(qtbot, window, tmp_path):
+    req = GenerationRequest.for_model("builtin:terrain", width=384, height=256, seed=3)
+    plan = describe_model(req.model).plan(req)
+    img = (np.random.default_rng(0).random((256, 384)) * 60000).astype(np.uint16)
+    save_png(tmp_path / "p.png", img, req, plan, {"model_name": "terrain"})
+    with qtbot.waitSignal(window.result_ready, timeout=20000) as blocker:
+        window.open_image(str(tmp_path / "p.png"))
+    opened = blocker.args[0]
+    assert opened.request == req and opened.tiles == [plan.image_rect(t) for t in plan.tiles]
+    assert "Paradiff metadata" in window.status_text.text()
+    Image.fromarray(np.zeros((200, 300, 3), np.uint8)).save(tmp_path / "plain.png")
+    window.panel.overlap.setValue(32)
+    with qtbot.waitSignal(window.result_ready, timeout=20000) as blocker:
+        window.open_image(str(tmp_path / "plain.png"))
+    plain = blocker.args[0]
+    assert plain.request is None and len(plain.tiles) > 1 and "tile editor" in window.status_text.text()
+    # A picture without a recipe still exports (without one).
+    with qtbot.waitSignal(window.exported, timeout=20000):
+        window.export(str(tmp_path / "plain-copy.jpg"))
+    assert open_image(tmp_path / "plain-copy.jpg").shape == (200, 300, 3)
+
+
+def test_opening_a_broken_file_is_a_plain_error(qtbot, window, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png at all")
+    window.open_image(str(bad))
+    qtbot.waitUntil(lambda: window.error_box is not None and window.error_box.isVisible(), timeout=10000)
+    assert "bad.png" in window.error_box.text()
+
+
+def test_save_and_load_request_and_drop_a_paradiff_png(qtbot, window, tmp_path):
+    window.panel.set_request(window.panel.request().replace(seed=1234, steps=6))
+    assert window.save_request(str(tmp_path / "r.json"))
+    assert load_request(tmp_path / "r.json") == window.panel.request()
+    window.panel.set_request(window.panel.request().replace(seed=1))
+    assert window.load_request(str(tmp_path / "r.json")) and window.panel.request().seed == 1234
+    # Dropping a Paradiff PNG restores its request.
+    req = GenerationRequest.for_model("builtin:terrain", width=256, height=384, seed=99, steps=4)
+    save_png(tmp_path / "d.png", np.zeros((384, 256), np.uint16), req, describe_model(req.model).plan(req), {})
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(tmp_path / "d.png"))])
+    enter = QDragEnterEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
+                            Qt.KeyboardModifier.NoModifier)
+    window.dragEnterEvent(enter)
+    assert enter.isAccepted()
+    with qtbot.waitSignal(window.result_ready, timeout=20000):
+        window.drop_file(str(tmp_path / "d.png"))
+    assert window.panel.request() == req
+    # A malformed request file: a plain message naming the problem, the panel untouched.
+    (tmp_path / "bad.json").write_text(json.dumps({"width": "wide"}))
+    assert not window.load_request(str(tmp_path / "bad.json"))
+    assert window.error_box.text().startswith("width:")
+    assert window.panel.request() == req
+
+
+def test_settings_and_geometry_persist(qtbot, make_window, settings, fake):
+    w = make_window(fake)
+    w.panel.set_request(GenerationRequest.for_model("builtin:terrain", width=640, height=384, seed=5, steps=3))
+    w.resize(1100, 700)
+    w.seams.overlaps.setChecked(True)
+    w.close()
+    w2 = make_window(fake)
+    req = w2.panel.request()
+    assert (req.width, req.height, req.seed, req.steps) == (640, 384, 5, 3)
+    assert w2.seams.overlaps.isChecked()
+    assert settings.value("window/geometry") is not None
+
+
+def test_the_time_estimate_learns_from_a_run(qtbot, window, fake):
+    fake.batch_seconds = 0.01
+    run_to_result(qtbot, window)
+    speed = window.seconds_per_view("builtin:terrain", "cpu")
+    assert speed is not None and 0 < speed < 1
