@@ -1,4 +1,4 @@
-# The two commands of the README:  make run  (set up + generate on the built-in offline model)
+# The two commands of the README:  make run  (set up + the desktop app on the built-in offline model)
 #                                  make test (set up + lint + tests)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -21,13 +21,20 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed
 
-# The main job: a 512x512 terrain heightmap (16-bit PNG) from the built-in model, offline,
-# with a shaded-relief picture of it, and its seam scores.
+# The main job: the desktop app, on the built-in offline terrain model unless you pick another.
+# With no display (a server, CI), the same app runs offscreen in scripted mode: it generates the
+# default 512x512 terrain, exports it (16-bit PNG with its recipe), saves a screenshot of the
+# window, prints its figures, and scores the seams of the export.
 run: setup
-	mkdir -p $(OUT)
-	$(BIN)/paradiff generate --size 512x512 --seed 7 -o $(OUT)/paradiff-terrain.png \
-		--relief $(OUT)/paradiff-terrain-relief.png
-	$(BIN)/paradiff inspect $(OUT)/paradiff-terrain.png
+	@if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ] || [ "$$(uname)" = Darwin ]; then \
+		$(BIN)/paradiff-gui; \
+	else \
+		echo "No display: running the app offscreen (scripted) on the built-in model."; \
+		mkdir -p $(OUT) && \
+		QT_QPA_PLATFORM=offscreen $(BIN)/paradiff-gui --autorun --quit-when-done --stats --size 1600x1000 \
+			--export $(OUT)/paradiff-terrain.png --screenshot $(OUT)/paradiff-app.png && \
+		$(BIN)/paradiff inspect $(OUT)/paradiff-terrain.png; \
+	fi
 
 lint: setup
 	$(BIN)/ruff check .

@@ -46,3 +46,33 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in _DTYPES.items()}[dtype]
+
+
+# -- CPU threads ---------------------------------------------------------------------------------
+
+_DEFAULT_TORCH_THREADS = torch.get_num_threads()
+_cpu_threads: int | None = None
+
+
+def set_cpu_threads(n: int | None) -> None:
+    """Limit the model's CPU thread pools to ``n`` threads (None: all cores, the default).
+
+    The desktop app uses it to keep a core free for the interface when a model runs on the
+    CPU: with every core busy, the GUI thread waits for a time slice (stalls up to ~100 ms on
+    2 cores). Loaded backends are dropped so their pools are rebuilt with the new size.
+    """
+    global _cpu_threads
+    if n is not None and n < 1:
+        raise ValueError(f"cpu threads must be at least 1, got {n}")
+    if n == _cpu_threads:
+        return
+    _cpu_threads = n
+    torch.set_num_threads(n or _DEFAULT_TORCH_THREADS)
+    from .denoisers import clear_cache
+
+    clear_cache()
+
+
+def cpu_threads() -> int | None:
+    """The limit set by :func:`set_cpu_threads` (None: no limit)."""
+    return _cpu_threads

@@ -99,7 +99,7 @@ async def _scripted(window, args: argparse.Namespace) -> int:
         window.export_failed.connect(lambda m: exported.done() or exported.set_exception(OSError(m)))
         window.export(args.export)
         try:
-            await exported
+            print(f"paradiff-gui: wrote {await exported}", file=sys.stderr)
         except OSError as exc:
             print(f"paradiff-gui: export: {exc}", file=sys.stderr)
             return 1
@@ -109,7 +109,10 @@ async def _scripted(window, args: argparse.Namespace) -> int:
             window.scored.connect(lambda r: scored.done() or scored.set_result(r))
             await scored  # the seam table and heatmap are part of the picture
         await asyncio.sleep(0.2)  # let the last paints land
-        window.grab().save(args.screenshot)
+        if not window.grab().save(args.screenshot):
+            print(f"paradiff-gui: screenshot: could not write {args.screenshot}", file=sys.stderr)
+            return 1
+        print(f"paradiff-gui: wrote {args.screenshot}", file=sys.stderr)
     if args.stats:
         print(json.dumps(window.stats))
     return 0

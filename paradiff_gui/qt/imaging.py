@@ -19,8 +19,8 @@ def to_display(image: np.ndarray, relief: bool = False) -> np.ndarray:
 
     RGB32 is what the raster painter draws without converting: a wrapped RGB888 picture would
     be converted on every paint. A 16-bit heightmap uses a few percent of its codes (the
-    model's height range is fixed), so it is stretched min–max for viewing, or drawn as shaded
-    relief.
+    model's height range is fixed), so it is stretched between its 0.5th and 99.5th percentiles
+    for viewing, or drawn as shaded relief.
     """
     if image.ndim == 3:
         if image.dtype != np.uint8:
@@ -34,9 +34,12 @@ def to_display(image: np.ndarray, relief: bool = False) -> np.ndarray:
         elif image.dtype == np.uint8:
             gray = image
         else:
-            lo, hi = float(image.min()), float(image.max())
+            # Percentiles of a subsample: one sharp peak must not turn the rest of the map black,
+            # and an 8K map is not sorted in full for a view.
+            step = max(1, int(np.sqrt(image.size / 1_000_000)))
+            lo, hi = (float(v) for v in np.percentile(image[::step, ::step], (0.5, 99.5)))
             scale = 255.0 / (hi - lo) if hi > lo else 0.0
-            gray = ((image.astype(np.float32) - lo) * scale).round().astype(np.uint8)
+            gray = np.clip((image.astype(np.float32) - lo) * scale, 0, 255).round().astype(np.uint8)
         rgb = gray[..., None] if gray.ndim == 2 else gray
     out = np.empty((*image.shape[:2], 4), np.uint8)
     out[..., 0:3] = rgb[..., ::-1]
@@ -68,10 +71,11 @@ def heat_rgba(heat: np.ndarray) -> np.ndarray:
     """Seam heatmap (1 = as smooth as the image, ≫ 1 = a visible seam) as premultiplied ARGB32
     (bytes B, G, R, A).
 
-    Below 1 is transparent; 1 → 2 fades in yellow; 2 → 4 turns to opaque red.
+    Ordinary texture reaches 1–1.5 anywhere, so below 1.5 is transparent; from 1.5 it fades in
+    yellow and turns to opaque red at 4 and above.
     """
-    t = np.clip((heat - 1.0) / 3.0, 0.0, 1.0).astype(np.float32)
-    alpha = np.where(heat > 1.0, 0.25 + 0.65 * t, 0.0).astype(np.float32)
+    t = np.clip((heat - 1.5) / 2.5, 0.0, 1.0).astype(np.float32)
+    alpha = np.where(heat > 1.5, 0.3 + 0.6 * t, 0.0).astype(np.float32)
     rgba = np.empty((*heat.shape, 4), np.uint8)
     rgba[..., 2] = (255 * alpha).astype(np.uint8)
     rgba[..., 1] = (255 * (1.0 - t) * alpha).astype(np.uint8)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QByteArray, QPointF, QSettings, Qt, QUrl, Signal
+from PySide6.QtCore import QByteArray, QObject, QPointF, QSettings, Qt, QUrl, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QDockWidget,
@@ -34,6 +35,7 @@ from PySide6.QtWidgets import (
 
 from ..engine import events as ev
 from ..engine import request as rq
+from ..engine.devices import set_cpu_threads
 from ..engine.modelinfo import ModelInfo, describe_model, estimate
 from ..engine.plan import TilePlan
 from ..engine.seams import Seam, analyse, heatmap
@@ -304,6 +306,7 @@ class MainWindow(QMainWindow):
         self.seams.borders.setChecked(s.value("view/borders", True, type=bool))
         self.seams.overlaps.setChecked(s.value("view/overlaps", False, type=bool))
         self.seams.heatmap.setChecked(s.value("view/heatmap", False, type=bool))
+        self.panel.spare_core.setChecked(s.value("performance/spare_core", False, type=bool))
 
     def save_settings(self) -> None:
         s = self.settings
@@ -316,6 +319,7 @@ class MainWindow(QMainWindow):
         s.setValue("view/borders", self.seams.borders.isChecked())
         s.setValue("view/overlaps", self.seams.overlaps.isChecked())
         s.setValue("view/heatmap", self.seams.heatmap.isChecked())
+        s.setValue("performance/spare_core", self.panel.spare_core.isChecked())
         s.sync()
 
     def _speed_key(self, model: str, device: str) -> str:
@@ -364,7 +368,6 @@ class MainWindow(QMainWindow):
                 self.seams.clear("The size changed: the plan is drawn on an empty canvas.")
             self.canvas.set_canvas_size(request.width, request.height)
         self.canvas.set_plan([plan.image_rect(t) for t in plan.tiles])
-        self._plan_preview = plan
 
     # -- a run ------------------------------------------------------------------------------------------
 
@@ -379,6 +382,8 @@ class MainWindow(QMainWindow):
         except rq.RequestError as exc:
             self.show_error("This request cannot run", str(exc))
             return False
+        spare = self.panel.spare_core.isChecked() and (os.cpu_count() or 1) > 1
+        set_cpu_threads((os.cpu_count() or 2) - 1 if spare else None)
         self.last_error = None
         self.current = None
         self.act_export.setEnabled(False)
@@ -459,6 +464,8 @@ class MainWindow(QMainWindow):
 
     def _on_finished(self, e: ev.Finished) -> None:
         self._remember_speed()
+        times = self._run.get("step_times") or []
+        self.step_label.setText(f"{len(times)} steps · {np.mean(times):.2f} s/step" if times else "")
         title = f"{e.request.width}×{e.request.height} · seed {e.request.seed}"
         result = Result(e.image, e.request, [e.plan.image_rect(t) for t in e.plan.tiles], title,
                         e.seconds, dict(e.info), e.plan, consensus=self._run.get("consensus"))
@@ -560,6 +567,7 @@ class MainWindow(QMainWindow):
                 total -= r.nbytes
                 r.image = None
                 r.title += " (not in memory)"
+                self.history.refresh(r)
 
     def _set_relief(self, on: bool) -> None:
         self._relief = on
@@ -712,12 +720,14 @@ class MainWindow(QMainWindow):
                                   on_progress=progress.report))
 
         def done(written: str) -> None:
+            progress.deleteLater()
             self.progress.setVisible(False)
             r.path = written
             self.status_text.setText(f"Exported {written}")
             self.exported.emit(written)
 
         def failed(exc: BaseException) -> None:
+            progress.deleteLater()
             self.progress.setVisible(False)
             self.status_text.setText("Export failed; the picture is still here")
             self.show_error("Export failed", _message(exc) + "\nThe picture is kept: export it elsewhere.")
@@ -794,14 +804,13 @@ class MainWindow(QMainWindow):
         super().closeEvent(event)
 
 
-class _ExportProgress(QWidget):
+class _ExportProgress(QObject):
     """Carries byte counts from the export thread to the status bar (a queued signal)."""
 
     written = Signal(int)
 
     def __init__(self, window: MainWindow) -> None:
         super().__init__(window)
-        self.hide()
         self.written.connect(lambda n: window.status_text.setText(f"Exporting… {fmt_bytes(n)} written"))
 
     def report(self, n: int) -> None:

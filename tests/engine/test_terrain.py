@@ -76,3 +76,24 @@ def test_synchronized_tiles_beat_independent_tiles_on_the_seam_ratio():
                                                        seed=seed, fusion=fusion, device="cpu"), previews=False)
             scores[fusion] = analyse(res.image, [res.plan.image_rect(t) for t in res.plan.tiles]).seam_ratio
         assert scores["cosine"] < 0.5 * scores["independent"], (seed, scores)
+
+
+def test_cpu_thread_limit_rebuilds_the_session_with_that_many_threads():
+    import torch
+
+    from paradiff_gui.engine import devices
+    from paradiff_gui.engine.denoisers import load_denoiser
+    from paradiff_gui.engine.request import GenerationRequest
+
+    req = GenerationRequest.for_model("builtin:terrain")
+    before = torch.get_num_threads()
+    try:
+        first = load_denoiser(req, torch.device("cpu"), torch.float32)
+        devices.set_cpu_threads(1)
+        assert torch.get_num_threads() == 1
+        limited = load_denoiser(req, torch.device("cpu"), torch.float32)
+        assert limited is not first  # a new session, with a one-thread pool
+        assert limited.session.get_session_options().intra_op_num_threads == 1
+    finally:
+        devices.set_cpu_threads(None)
+    assert torch.get_num_threads() == before

@@ -102,9 +102,9 @@ def test_pyramid_levels_and_level_choice():
 
 
 def test_heatmap_colours_only_seams():
-    heat = np.array([[0.5, 1.0, 2.0, 5.0]], np.float32)
+    heat = np.array([[0.5, 1.4, 2.0, 5.0]], np.float32)
     rgba = heat_rgba(heat)
-    assert rgba[0, 0, 3] == 0 and rgba[0, 1, 3] == 0  # smooth: transparent
+    assert rgba[0, 0, 3] == 0 and rgba[0, 1, 3] == 0  # ordinary texture: transparent
     assert 0 < rgba[0, 2, 3] < rgba[0, 3, 3]  # worse seams are more opaque
     assert rgba[0, 3, 2] == rgba[0, 3, 3] and rgba[0, 3, 1] == 0  # opaque red at the worst
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 
 import numpy as np
 import pytest
@@ -302,3 +303,34 @@ def test_the_time_estimate_learns_from_a_run(qtbot, window, fake):
     run_to_result(qtbot, window)
     speed = window.seconds_per_view("builtin:terrain", "cpu")
     assert speed is not None and 0 < speed < 1
+
+
+def test_keeping_a_core_free_limits_the_cpu_pools_and_persists(qtbot, window, settings):
+    from paradiff_gui.engine import devices
+
+    try:
+        window.panel.spare_core.setChecked(True)
+        run_to_result(qtbot, window)
+        assert devices.cpu_threads() == max(1, (os.cpu_count() or 2) - 1)
+        window.panel.spare_core.setChecked(False)
+        run_to_result(qtbot, window)
+        assert devices.cpu_threads() is None
+        window.panel.spare_core.setChecked(True)
+        window.save_settings()
+        assert settings.value("performance/spare_core", type=bool) is True
+    finally:
+        devices.set_cpu_threads(None)
+
+
+def test_history_keeps_full_pictures_within_its_memory_budget(qtbot, window, monkeypatch):
+    from paradiff_gui.qt import window as window_module
+
+    monkeypatch.setattr(window_module, "HISTORY_BYTES", 2 * 256 * 256 * 2)  # two 256² 16-bit maps
+    results = [run_to_result(qtbot, window) for _ in range(3)]
+    assert [r.image is not None for r in results] == [False, True, True]
+    assert window.history.list.item(2).text().endswith("(not in memory)")
+    window.show_result(results[0])
+    assert not window.act_export.isEnabled()  # nothing to export, said in the title; the thumbnail stays
+    window.history.list.setCurrentRow(2)
+    window.history.reuse_button.click()
+    assert window.panel.request() == results[0].request

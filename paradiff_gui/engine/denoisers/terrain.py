@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..devices import cpu_threads
 from ..plan import Tile, TilePlan
 from ..request import GenerationRequest, RequestError
 from . import ModelUnavailable, register_builtin
@@ -126,6 +127,8 @@ class TerrainDenoiser:
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
         options = ort.SessionOptions()
         options.log_severity_level = 3  # keep provider chatter off the user's terminal
+        if cpu_threads() is not None:
+            options.intra_op_num_threads = cpu_threads()
         self.session = ort.InferenceSession(str(weights), sess_options=options, providers=providers)
         # The canvas lives where torch can keep it; ONNX Runtime gets numpy either way.
         self.device = device if device.type == "cuda" else torch.device("cpu")

@@ -36,13 +36,23 @@ def verdict(ratio: float) -> str:
     return "visible seams"
 
 
+_SORT_KEY = Qt.ItemDataRole.UserRole + 1
+
+
+class _Item(QTableWidgetItem):
+    """Sorts by the value behind the text (3.10 after 2.5; x = 64 before x = 448)."""
+
+    def __lt__(self, other: QTableWidgetItem) -> bool:
+        return self.data(_SORT_KEY) < other.data(_SORT_KEY)
+
+
 class SeamPanel(QWidget):
     """Emits ``overlays_changed(borders, overlaps, heatmap)`` and ``seam_chosen(Seam)``."""
 
     overlays_changed = Signal(bool, bool, bool)
     seam_chosen = Signal(object)
 
-    COLUMNS = ("Score", "Line", "Kind", "At (px)", "Drift")
+    COLUMNS = ("Score", "Seam", "Kind", "Drift")
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -72,9 +82,14 @@ class SeamPanel(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         self.table.setSortingEnabled(True)
-        self.table.setToolTip("Click a seam to see it at 100 %. Score 1 = as smooth as the rest of the image.")
+        self.table.setToolTip("Click a seam to see it at 100 %. Score: the gradient across the seam ÷ the image's "
+                              "typical gradient (1 = as smooth as the rest). Drift: the mean step across it, as a "
+                              "share of the image's spread. Boundary: midway between tile centres; edge: a tile's "
+                              "edge.")
         self.table.itemClicked.connect(self._clicked)
         lay.addWidget(self.table, 1)
         self.report: SeamReport | None = None
@@ -94,17 +109,24 @@ class SeamPanel(QWidget):
     def set_report(self, report: SeamReport, consensus: float | None = None) -> None:
         self.report = report
         extra = f" · overlap disagreement {consensus:.3f}" if consensus is not None else ""
+        drift = float(np.mean([s.drift_rel for s in report.seams])) if report.seams else 0.0
         self.summary.setText(
             f"<b>Seam score {report.seam_ratio:.2f}</b> ({verdict(report.seam_ratio)}) · "
-            f"grid periodicity {report.spectral_peak:.2f} · drift {report.drift:.3f}{extra}")
+            f"grid periodicity {report.spectral_peak:.2f} · mean drift {drift:.0%}{extra}")
+        self.summary.setToolTip(
+            "Seam score: gradient across tile seams ÷ the image's typical gradient (≤ 1.05 is seamless). Grid "
+            "periodicity: spectral energy at the tile stride ÷ its neighbours (1 = no grid pattern). Drift: mean "
+            "step across a seam as a share of the image's spread.")
         self.table.setSortingEnabled(False)
         self.table.setRowCount(len(report.seams))
         for row, seam in enumerate(report.seams):
-            values: tuple[Any, ...] = (round(seam.ratio, 3), seam.orientation, seam.kind, seam.position,
-                                       round(seam.drift, 4))
-            for col, v in enumerate(values):
-                item = QTableWidgetItem()
-                item.setData(Qt.ItemDataRole.DisplayRole, v)
+            where = f"{'x' if seam.orientation == 'vertical' else 'y'} = {seam.position}"
+            # Drift as a share of the image's spread: comparable across 8- and 16-bit pictures.
+            values: tuple[Any, ...] = (f"{seam.ratio:.2f}", where, seam.kind, f"{seam.drift_rel:.1%}")
+            keys: tuple[Any, ...] = (seam.ratio, (seam.orientation, seam.position), seam.kind, seam.drift_rel)
+            for col, (v, key) in enumerate(zip(values, keys)):
+                item = _Item(v)
+                item.setData(_SORT_KEY, key)
                 item.setData(Qt.ItemDataRole.UserRole, seam)
                 self.table.setItem(row, col, item)
         self.table.setSortingEnabled(True)
@@ -185,6 +207,13 @@ class HistoryPanel(QWidget):
         item.setToolTip(tip)
         self.list.insertItem(0, item)
         self.list.setCurrentItem(item)
+
+    def refresh(self, result: Result) -> None:
+        """Show a result's changed title."""
+        for i in range(self.list.count()):
+            item = self.list.item(i)
+            if item.data(Qt.ItemDataRole.UserRole) is result:
+                item.setText(result.title)
 
     def current(self) -> Result | None:
         item = self.list.currentItem()

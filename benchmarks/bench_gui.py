@@ -1,0 +1,187 @@
+"""GUI figures: event-loop stalls and preview rate during a real generation, canvas paint cost on
+an 8192² picture, and screenshots of the real window for the docs.
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" python benchmarks/bench_gui.py   # a real X window
+    QT_QPA_PLATFORM=offscreen python benchmarks/bench_gui.py                  # no display needed
+
+Writes ``benchmarks/results/gui-<platform>.json`` and, with ``--screenshots``, the pictures in
+``docs/images/`` (mid-generation and finished, light and dark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("QT_API", "pyside6")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=512, help="canvas side for the real run (px)")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--screenshots", action="store_true", help="write docs/images/app-*.png")
+    ap.add_argument("--theme", default="dark")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--spare-core", action="store_true", help="keep a CPU core free for the interface")
+    args = ap.parse_args()
+    # Our own settings and logs, not the user's.
+    tmp = Path(tempfile.mkdtemp(prefix="paradiff-bench-gui-"))
+    os.environ["XDG_CONFIG_HOME"] = str(tmp / "config")
+    os.environ["XDG_STATE_HOME"] = str(tmp / "state")
+
+    import numpy as np
+    from PySide6.QtCore import QPointF, QSettings, Qt, QTimer
+
+    from paradiff_gui import __version__
+    from paradiff_gui.engine.request import GenerationRequest
+    from paradiff_gui.qt.app import make_app
+    from paradiff_gui.qt.imaging import Layer, pyramid, to_display
+    from paradiff_gui.qt.window import MainWindow
+
+    app = make_app(sys.argv[:1], args.theme)
+    settings = QSettings(str(tmp / "settings.ini"), QSettings.Format.IniFormat)
+    w = MainWindow(settings=settings, interactive=False)
+    w.resize(1600, 1000)
+    w.show()
+    req = GenerationRequest.for_model("builtin:terrain", width=args.size, height=args.size, steps=args.steps,
+                                      seed=7)
+    w.panel.set_request(req)
+    w.panel.spare_core.setChecked(args.spare_core)
+    platform_name = app.platformName()
+    shots = ROOT / "docs" / "images"
+
+    # 1. A real generation: every gap between 5 ms timer ticks is recorded.
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+    worst = {"ms": 0.0, "during": ""}
+
+    def tick() -> None:
+        now = time.perf_counter()
+        gap = (now - last[0]) * 1000 - 5
+        gaps.append(gap)
+        if gap > worst["ms"]:
+            worst.update(ms=round(gap, 1), during=w.status_text.text())
+        last[0] = now
+
+    timer = QTimer()
+    timer.setTimerType(Qt.TimerType.PreciseTimer)
+    timer.setInterval(5)
+    timer.timeout.connect(tick)
+    mid_shot = {"done": False}
+
+    def on_step(e) -> None:
+        if args.screenshots and not mid_shot["done"] and e.step + 1 >= e.total // 2:
+            mid_shot["done"] = True
+            QTimer.singleShot(300, lambda: w.grab().save(str(shots / f"app-generating-{args.theme}.png")))
+
+    w.bridge.step_finished.connect(on_step)
+    shown: dict = {}
+    w.result_ready.connect(lambda r: shown.setdefault("result", r))
+    w.scored.connect(lambda r: shown.setdefault("scored", r))
+    last[0] = time.perf_counter()
+    timer.start()
+    w.generate()
+    while "scored" not in shown:
+        app.processEvents()
+        time.sleep(0.001)
+    timer.stop()
+    if args.screenshots:
+        w.seams.heatmap.setChecked(True)
+        w.seams.overlaps.setChecked(False)
+        for _ in range(20):
+            app.processEvents()
+            time.sleep(0.01)
+        w.grab().save(str(shots / f"app-finished-{args.theme}.png"))
+    run = dict(w.stats)
+    run["gap_ms_p99"] = round(float(np.percentile(gaps, 99)), 1)
+    run["gap_ms_max_incl_scoring"] = round(max(gaps), 1)
+    run["ticks"] = len(gaps)
+    run["worst_gap_during"] = worst["during"]  # the status line when it happened
+
+    # 2. Paint cost on an 8192² picture at four zooms (median of 5 paints each).
+    rng = np.random.default_rng(1)
+    big = np.tile(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8), (32, 32, 1))
+    t0 = time.perf_counter()
+    levels = pyramid(to_display(big))
+    pyramid_s = time.perf_counter() - t0
+    c = w.canvas
+    c.set_image(Layer.from_levels(levels))
+    c.set_plan([(x, y, x + 1024, y + 1024) for y in range(0, 7169, 768) for x in range(0, 7169, 768)])
+    paints = {}
+    for name, action in (("fit", c.fit), ("25%", lambda: c.zoom_to(QPointF(4096, 4096), 0.25)),
+                         ("100%", c.actual_size), ("400%", lambda: c.zoom_to(QPointF(7000, 200), 4.0))):
+        action()
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            c.repaint()
+            times.append((time.perf_counter() - t) * 1000)
+        paints[name] = round(statistics.median(times), 2)
+
+    # 3. A flood: an engine that emits previews of 64 tiles as fast as it can for 3 s. The bridge
+    #    must coalesce them (newest per tile) into at most 20 flushes a second.
+    from paradiff_gui.engine import events as ev
+    from paradiff_gui.qt.bridge import EngineBridge
+
+    def flood(request, on_event, cancel):
+        plan = w.panel.info.plan(request)
+        on_event(ev.Planned(request, plan, 1, "cpu", "fp32"))
+        rgb = np.full((128, 128, 3), 128, np.uint8)
+        end, n = time.perf_counter() + 3.0, 0
+        while time.perf_counter() < end:
+            t = plan.tiles[n % len(plan)]
+            on_event(ev.TilePreview(0, t.index, rgb, plan.image_rect(t)))
+            n += 1
+        on_event(ev.Cancelled(0))
+        flood.sent = n
+
+    bridge = EngineBridge(flood)
+    bridge.previews.connect(w.canvas.add_previews)
+    t0 = time.perf_counter()
+    bridge.start(req.replace(width=1024, height=1024))
+    gaps.clear()
+    last[0] = time.perf_counter()
+    timer.start()
+    while bridge.running:
+        app.processEvents()
+        time.sleep(0.001)
+    timer.stop()
+    elapsed = time.perf_counter() - t0
+    flood_stats = {"previews_emitted": flood.sent, "flushes": bridge.preview_flushes,
+                   "previews_delivered": bridge.preview_count, "seconds": round(elapsed, 2),
+                   "flush_rate_hz": round(bridge.preview_flushes / elapsed, 1),
+                   "stall_ms_max": round(max(gaps), 1) if gaps else None}
+
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "paradiff": __version__,
+        "qt_platform": platform_name,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "request": req.to_dict(),
+        "spare_core": args.spare_core,
+        "run": run,
+        "preview_flood": flood_stats,
+        "paint_ms_8192": paints,
+        "pyramid_8192_s": round(pyramid_s, 2),
+        "canvas_widget_px": [c.width(), c.height()],
+    }
+    suffix = "-spare-core" if args.spare_core else ""
+    out = args.out or ROOT / "benchmarks" / "results" / f"gui-{platform_name}{suffix}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    w.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
