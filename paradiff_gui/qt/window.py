@@ -345,6 +345,7 @@ class MainWindow(QMainWindow):
             self.panel.plan_info.setText(f"<span style='color:#e5534b'>{exc}</span>")
             self.act_generate.setEnabled(True)  # Generate explains the problem in a dialog
             return
+        self.panel.show_plan(plan)
         device = _resolved_device(request.device)
         est = estimate(request, info, self.seconds_per_view(info.id, device), device)
         rows_overlap, cols_overlap = plan.actual_overlap  # latent px, None along a single-tile axis

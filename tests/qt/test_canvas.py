@@ -109,9 +109,28 @@ def test_heatmap_colours_only_seams():
     assert rgba[0, 3, 2] == rgba[0, 3, 3] and rgba[0, 3, 1] == 0  # opaque red at the worst
 
 
-def test_overlap_bands_are_the_pairwise_intersections():
-    bands = overlap_bands([(0, 0, 96, 64), (64, 0, 160, 64)])
-    assert bands == [(64, 0, 96, 64)]
+def test_overlap_bands_are_where_neighbouring_columns_and_rows_overlap():
+    assert overlap_bands([(0, 0, 96, 64), (64, 0, 160, 64)]) == [(64, 0, 96, 64)]
+    grid = [(x, y, x + 96, y + 96) for y in (0, 64) for x in (0, 64, 128)]
+    assert overlap_bands(grid) == [(64, 0, 96, 160), (128, 0, 160, 160), (0, 64, 224, 96)]
+    assert overlap_bands([(0, 0, 64, 64), (64, 0, 128, 64)]) == []  # touching is not overlapping
+
+
+def test_a_plan_of_8000_tiles_is_set_and_painted_quickly(canvas):
+    from paradiff_gui.engine.modelinfo import describe_model
+    from paradiff_gui.engine.request import GenerationRequest
+
+    req = GenerationRequest.for_model("builtin:terrain", width=8192, height=4096)
+    plan = describe_model(req.model).plan(req)
+    assert len(plan) > 8000
+    canvas.set_canvas_size(8192, 4096)
+    t0 = time.perf_counter()
+    canvas.set_plan([plan.image_rect(t) for t in plan.tiles], total_steps=8)
+    canvas.set_overlays(overlaps=True)
+    canvas.set_in_flight(tuple(range(64)))
+    canvas.repaint()
+    assert time.perf_counter() - t0 < 0.2
+    assert len(canvas.bands) == (plan.rows - 1) + (plan.cols - 1)
 
 
 def test_an_8192_canvas_paints_fast_at_every_zoom(canvas):

@@ -110,6 +110,7 @@ def test_the_plan_is_drawn_before_generation_and_follows_the_editor(window):
     assert len(window.canvas.tiles) == 9 and "9 tiles" in p.plan_info.text()
     p.width_.setValue(512)
     assert len(window.canvas.tiles) == 7 * 3 and "21 tiles" in p.plan_info.text()
+    assert (p.rows.value(), p.cols.value()) == (3, 7)  # the derived grid is shown
     assert (window.canvas.image_w, window.canvas.image_h) == (512, 256)
     p.overlap.setValue(32)
     # Tiles are spread evenly: the 256 px side needs 3 rows, so they overlap by 64, not 32.
@@ -334,3 +335,22 @@ def test_history_keeps_full_pictures_within_its_memory_budget(qtbot, window, mon
     window.history.list.setCurrentRow(2)
     window.history.reuse_button.click()
     assert window.panel.request() == results[0].request
+
+
+def test_zoom_shortcuts_and_a_real_drop_event(qtbot, window, tmp_path):
+    from PySide6.QtGui import QDropEvent
+
+    window.canvas.setFocus()
+    qtbot.keyClick(window.canvas, Qt.Key.Key_1, Qt.KeyboardModifier.ControlModifier)
+    assert window.canvas.device_scale() == pytest.approx(1.0)
+    assert window.zoom_label.text() == "100 %"
+    qtbot.keyClick(window.canvas, Qt.Key.Key_0, Qt.KeyboardModifier.ControlModifier)
+    assert window.canvas.visible_image_rect().width() == pytest.approx(256)
+    req = GenerationRequest.for_model("builtin:terrain", width=128, height=128, seed=5, steps=2)
+    (tmp_path / "r.json").write_text(req.to_json())
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(tmp_path / "r.json"))])
+    drop = QDropEvent(QPointF(20, 20), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
+                      Qt.KeyboardModifier.NoModifier)
+    window.dropEvent(drop)
+    assert window.panel.request() == req

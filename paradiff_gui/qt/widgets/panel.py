@@ -239,8 +239,8 @@ class GenerationPanel(QWidget):
         self.spare_core = QCheckBox("Keep a CPU core free for the interface")
         self.spare_core.setObjectName("spare_core")
         self.spare_core.setToolTip(
-            "For models running on the CPU: the interface stays fluid (longest stall 44 ms instead of 100-130 ms on "
-            "2 cores) but generation is slower (1.4x on 2 cores, less with more cores). No effect on GPU runs.")
+            "For models running on the CPU: the interface stays fluid (longest stall 33-45 ms instead of 55-131 ms "
+            "on 2 cores) but generation is slower (1.4-1.8x on 2 cores, less with more cores). No effect on GPU runs.")
         pfm.addRow(self.spare_core)
         outer.addWidget(box)
         outer.addStretch(1)
@@ -319,7 +319,6 @@ class GenerationPanel(QWidget):
     def _size_edited(self, which: str, value: int) -> None:
         if self._updating:
             return
-        self.preset.setCurrentIndex(0)
         if self.aspect_lock.isChecked():
             self._updating = True
             if which == "w":
@@ -328,6 +327,8 @@ class GenerationPanel(QWidget):
                 self.width_.setValue(_round8(value * self._aspect))
             self._updating = False
             self.changed.emit()
+        # The preset follows the long side (4096 x 2048 is "4K"), "Custom" otherwise.
+        self.preset.setCurrentIndex(max(0, self.preset.findData(max(self.width_.value(), self.height_.value()))))
 
     def _preset_chosen(self, index: int) -> None:
         side = self.preset.itemData(index)
@@ -424,6 +425,16 @@ class GenerationPanel(QWidget):
             self.by_tile.setChecked(True)
         self.by_grid.setEnabled(not info.fixed_tile)
         self._mode_changed()
+
+    def show_plan(self, plan) -> None:
+        """Show the derived half of the editor: rows × columns when planning by tile size, the
+        tile size when planning by grid (the disabled fields follow the plan)."""
+        pairs = ((self.rows, plan.rows), (self.cols, plan.cols)) if self.by_tile.isChecked() else \
+            ((self.tile, plan.tile_w * plan.scale),)
+        for spin, value in pairs:
+            spin.blockSignals(True)
+            spin.setValue(value)
+            spin.blockSignals(False)
 
     def randomise_seed(self) -> None:
         self.seed.setValue(random.randrange(0, rq.MAX_SEED + 1))
