@@ -55,6 +55,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _qt_messages_to_log() -> None:
+    """Qt's own warnings (e.g. the offscreen platform's "does not support propagateSizeHints")
+    go to the log file, not the user's terminal."""
+    from PySide6.QtCore import QtMsgType, qInstallMessageHandler
+
+    qt_log = logging.getLogger("qt")
+    levels = {QtMsgType.QtDebugMsg: logging.DEBUG, QtMsgType.QtInfoMsg: logging.INFO,
+              QtMsgType.QtWarningMsg: logging.WARNING, QtMsgType.QtCriticalMsg: logging.ERROR,
+              QtMsgType.QtFatalMsg: logging.CRITICAL}
+
+    def handler(kind, _context, message: str) -> None:
+        qt_log.log(levels.get(kind, logging.WARNING), "%s", message)
+
+    qInstallMessageHandler(handler)
+
+
 def make_app(argv: list[str], theme: str = "system"):
     os.environ.setdefault("QT_API", "pyside6")  # qasync picks the first binding it finds otherwise
     from PySide6.QtCore import QCoreApplication, Qt
@@ -127,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         print("paradiff-gui: the desktop app needs PySide6 and qasync: pip install 'paradiff-gui[gui]'",
               file=sys.stderr)
         return 3
+    _qt_messages_to_log()
     app = make_app(sys.argv[:1], args.theme)
     from .window import MainWindow
 
