@@ -234,6 +234,19 @@ class _ProgressFile:
         return True
 
 
+def _prepare(path: str | os.PathLike[str], image: np.ndarray, fmt: str | None,
+             quality: int) -> tuple[ImageFormat, Image.Image]:
+    """The format and the Pillow image to write, after the checks every save shares."""
+    spec = FORMATS[format_for(path) if fmt is None else _format_named(fmt)]
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise RequestError("quality", f"must be a whole number from 1 to 100, got {quality!r}")
+    pil = _pillow_image(image, spec)
+    if max(pil.size) > spec.max_side:
+        raise RequestError("format", f"{spec.label} holds at most {spec.max_side} px a side; this image is "
+                                     f"{pil.width}x{pil.height}: save as PNG or TIFF")
+    return spec, pil
+
+
 def save_image(
     path: str | os.PathLike[str],
     image: np.ndarray,
@@ -255,13 +268,7 @@ def save_image(
     (e.g. a cancel) aborts the save; as with any failure, no partial file is left and an older
     file at ``path`` is kept.
     """
-    spec = FORMATS[format_for(path) if fmt is None else _format_named(fmt)]
-    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
-        raise RequestError("quality", f"must be a whole number from 1 to 100, got {quality!r}")
-    pil = _pillow_image(image, spec)
-    if max(pil.size) > spec.max_side:
-        raise RequestError("format", f"{spec.label} holds at most {spec.max_side} px a side; this image is "
-                                     f"{pil.width}x{pil.height}: save as PNG or TIFF")
+    spec, pil = _prepare(path, image, fmt, quality)
     parameters = parameters_text(request, plan, info.get("model_name", request.model))
 
     options: dict[str, Any]
@@ -302,13 +309,7 @@ def save_image(
 def save_plain(path: str | os.PathLike[str], image: np.ndarray, *, fmt: str | None = None, quality: int = 95,
                on_progress: Callable[[int], object] | None = None) -> Path:
     """Write ``image`` without a recipe (a picture opened from disk that has none), atomically."""
-    spec = FORMATS[format_for(path) if fmt is None else _format_named(fmt)]
-    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
-        raise RequestError("quality", f"must be a whole number from 1 to 100, got {quality!r}")
-    pil = _pillow_image(image, spec)
-    if max(pil.size) > spec.max_side:
-        raise RequestError("format", f"{spec.label} holds at most {spec.max_side} px a side; this image is "
-                                     f"{pil.width}x{pil.height}: save as PNG or TIFF")
+    spec, pil = _prepare(path, image, fmt, quality)
     options: dict[str, Any] = {}
     if spec.name == "tiff":
         options = {"compression": "tiff_adobe_deflate", "tiffinfo": {_TIFF_PREDICTOR: 2}}
