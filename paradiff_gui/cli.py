@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .engine import distributed
 from .engine import request as rq
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -63,6 +65,16 @@ def _pair_arg(parse_fn):
     return parse
 
 
+def _devices_arg(text: str) -> list[str]:
+    devices = [d.strip() for d in text.split(",") if d.strip()]
+    for d in devices:
+        if not re.fullmatch(r"cpu|cuda:\d{1,2}", d):
+            raise argparse.ArgumentTypeError(f"devices: each must be cpu or cuda:N, got {d!r}")
+    if len(devices) < 2:
+        raise argparse.ArgumentTypeError("devices: give two or more, comma-separated (e.g. cuda:0,cuda:1)")
+    return devices
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="paradiff", description="Ultra-high-resolution images by synchronized tiled diffusion.")
     p.add_argument("--version", action="version", version=f"paradiff {__version__}")
@@ -90,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first denoise a small whole-canvas version and let it guide the layout (0 = off)")
     g.add_argument("--tile-batch", dest="tile_batch", type=_int_arg(1, rq.MAX_TILE_BATCH), metavar="N")
     g.add_argument("--device", metavar="auto|cpu|cuda|cuda:N|mps")
+    g.add_argument("--devices", type=_devices_arg, metavar="D1,D2,...",
+                   help="spread the tiles over these devices, one process each (e.g. cuda:0,cuda:1; cpu,cpu "
+                        "for CPU processes); under torchrun every process already is one rank")
     g.add_argument("--dtype", choices=rq.DTYPES)
     g.add_argument("--terrain-difficulty", type=_int_arg(1, 100), metavar="1..100",
                    help="builtin:terrain: how rugged the landscape is (default 35)")
@@ -189,8 +204,7 @@ def _default_output(request: rq.GenerationRequest) -> Path:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .engine import Cancelled, CancelToken, ModelUnavailable, generate
-    from .engine.metadata import save_png, save_request
+    from .engine.metadata import save_request
 
     try:
         request = request_from_args(args)
@@ -208,14 +222,71 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if args.allow_download:
         os.environ["PARADIFF_ALLOW_DOWNLOAD"] = "1"
+    if args.devices:
+        return _launch_local_group(args, request, out)
+    shard = None
+    if distributed.launched_by_torchrun():
+        shard, device = distributed.init_from_env(request.device)
+        request = request.replace(device=device)
+        args.quiet = args.quiet or not shard.leader
+    try:
+        return _generate_and_write(args, request, out, shard)
+    finally:
+        if shard is not None:
+            distributed.leave()
+
+
+def _launch_local_group(args: argparse.Namespace, request: rq.GenerationRequest, out: Path) -> int:
+    """``--devices``: one process per device, joined in a local process group; rank 0 writes."""
+    import multiprocessing
+
+    port = distributed.free_port()
+    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
+    procs = [ctx.Process(target=_group_member, args=(rank, args.devices, port, request.to_json(), str(out),
+                                                     args.relief, args.quiet or rank > 0))
+             for rank in range(len(args.devices))]
+    for proc in procs:
+        proc.start()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the members handle Ctrl-C themselves
+    try:
+        for proc in procs:
+            proc.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    codes = [proc.exitcode for proc in procs]
+    return codes[0] if codes[0] else next((c for c in codes if c), EXIT_OK) or EXIT_OK
+
+
+def _group_member(rank: int, devices: list[str], port: int, request_json: str, out: str, relief: str | None,
+                  quiet: bool) -> None:
+    request = rq.GenerationRequest.from_json(request_json).replace(device=devices[rank])
+    args = argparse.Namespace(relief=relief, quiet=quiet)
+    shard = distributed.join(rank, len(devices), port, devices[rank])
+    try:
+        code = _generate_and_write(args, request, Path(out), shard)
+    finally:
+        distributed.leave()
+    sys.exit(code)
+
+
+def _generate_and_write(args: argparse.Namespace, request: rq.GenerationRequest, out: Path,
+                        shard: distributed.Shard | None) -> int:
+    from .engine import Cancelled, CancelToken, ModelUnavailable, generate
+    from .engine.metadata import save_png
+
     cancel = CancelToken()
+    leader = shard is None or shard.leader
+
+    def say(message: str) -> None:  # one voice for the whole group
+        if leader:
+            print(message, file=sys.stderr)
 
     def on_sigint(_sig: int, _frame: Any) -> None:
         # First Ctrl-C: stop cooperatively within one tile batch. Second: stop now.
         if cancel.cancelled:
             raise KeyboardInterrupt
         cancel.cancel()
-        print("\ncancelling… (Ctrl-C again to stop at once)", file=sys.stderr)
+        say("\ncancelling… (Ctrl-C again to stop at once)")
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     sink = _Progress(args.quiet)
@@ -223,16 +294,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
         result = generate(request, sink, cancel)
     except (Cancelled, KeyboardInterrupt):
         sink.progress.stop()
-        print("paradiff: interrupted; nothing was written", file=sys.stderr)
+        say("paradiff: interrupted; nothing was written")
         return EXIT_INTERRUPTED
     except rq.RequestError as exc:
-        print(f"paradiff: invalid input: {exc}", file=sys.stderr)
+        say(f"paradiff: invalid input: {exc}")
         return EXIT_INVALID
     except ModelUnavailable as exc:
-        print(f"paradiff: model unavailable: {exc}", file=sys.stderr)
+        say(f"paradiff: model unavailable: {exc}")
         return EXIT_MODEL
     finally:
         signal.signal(signal.SIGINT, previous)
+    if shard is not None and not shard.leader:
+        return EXIT_OK  # rank 0 writes the picture
     if args.relief and result.image.ndim != 2:
         print("paradiff: note: --relief is for heightmaps (single-channel models); not written", file=sys.stderr)
     elif args.relief:

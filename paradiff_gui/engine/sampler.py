@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import blend
+from . import blend, distributed
 from .cancel import Cancelled, CancelToken
 from .denoisers import Denoiser, ModelUnavailable, load_denoiser
 from .devices import dtype_name, resolve_device, resolve_dtype
@@ -59,7 +59,7 @@ EventSink = Callable[[Event], None]
 class GenerationResult:
     """What ``generate`` returns: the image plus everything needed to reproduce or inspect it."""
 
-    image: np.ndarray  # (H, W, 3) uint8
+    image: np.ndarray | None  # (H, W, 3) uint8 (or (H, W) uint16); None on ranks other than 0
     latents: torch.Tensor  # (1, C, h, w) float32 on the CPU: the finished canvas before decoding
     request: GenerationRequest
     plan: TilePlan
@@ -79,6 +79,7 @@ class _Denoise:
                  emit: EventSink, cancel: CancelToken, previews: bool) -> None:
         self.den, self.request, self.plan, self.cond = den, request, plan, cond
         self.emit, self.cancel, self.previews = emit, cancel, previews
+        self.shard = distributed.current()
         self.batch = request.tile_batch
         self.step = 0
         self.step_offset = 0  # steps of earlier passes (global context), for one running count
@@ -86,14 +87,31 @@ class _Denoise:
         self.t_value = 0.0  # the current timestep as a host float (no device sync to read it)
         self._pending: tuple | None = None  # the previous batch's previews, still in flight to the host
 
-    def batches(self, plan: TilePlan) -> list[list[Tile]]:
-        tiles = list(plan.tiles)
-        return [tiles[i : i + self.batch] for i in range(0, len(tiles), self.batch)]
+    def batches(self, plan: TilePlan) -> Iterator[list[Tile]]:
+        """This rank's tiles in batches of ``tile_batch`` (all tiles when running alone).
+
+        Cancel is checked before every batch, so it lands within one batch. With several ranks
+        a rank must not leave the step alone (the others would wait in the all-reduce for ever):
+        a cancelled rank skips its remaining batches and says so through the step's all-reduce.
+        """
+        tiles = self.shard.mine(list(plan.tiles))
+        for i in range(0, len(tiles), self.batch):
+            if self.shard.active:
+                if self.cancel.cancelled:
+                    return
+            else:
+                self.cancel.check()
+            yield tiles[i : i + self.batch]
+
+    def agree_on_cancel(self) -> None:
+        """With several ranks: raise Cancelled on every rank if any rank was cancelled."""
+        if self.shard.active:
+            flag = torch.tensor([1.0 if self.cancel.cancelled else 0.0], device=self.den.device)
+            if self.shard.all_reduce(flag).item() > 0:
+                raise Cancelled
 
     def run_batch(self, crops: torch.Tensor, t: torch.Tensor, tiles: list[Tile], plan: TilePlan) -> torch.Tensor:
         """One model call on a batch of tile crops; emits the batch and its previews."""
-        # Cancel is checked before every batch: a cancel lands within one batch.
-        self.cancel.check()
         self.emit(BatchStarted(self.step, tuple(tl.index for tl in tiles)))
         pred = self.den.predict(crops.to(self.den.dtype), t, tiles, self.cond).float()
         if self.previews:
@@ -172,6 +190,15 @@ def predict_canvas(run: _Denoise, plan: TilePlan, x_in: torch.Tensor, t: torch.T
             acc[region] += pred[k] * weights.wins[tl.index]
             first[region] += pred[k]
             second[region] += pred[k] * pred[k]
+    if run.shard.active:
+        # 4.2' Several ranks: one all-reduce adds up every rank's sums (and raises the cancel
+        # flag of any rank), so every rank steps the identical canvas.
+        flag = torch.full((1,), 1.0 if run.cancel.cancelled else 0.0, device=acc.device)
+        packed = run.shard.all_reduce(torch.cat([acc.flatten(), first.flatten(), second.flatten(), flag]))
+        if packed[-1].item() > 0:
+            raise Cancelled
+        n = acc.numel()
+        acc, first, second = (packed[k * n : (k + 1) * n].view_as(acc) for k in range(3))
     consensus = None
     if weights.any_multi:
         mean = first * weights.inv_count
@@ -214,7 +241,8 @@ def _synchronized(run: _Denoise, plan: TilePlan, noise: torch.Tensor, generator:
     weights: dict[TilePlan, _Weights] = {}  # 4.1 windows depend only on the plan: built once per plan
     for i, t in enumerate(scheduler.timesteps):
         run.step, run.t_value = run.step_offset + i, float(t_host[i])
-        run.cancel.check()
+        if not run.shard.active:  # with several ranks the step's all-reduce carries the cancel
+            run.cancel.check()
         started = time.perf_counter()
         step_plan = plan.shifted(*offsets[i]) if jitter else plan
         if step_plan not in weights:
@@ -273,7 +301,10 @@ def _independent(run: _Denoise, noise: torch.Tensor, seed: int) -> torch.Tensor:
     t_host = timesteps.cpu()
     for i, t in enumerate(timesteps):
         run.step, run.t_value = i, float(t_host[i])
-        run.cancel.check()
+        if run.shard.active:
+            run.agree_on_cancel()
+        else:
+            run.cancel.check()
         started = time.perf_counter()
         run.emit(StepStarted(i, run.total_steps, run.t_value, plan))
         for tiles in run.batches(plan):
@@ -286,14 +317,16 @@ def _independent(run: _Denoise, noise: torch.Tensor, seed: int) -> torch.Tensor:
                 )[0]
         run.flush_previews()
         run.emit(StepFinished(i, run.total_steps, time.perf_counter() - started, None, _device_memory(run.den.device)))
+    run.agree_on_cancel()
     # Stitch: each latent pixel from the tile whose centre is nearest (hard seams by design).
+    # Owned regions are disjoint, so with several ranks the sum of their canvases is the canvas.
     owner = torch.from_numpy(blend.ownership(plan)).to(den.device)
     canvas = torch.zeros_like(noise)
-    for tl in plan.tiles:
+    for tl in run.shard.mine(list(plan.tiles)):
         mask = owner[tl.y0 : tl.y1, tl.x0 : tl.x1] == tl.index
         region = canvas[..., tl.y0 : tl.y1, tl.x0 : tl.x1]
         region[..., mask] = states[tl.index].float()[..., mask]
-    return canvas
+    return run.shard.all_reduce(canvas)
 
 
 def _device_memory(device: torch.device) -> int | None:
@@ -314,7 +347,9 @@ def generate(
     (Finished, Cancelled or Failed). Raises :class:`Cancelled`, :class:`RequestError`,
     :class:`ModelUnavailable` or the runtime error after emitting the terminal event.
     """
-    emit: EventSink = on_event or (lambda _e: None)
+    shard = distributed.current()
+    # With several ranks, rank 0 speaks for all of them.
+    emit: EventSink = (on_event if shard.leader else None) or (lambda _e: None)
     cancel = cancel or CancelToken()
     started = time.perf_counter()
     run: _Denoise | None = None
@@ -356,12 +391,14 @@ def generate(
                 guide = _global_context(run, plan, generator) if request.global_context > 0 else None
                 latents = _synchronized(run, plan, noise, generator, jitter=request.jitter, guide=guide)
 
-            # 5. Decode (never after a cancel) and finish.
+            # 5. Decode (never after a cancel) and finish; with several ranks rank 0 alone decodes.
             cancel.check()
-            image = den.decode(latents, lambda done, total: emit(Decoding(done, total)))
+            image = den.decode(latents, lambda done, total: emit(Decoding(done, total))) if shard.leader else None
         seconds = time.perf_counter() - started
         info = {"model_name": den.name, "device": str(den.device), "dtype": dtype_name(den.dtype),
                 "tiles": len(plan), "plan": plan.describe()}
+        if shard.active:
+            info["ranks"] = shard.world
         result = GenerationResult(image, latents.float().cpu(), request, plan, seconds, info)
         emit(Finished(image, request, plan, seconds, info))
         return result
