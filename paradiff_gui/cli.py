@@ -55,6 +55,16 @@ def _float_arg(lo: float, hi: float):
     return _number_arg(float, lo, hi)
 
 
+def _tile_batch_arg(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be auto or a whole number from 1 to {rq.MAX_TILE_BATCH}, got {text!r}") from None
+
+
 def _pair_arg(parse_fn):
     def parse(text: str):
         try:
@@ -100,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shift the tile grid by a seeded offset every step")
     g.add_argument("--global-context", dest="global_context", type=_float_arg(0.0, 1.0), metavar="0..1",
                    help="first denoise a small whole-canvas version and let it guide the layout (0 = off)")
-    g.add_argument("--tile-batch", dest="tile_batch", type=_int_arg(1, rq.MAX_TILE_BATCH), metavar="N")
+    g.add_argument("--tile-batch", dest="tile_batch", type=_tile_batch_arg, metavar="auto|N",
+                   help="tiles per model call; auto (the default) picks the most that fit in memory")
     g.add_argument("--device", metavar="auto|cpu|cuda|cuda:N|mps")
     g.add_argument("--devices", type=_devices_arg, metavar="D1,D2,...",
                    help="spread the tiles over these devices, one process each (e.g. cuda:0,cuda:1; cpu,cpu "

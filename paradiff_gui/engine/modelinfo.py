@@ -37,6 +37,8 @@ class ModelInfo:
     output: str = "rgb"  # "rgb" (8-bit colour) or "height" (16-bit single channel)
     controls: tuple[tuple[str, str, int, int, int], ...] = ()  # (extra key, label, min, max, default)
     weight_bytes: int | None = None  # on disk, in the stored precision; None when unknown
+    weight_dtype_bytes: int = 4  # bytes per stored weight (fp32 checkpoints: 4, fp16 ones: 2)
+    unet_channels: int | None = None  # the UNet's base width (320 for SD1.5/2.x, 320 for SDXL)
     seconds_per_view: dict[str, float] = field(default_factory=dict)  # device type -> prior
 
     def plan(self, request: GenerationRequest) -> TilePlan:
@@ -61,6 +63,23 @@ def _weights_size(folder: Path, parts: tuple[str, ...]) -> int | None:
     return total or None
 
 
+def _stored_dtype_bytes(folder: Path) -> int:
+    """Bytes per weight of the first tensor in a folder's (non-fp16-variant) safetensors file,
+    read from the file's JSON header; 4 when unknown."""
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    plain = [f for f in files if ".fp16." not in f.name] or files
+    if not plain:
+        return 4
+    try:
+        with plain[0].open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(min(n, 1 << 24)))
+    except (OSError, ValueError):
+        return 4
+    dtypes = [v.get("dtype") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    return {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}.get(dtypes[0] if dtypes else "", 4)
+
+
 def _from_folder(model: str, folder: Path) -> ModelInfo:
     index = _read_json(folder / "model_index.json")
     unet = _read_json(folder / "unet" / "config.json")
@@ -71,6 +90,7 @@ def _from_folder(model: str, folder: Path) -> ModelInfo:
     sample = sample[0] if isinstance(sample, (list, tuple)) else sample
     sdxl = "text_encoder_2" in index
     kind = "SDXL" if sdxl else "Stable Diffusion"
+    widths = unet.get("block_out_channels") or [320]
     return ModelInfo(
         id=model,
         label=f"{folder.name} ({kind})",
@@ -78,6 +98,8 @@ def _from_folder(model: str, folder: Path) -> ModelInfo:
         native_tile=int(sample) * scale,
         channels=int(unet.get("in_channels", 4)),
         weight_bytes=_weights_size(folder, ("unet", "vae", "text_encoder", "text_encoder_2")),
+        weight_dtype_bytes=_stored_dtype_bytes(folder / "unet"),
+        unet_channels=int(widths[0]),
     )
 
 
@@ -100,7 +122,8 @@ def describe_model(model: str) -> ModelInfo:
         size = path.stat().st_size if path.is_file() else None
         sdxl = size is not None and size > 5 * 2**30  # SDXL checkpoints are ~6.5 GiB, SD1.x ~2-4
         return ModelInfo(id=model, label=f"{path.name} (single file)", native_tile=1024 if sdxl else _SD_NATIVE,
-                         weight_bytes=size)
+                         weight_bytes=size, weight_dtype_bytes=2 if size and size < 3 * 2**30 else 4,
+                         unet_channels=320)
     try:
         from huggingface_hub import try_to_load_from_cache
 
@@ -109,7 +132,7 @@ def describe_model(model: str) -> ModelInfo:
         index = None
     if isinstance(index, str):
         return _from_folder(model, Path(index).parent)
-    return ModelInfo(id=model, label=model)
+    return ModelInfo(id=model, label=model, unet_channels=320)
 
 
 @dataclass(frozen=True)

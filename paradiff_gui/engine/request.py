@@ -113,7 +113,7 @@ class GenerationRequest:
     fusion: str = "cosine"
     jitter: bool = False
     global_context: float = 0.0
-    tile_batch: int = 4
+    tile_batch: int | str = "auto"  # tiles per model call, or "auto": the most that fit (engine.memory)
     device: str = "auto"
     dtype: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -161,7 +161,9 @@ class GenerationRequest:
                 or not 0.0 <= float(self.global_context) <= 1.0:
             raise RequestError("global_context", f"must be a number from 0 (off) to 1, got {self.global_context!r}")
         object.__setattr__(self, "global_context", float(self.global_context))
-        _check_int("tile_batch", self.tile_batch, 1, MAX_TILE_BATCH)
+        tb = self.tile_batch
+        if tb != "auto" and (isinstance(tb, bool) or not isinstance(tb, int) or not 1 <= tb <= MAX_TILE_BATCH):
+            raise RequestError("tile_batch", f"must be auto or a whole number from 1 to {MAX_TILE_BATCH}, got {tb!r}")
         if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
             raise RequestError("device", f"must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         _check_choice("dtype", self.dtype, DTYPES)

@@ -23,6 +23,7 @@ Sections:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import blend, distributed
+from . import blend, distributed, memory
 from .cancel import Cancelled, CancelToken
 from .denoisers import Denoiser, ModelUnavailable, load_denoiser
 from .devices import dtype_name, resolve_device, resolve_dtype
@@ -49,6 +50,7 @@ from .events import (
     TilePreview,
 )
 from .events import Cancelled as CancelledEvent
+from .modelinfo import ModelInfo, describe_model
 from .plan import Tile, TilePlan
 from .request import GenerationRequest, RequestError
 
@@ -80,7 +82,7 @@ class _Denoise:
         self.den, self.request, self.plan, self.cond = den, request, plan, cond
         self.emit, self.cancel, self.previews = emit, cancel, previews
         self.shard = distributed.current()
-        self.batch = request.tile_batch
+        self.batch = request.tile_batch if isinstance(request.tile_batch, int) else 1  # set by generate
         self.step = 0
         self.step_offset = 0  # steps of earlier passes (global context), for one running count
         self.total_steps = 0
@@ -329,6 +331,29 @@ def _independent(run: _Denoise, noise: torch.Tensor, seed: int) -> torch.Tensor:
     return run.shard.all_reduce(canvas)
 
 
+def _tile_batch(request: GenerationRequest, den: Denoiser, plan: TilePlan, emit: EventSink) -> int:
+    """The request's tile batch, or for ``auto`` the largest that fits (engine.memory); on a GPU a
+    batch whose estimated peak exceeds the free memory is refused here, before any denoising."""
+    device = torch.device(den.device)
+    info = _loaded_info(request, den, plan)
+    fp = memory.footprint(request, info, dtype_name(den.dtype))
+    fp = dataclasses.replace(fp, weights=0)  # loaded already: the free memory below excludes them
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    if request.tile_batch == "auto":
+        batch = memory.choose_tile_batch(fp, free, device.type)
+        if free is not None:
+            emit(Notice(f"tile batch {batch} (auto): {fp.describe(batch)} of {free / memory.GiB:.1f} GiB free"))
+        return batch
+    memory.check_fits(fp, int(request.tile_batch), free, device.type, where=str(device))
+    return int(request.tile_batch)
+
+
+def _loaded_info(request: GenerationRequest, den: Denoiser, plan: TilePlan) -> ModelInfo:
+    # The loaded backend is the truth for geometry; the configs on disk for the rest.
+    info = describe_model(request.model)
+    return dataclasses.replace(info, scale=den.scale, channels=den.channels, native_tile=den.native_tile)
+
+
 def _device_memory(device: torch.device) -> int | None:
     """Peak bytes allocated on a CUDA device so far (a host-side counter: no sync); None elsewhere."""
     device = torch.device(device)
@@ -373,10 +398,11 @@ def generate(
         if request.fusion == "independent" and (request.jitter or request.global_context > 0):
             emit(Notice("fusion independent has no shared canvas: jitter and global context are ignored"))
 
-        # 2. Conditioning, computed once for all tiles and steps.
+        # 2. Conditioning, computed once for all tiles and steps; the tile batch that fits.
         cond = den.prepare(request, plan)
         run = _Denoise(den, request, plan, cond, emit, cancel, previews)
         run.total_steps = total_steps
+        run.batch = _tile_batch(request, den, plan, emit)
 
         # 3. Noise for the whole canvas from one CPU generator: the image depends on the seed
         #    alone, not on tile_batch, the device or the number of devices.
@@ -396,7 +422,7 @@ def generate(
             image = den.decode(latents, lambda done, total: emit(Decoding(done, total))) if shard.leader else None
         seconds = time.perf_counter() - started
         info = {"model_name": den.name, "device": str(den.device), "dtype": dtype_name(den.dtype),
-                "tiles": len(plan), "plan": plan.describe()}
+                "tiles": len(plan), "plan": plan.describe(), "tile_batch": run.batch}
         if shard.active:
             info["ranks"] = shard.world
         result = GenerationResult(image, latents.float().cpu(), request, plan, seconds, info)

@@ -355,6 +355,8 @@ class MainWindow(QMainWindow):
         mem = f"≈ {fmt_bytes(est.canvas_bytes)} canvas"
         if est.weight_bytes:
             mem += f" + {fmt_bytes(est.weight_bytes)} weights"
+        if device == "cuda":
+            mem = self._gpu_memory_text(request, info)
         self.panel.plan_info.setText(
             f"<b>{len(plan)} tiles</b> ({plan.rows}×{plan.cols} of {plan.tile_w * plan.scale}×"
             f"{plan.tile_h * plan.scale} px) · overlap {overlaps} px<br>"
@@ -369,6 +371,21 @@ class MainWindow(QMainWindow):
                 self.seams.clear("The size changed: the plan is drawn on an empty canvas.")
             self.canvas.set_canvas_size(request.width, request.height)
         self.canvas.set_plan([plan.image_rect(t) for t in plan.tiles])
+
+    def _gpu_memory_text(self, request: rq.GenerationRequest, info: ModelInfo) -> str:
+        import torch
+
+        from ..engine import memory
+
+        fp = memory.footprint(request, info, "fp32" if request.dtype == "fp32" else "fp16")
+        free = torch.cuda.mem_get_info()[0]
+        try:
+            batch = memory.choose_tile_batch(fp, free, "cuda") if request.tile_batch == "auto" else \
+                int(request.tile_batch)
+        except rq.RequestError as exc:
+            return f"<span style='color:#e5534b'>{exc}</span>"
+        colour = "" if fp.peak(batch) <= free * memory.MARGIN else " style='color:#e5534b'"
+        return f"<span{colour}>GPU {fp.describe(batch)}, {fmt_bytes(free)} free</span>"
 
     # -- a run ------------------------------------------------------------------------------------------
 

@@ -93,7 +93,7 @@ def exit_code(argv) -> int:
         (["--sampler", "plms"], "--sampler: invalid choice: 'plms' (choose from 'euler'"),
         (["--seed", "-1"], "seed: must be from 0 to 4294967295"),
         (["--fusion", "avg"], "--fusion: invalid choice"),
-        (["--tile-batch", "0"], "tile_batch: must be from 1 to 1024"),
+        (["--tile-batch", "0"], "tile_batch: must be auto or a whole number from 1 to 1024, got 0"),
         (["--device", "tpu"], "device: must be auto, cpu, cuda, cuda:N or mps"),
         (["--dtype", "int8"], "--dtype: invalid choice"),
         (["--dtype", "fp16", "--device", "cpu"], "dtype: fp16 is not supported on the CPU"),

@@ -54,9 +54,10 @@ class FakeEngine:
                     on_event(ev.Failed(self.fail_message, "runtime"))
                     raise RuntimeError(self.fail_message)
                 t0 = time.perf_counter()
-                for b0 in range(0, len(plan), request.tile_batch):
+                batch = 4 if request.tile_batch == "auto" else request.tile_batch
+                for b0 in range(0, len(plan), batch):
                     cancel.check()
-                    tiles = plan.tiles[b0 : b0 + request.tile_batch]
+                    tiles = plan.tiles[b0 : b0 + batch]
                     on_event(ev.BatchStarted(step, tuple(t.index for t in tiles)))
                     self.batch_seen.set()
                     if self.batch_seconds:

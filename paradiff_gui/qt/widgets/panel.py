@@ -221,8 +221,10 @@ class GenerationPanel(QWidget):
         # Performance --------------------------------------------------------------------------
         box = QGroupBox("Performance")
         pfm = QFormLayout(box)
-        self.tile_batch = self._spin(1, rq.MAX_TILE_BATCH, 1, "", "tile_batch")
-        self.tile_batch.setToolTip("Tiles sent to the model at once: higher is faster until memory runs out")
+        self.tile_batch = self._spin(0, rq.MAX_TILE_BATCH, 1, "", "tile_batch")
+        self.tile_batch.setSpecialValueText("Auto")  # 0 = auto: the most that fit in memory
+        self.tile_batch.setToolTip("Tiles sent to the model at once: higher is faster until memory runs out. "
+                                   "Auto picks the most that fit on the GPU (a few on a CPU).")
         pfm.addRow("Tile batch", self.tile_batch)
         self.device = QComboBox()
         self.device.setObjectName("device")
@@ -469,7 +471,7 @@ class GenerationPanel(QWidget):
             fusion=self.fusion.currentData(),
             jitter=self.jitter.isChecked(),
             global_context=round(self.global_context.value(), 2),
-            tile_batch=self.tile_batch.value(),
+            tile_batch=self.tile_batch.value() or "auto",
             device=self.device.currentText().strip(),
             dtype=self.dtype.currentText(),
             extra=extra,
@@ -521,7 +523,7 @@ class GenerationPanel(QWidget):
             self.fusion.setCurrentIndex(max(0, self.fusion.findData(request.fusion)))
             self.jitter.setChecked(request.jitter)
             self.global_context.setValue(request.global_context)
-            self.tile_batch.setValue(request.tile_batch)
+            self.tile_batch.setValue(0 if request.tile_batch == "auto" else request.tile_batch)
             self.device.setCurrentText(request.device)
             self.dtype.setCurrentIndex(max(0, self.dtype.findText(request.dtype)))
             shown = {e.key for e in self._extras}

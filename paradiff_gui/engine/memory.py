@@ -1,0 +1,112 @@
+"""Memory planning: what a request needs on the device, the tile batch that fits, and a clear
+refusal, before any work, of what cannot fit.
+
+The peak of a run is the largest of two phases:
+
+- **denoising**: weights + the canvas tensors (latents, the scaled input, three accumulators of
+  the fusion, the fused prediction, noise: ~8 canvases of C·h·w float32) + the activations of one
+  tile batch (views × bytes per view);
+- **decoding**: weights + the latent canvas + one decode tile's activations (the picture itself
+  is assembled on the host).
+
+Bytes per view and per decoded pixel are rules of thumb for SD-style UNets and VAEs, scaled by
+the model's width, tile area and precision:
+
+- UNet: ``80 × base channels × latent tile px × dtype bytes`` (SD1.5 at 512², fp16: 0.21 GB a
+  view, from public fp16 batch-size figures; ``benchmarks/bench_gpu.py`` prints estimate and
+  measurement side by side for SD1.5 and SDXL);
+- VAE decode: 2.7 kB per output pixel at fp16 (41.6 GiB measured for an untiled 4096² decode
+  on an H200).
+
+They are estimates: ``--tile-batch auto`` keeps a 15 % margin below the free memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .modelinfo import ModelInfo
+from .request import MAX_TILE_BATCH, GenerationRequest, RequestError
+
+UNET_BYTES_PER_CHANNEL_PX = 80  # x base channels x latent px x dtype bytes = activations of one view
+VAE_DECODE_BYTES_PER_PX = 1350  # x dtype bytes (2.7 kB at fp16) per decoded image pixel
+CANVASES = 8  # float32 canvas-sized tensors alive while denoising
+MARGIN = 0.85  # use at most this share of the free memory
+CPU_AUTO_BATCH = 8  # on a CPU, batching stops paying beyond a few tiles; memory is rarely the limit
+DECODE_TILE_PX = 1024 * 1024  # image px of one decode tile (vae.DECODE_TILE latent px, x8 a side)
+
+GiB = 1 << 30
+
+
+def _dtype_bytes(dtype: str) -> int:
+    return 4 if dtype == "fp32" else 2
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Bytes a request needs on its device, by part."""
+
+    weights: int
+    canvas: int  # denoising canvases (float32)
+    per_view: int  # activations of one model evaluation of one tile
+    views_per_tile: int  # 2 with classifier-free guidance
+    decode: int  # one decode tile's activations
+    tiles: int
+
+    def denoise_peak(self, tile_batch: int) -> int:
+        return self.weights + self.canvas + tile_batch * self.views_per_tile * self.per_view
+
+    def decode_peak(self) -> int:
+        return self.weights + self.canvas // CANVASES + self.decode
+
+    def peak(self, tile_batch: int) -> int:
+        return max(self.denoise_peak(tile_batch), self.decode_peak())
+
+    def describe(self, tile_batch: int) -> str:
+        return (f"≈ {self.peak(tile_batch) / GiB:.1f} GiB (weights {self.weights / GiB:.1f}, canvas "
+                f"{self.canvas / GiB:.2f}, {tile_batch} tile(s) x {self.views_per_tile} view(s) "
+                f"{tile_batch * self.views_per_tile * self.per_view / GiB:.1f}, decode tile {self.decode / GiB:.1f})")
+
+
+def footprint(request: GenerationRequest, info: ModelInfo, dtype: str = "fp16") -> Footprint:
+    """What ``request`` needs with ``info``'s model in ``dtype`` (fp32, fp16 or bf16)."""
+    plan = info.plan(request)
+    b = _dtype_bytes(dtype)
+    weights = info.weight_bytes or 0
+    if info.weight_bytes and info.weight_dtype_bytes != b:
+        weights = weights * b // info.weight_dtype_bytes
+    tile_px = plan.tile_h * plan.tile_w  # latent px
+    if info.unet_channels:
+        per_view = UNET_BYTES_PER_CHANNEL_PX * info.unet_channels * tile_px * b
+    else:
+        per_view = 64 * info.channels * tile_px * 4  # a small pixel-space model: its input many times over
+    views = 2 if info.text and info.guidance and request.guidance > 1.0 else 1
+    canvas = CANVASES * info.channels * plan.height * plan.width * 4
+    decode_px = min(request.width * request.height, DECODE_TILE_PX)
+    decode = VAE_DECODE_BYTES_PER_PX * decode_px * b if info.scale > 1 else 0
+    return Footprint(weights, canvas, per_view, views, decode, len(plan))
+
+
+def choose_tile_batch(fp: Footprint, free_bytes: int | None, device_type: str) -> int:
+    """The largest tile batch that fits in ``free_bytes`` with a margin (never more than the
+    tiles); on a CPU a small fixed batch. Raises RequestError when not even one tile fits."""
+    if device_type != "cuda" or free_bytes is None:
+        return max(1, min(fp.tiles, CPU_AUTO_BATCH))
+    check_fits(fp, 1, free_bytes, device_type)
+    budget = free_bytes * MARGIN - fp.weights - fp.canvas
+    per_batch = fp.views_per_tile * fp.per_view
+    return max(1, min(fp.tiles, MAX_TILE_BATCH, int(budget // per_batch)))
+
+
+def check_fits(fp: Footprint, tile_batch: int, free_bytes: int | None, device_type: str,
+               where: str = "the GPU") -> None:
+    """Refuse, with the estimate, a request whose peak exceeds the free memory."""
+    if device_type != "cuda" or free_bytes is None:
+        return
+    if fp.peak(tile_batch) <= free_bytes * MARGIN:
+        return
+    field = "tile_batch" if fp.peak(1) <= free_bytes * MARGIN else "size"
+    hint = ("use a smaller --tile-batch, or --tile-batch auto" if field == "tile_batch" else
+            "use smaller tiles or a smaller size, fp16, or more GPUs (--devices)")
+    raise RequestError(field, f"needs {fp.describe(tile_batch)} but {where} has {free_bytes / GiB:.1f} GiB free; "
+                              f"{hint}")

@@ -1,0 +1,91 @@
+"""Memory planning: footprints, --tile-batch auto, and refusing what cannot fit, before any work.
+
+The GPU path is exercised on the CPU by telling the planner how much memory is free (the only
+thing it asks CUDA); the per-view figures themselves are rules of thumb that only a GPU run can
+check (benchmarks/bench_gpu.py prints estimate and measurement side by side).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from paradiff_gui.cli import main
+from paradiff_gui.engine import memory
+from paradiff_gui.engine import sampler as sampler_module
+from paradiff_gui.engine.memory import GiB, choose_tile_batch, footprint
+from paradiff_gui.engine.metadata import read_recipe
+from paradiff_gui.engine.modelinfo import ModelInfo
+from paradiff_gui.engine.request import GenerationRequest, RequestError
+
+SD15 = ModelInfo(id="sd15", label="SD1.5", weight_bytes=4_265_000_000, weight_dtype_bytes=4, unet_channels=320)
+
+
+def test_footprint_of_an_sd15_8k_canvas():
+    req = GenerationRequest(model="sd15", width=8192, height=8192, tile=512, overlap=128, guidance=7.5)
+    fp = footprint(req, SD15, "fp16")
+    assert fp.tiles == 21 * 21 and fp.views_per_tile == 2
+    assert fp.weights == 4_265_000_000 // 2  # fp32 checkpoint, run in fp16
+    assert fp.per_view == 80 * 320 * 64 * 64 * 2  # 0.21 GB a view
+    assert fp.canvas == 8 * 4 * 1024 * 1024 * 4
+    assert fp.decode == 1350 * 1024 * 1024 * 2  # one 1024² decode tile, not the 8K picture
+    # 8192² fits a 24 GiB card at tile batch 16 (the issue's target), by this estimate.
+    assert fp.peak(16) < 24 * GiB * memory.MARGIN
+    batch = choose_tile_batch(fp, 24 * GiB, "cuda")
+    assert fp.peak(batch) <= 24 * GiB * memory.MARGIN < fp.peak(batch + 1)
+
+
+def test_auto_on_a_cpu_is_a_small_batch_and_refusals_name_the_field():
+    req = GenerationRequest(model="sd15", width=1024, height=1024, tile=512, overlap=128)
+    fp = footprint(req, SD15, "fp16")
+    assert choose_tile_batch(fp, None, "cpu") == min(fp.tiles, memory.CPU_AUTO_BATCH)
+    with pytest.raises(RequestError) as e:
+        memory.check_fits(fp, 64, 8 * GiB, "cuda")
+    assert e.value.field == "tile_batch" and "needs ≈" in e.value.message and "8.0 GiB free" in e.value.message
+    with pytest.raises(RequestError) as e:
+        choose_tile_batch(fp, 1 * GiB, "cuda")  # not even the weights fit
+    assert e.value.field == "size" and "smaller" in e.value.message
+
+
+def test_tile_batch_accepts_auto_and_round_trips():
+    req = GenerationRequest.for_model("builtin:terrain")
+    assert req.tile_batch == "auto"
+    assert GenerationRequest.from_json(req.to_json()) == req
+    for bad in ("many", 0, 2000, True, 2.5):
+        with pytest.raises(RequestError, match="tile_batch: must be auto or a whole number from 1 to 1024"):
+            req.replace(tile_batch=bad)
+
+
+def test_generate_picks_the_batch_from_free_memory_and_refuses_too_much(monkeypatch):
+    from paradiff_gui.engine.sampler import _tile_batch
+
+    class OnGpu:  # only what the planner reads from a loaded backend
+        device = torch.device("cuda", 0)
+        dtype = torch.float16
+        scale, channels, native_tile = 8, 4, 512
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * GiB, 80 * GiB))
+    monkeypatch.setattr(sampler_module, "describe_model", lambda _m: SD15)
+    req = GenerationRequest(model="sd15", width=4096, height=4096, tile=512, overlap=128)
+    plan = SD15.plan(req)
+    notices: list = []
+    batch = _tile_batch(req, OnGpu(), plan, notices.append)
+    fp = dataclasses.replace(footprint(req, SD15, "fp16"), weights=0)
+    assert fp.peak(batch) <= 10 * GiB * memory.MARGIN < fp.peak(batch + 1)
+    assert "tile batch" in notices[0].message and "10.0 GiB free" in notices[0].message
+    with pytest.raises(RequestError, match="tile_batch: needs"):
+        _tile_batch(req.replace(tile_batch=200), OnGpu(), plan, notices.append)
+
+
+def test_cli_tile_batch_auto_is_recorded(tmp_path, capsys):
+    out = tmp_path / "t.png"
+    assert main(["generate", "--size", "256x128", "--steps", "1", "--seed", "1", "--tile-batch", "auto",
+                 "--quiet", "-o", str(out)]) == 0
+    rec = read_recipe(out)
+    assert rec["request"]["tile_batch"] == "auto" and rec["info"]["tile_batch"] == min(rec["info"]["tiles"], 8)
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--tile-batch", "lots", "-o", str(out)])
+    assert e.value.code == 2
+    assert "--tile-batch: must be auto or a whole number from 1 to 1024, got 'lots'" in capsys.readouterr().err
