@@ -1,0 +1,243 @@
+"""Scale and speed on one CUDA card, in one run: the figures of docs/PERFORMANCE.md's GPU section.
+
+    python benchmarks/bench_gpu.py            # on a CUDA machine (about 10 min on an H200)
+    python benchmarks/bench_gpu.py --smoke    # tiny models, small sizes, CPU: checks the script end to end
+
+Random weights with the real SD1.5 and SDXL configs (speed and memory do not depend on weight
+values; nothing is downloaded). Measures, on the same card in the same process:
+
+1. the bare SD1.5 UNet with classifier-free guidance, ms per 512² view at batch B;
+2. Paradiff's ms per view at tile_batch B, previews on (a plan of exactly B tiles);
+3. diffusers' panorama pipeline (MultiDiffusion; window 64, stride 8 latent px) at its best
+   view_batch_size against Paradiff on the same views (512 px tiles, 448 px overlap), 2048²;
+4. end to end: 4096² SD1.5, 30 steps, default plan, tile_batch auto, decode included;
+5. peak VRAM of an 8192² generation (one step, decode included) for SD1.5 and SDXL, fp16;
+6. the memory planner's estimate next to each measured peak.
+
+Writes ``benchmarks/results/gpu-<card>.json`` (card, driver, torch, diffusers, date).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import diffusers
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_engine import bare_unet_ms_per_view, sd15_random, sync  # noqa: E402
+
+from paradiff_gui.engine import GenerationRequest, generate  # noqa: E402
+from paradiff_gui.engine import memory as mem  # noqa: E402
+from paradiff_gui.engine.denoisers.sd import SDDenoiser  # noqa: E402
+from paradiff_gui.engine.events import StepFinished  # noqa: E402
+from paradiff_gui.engine.modelinfo import ModelInfo  # noqa: E402
+
+GiB = 1 << 30
+
+
+def sdxl_random(device: torch.device, dtype: torch.dtype) -> SDDenoiser:
+    """StableDiffusionXLPipeline with SDXL base's UNet/VAE/text-encoder configs, random weights."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from tiny import tiny_tokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = UNet2DConditionModel(
+            sample_size=128, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            block_out_channels=(320, 640, 1280), layers_per_block=2, transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
+            addition_embed_type="text_time", addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816)
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2, sample_size=1024,
+            scaling_factor=0.13025)
+        te = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                                          num_hidden_layers=12, num_attention_heads=12, projection_dim=768,
+                                          max_position_embeddings=77, hidden_act="quick_gelu"))
+        te2 = CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+            num_attention_heads=20, projection_dim=1280, max_position_embeddings=77, hidden_act="gelu"))
+    sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                   steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(unet=unet, vae=vae, text_encoder=te, text_encoder_2=te2,
+                                     tokenizer=tiny_tokenizer(), tokenizer_2=tiny_tokenizer(),
+                                     scheduler=sched).to(device, dtype)
+    return SDDenoiser(pipe, "sdxl-random", device, dtype)
+
+
+def tiny_sd(device: torch.device, dtype: torch.dtype) -> SDDenoiser:
+    from tiny import tiny_sd as build
+
+    return SDDenoiser(build().to(device, dtype), "tiny-sd", device, dtype)
+
+
+def tiny_sdxl(device: torch.device, dtype: torch.dtype) -> SDDenoiser:
+    from tiny import tiny_sdxl as build
+
+    return SDDenoiser(build().to(device, dtype), "tiny-sdxl", device, dtype)
+
+
+def info_of(den: SDDenoiser) -> ModelInfo:
+    """What the memory planner knows of a loaded backend (weights counted from its modules)."""
+    modules = [m for m in (den.unet, den.vae, getattr(den.pipe, "text_encoder", None),
+                           getattr(den.pipe, "text_encoder_2", None)) if m is not None]
+    weights = sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+    return ModelInfo(id=den.name, label=den.name, scale=den.scale, native_tile=den.native_tile,
+                     weight_bytes=weights, weight_dtype_bytes=2 if den.dtype != torch.float32 else 4,
+                     unet_channels=den.unet.config.block_out_channels[0])
+
+
+def step_times(req: GenerationRequest, den: SDDenoiser, previews: bool = True) -> tuple[list[float], float]:
+    times: list[float] = []
+    sync(den.device)
+    t0 = time.perf_counter()
+    generate(req, lambda e: times.append(e.seconds) if isinstance(e, StepFinished) else None, denoiser=den,
+             previews=previews)
+    sync(den.device)
+    return times, time.perf_counter() - t0
+
+
+def peak_run(req: GenerationRequest, den: SDDenoiser) -> dict:
+    """Peak device memory of one generation (and the planner's estimate for it)."""
+    if den.device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(den.device)
+    _, wall = step_times(req, den)
+    fp = mem.footprint(req, info_of(den), "fp16" if den.dtype != torch.float32 else "fp32")
+    peak = torch.cuda.max_memory_allocated(den.device) if den.device.type == "cuda" else None
+    batch = req.tile_batch if isinstance(req.tile_batch, int) else None
+    return {"size": [req.width, req.height], "wall_s": round(wall, 2), "peak_bytes": peak,
+            "peak_gib": round(peak / GiB, 2) if peak else None,
+            "estimate_gib": round(fp.peak(batch or 1) / GiB, 2), "tile_batch": req.tile_batch}
+
+
+def panorama(den: SDDenoiser, size: int, steps: int, view_batch: int) -> float:
+    """diffusers' StableDiffusionPanoramaPipeline (MultiDiffusion), latents out (no decode)."""
+    from diffusers import DDIMScheduler, StableDiffusionPanoramaPipeline
+
+    pipe = StableDiffusionPanoramaPipeline(
+        vae=den.vae, text_encoder=den.pipe.text_encoder, tokenizer=den.pipe.tokenizer, unet=den.unet,
+        scheduler=DDIMScheduler.from_config(den.pipe.scheduler.config), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    sync(den.device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        pipe("a red castle", height=size, width=size, num_inference_steps=steps, view_batch_size=view_batch,
+             output_type="latent", generator=torch.Generator("cpu").manual_seed(1))
+    sync(den.device)
+    return time.perf_counter() - t0
+
+
+def card_info(device: torch.device) -> dict:
+    if device.type != "cuda":
+        return {"card": platform.processor() or "cpu", "driver": None}
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=30).stdout.strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        driver = None
+    props = torch.cuda.get_device_properties(device)
+    return {"card": props.name, "memory_gib": round(props.total_memory / GiB, 1), "driver": driver,
+            "cuda": torch.version.cuda}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true", help="tiny models, small sizes (CPU is fine)")
+    ap.add_argument("--batch", type=int, default=16, help="B, the tile batch of sections 1 and 2")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    s = 8 if args.smoke else 1  # sizes are divided by s in the smoke run
+    B = 2 if args.smoke else args.batch
+    results: dict = {"date": date.today().isoformat(), **card_info(device), "torch": torch.__version__,
+                     "diffusers": diffusers.__version__, "python": platform.python_version(),
+                     "dtype": str(dtype), "smoke": args.smoke, "batch": B}
+
+    def log(name: str, value) -> None:
+        results[name] = value
+        print(json.dumps({name: value}), flush=True)
+
+    den = (tiny_sd if args.smoke else sd15_random)(device, dtype)
+    view = den.native_tile // 8  # latent px of one view
+
+    # 1 + 2. Bare UNet vs Paradiff at the same batch, previews on.
+    bare = bare_unet_ms_per_view(den, B, view, repeats=3 if args.smoke else 20)
+    rows = {4: (2, 2), 16: (4, 4), 2: (1, 2), 8: (2, 4), 32: (4, 8)}.get(B, (1, B))
+    t, o = den.native_tile, den.native_tile // 4
+    req = GenerationRequest(model=den.name, prompt="a red castle", width=t + (t - o) * (rows[1] - 1),
+                            height=t + (t - o) * (rows[0] - 1), tile=t, overlap=o, steps=2 if args.smoke else 12,
+                            seed=1, sampler="euler", tile_batch=B)
+    generate(req.replace(steps=1), denoiser=den)  # warm-up
+    times, _ = step_times(req, den)
+    paradiff = statistics.median(times[1:] or times) / B * 1000
+    log("unet_vs_paradiff", {"bare_ms_per_view": round(bare, 3), "paradiff_ms_per_view": round(paradiff, 3),
+                             "ratio": round(paradiff / bare, 3), "tiles": B, "previews": True})
+
+    # 3. diffusers' panorama pipeline vs Paradiff at equal views (window 64, stride 8 latent px).
+    size, steps = (512, 2) if args.smoke else (2048, 10)
+    window, stride = 64 * 8, 8 * 8  # image px
+    pano = {vb: panorama(den, size, steps, vb) for vb in ((1, 4) if args.smoke else (8, 16, 32))}
+    best_vb = min(pano, key=pano.get)
+    req3 = GenerationRequest(model=den.name, prompt="a red castle", width=size, height=size, tile=window,
+                             overlap=window - stride, steps=steps, seed=1, sampler="ddim", tile_batch="auto")
+    _, _ = step_times(req3.replace(steps=1), den)  # warm-up
+    times3, wall3 = step_times(req3, den)
+    views = ((size // 8 - 64) // 8 + 1) ** 2
+    log("panorama_vs_paradiff", {
+        "size": size, "steps": steps, "views_per_step": views,
+        "diffusers_s": {str(k): round(v, 2) for k, v in pano.items()}, "diffusers_best_view_batch": best_vb,
+        "paradiff_denoise_s": round(sum(times3), 2), "paradiff_wall_s": round(wall3, 2),
+        "speedup": round(pano[best_vb] / sum(times3), 3),
+        "diffusers_ms_per_view": round(pano[best_vb] / (views * steps) * 1000, 3),
+        "paradiff_ms_per_view": round(sum(times3) / (views * steps) * 1000, 3)})
+
+    # 4. End to end: 4096² SD1.5, 30 steps, default plan, auto batch, decode included.
+    size4 = 4096 // s
+    req4 = GenerationRequest(model=den.name, prompt="a red castle", width=size4, height=size4, tile=den.native_tile,
+                             steps=3 if args.smoke else 30, seed=1, sampler="euler", tile_batch="auto")
+    times4, wall4 = step_times(req4, den)
+    log("end_to_end_4096", {"size": size4, "steps": req4.steps, "wall_s": round(wall4, 2),
+                            "denoise_s": round(sum(times4), 2), "decode_and_rest_s": round(wall4 - sum(times4), 2)})
+
+    # 5 + 6. Peak VRAM at 8192², SD1.5 and SDXL, one step, decode included; estimate alongside.
+    size8 = 8192 // s
+    vram = {"sd15": peak_run(GenerationRequest(model=den.name, prompt="x", width=size8, height=size8,
+                                               tile=den.native_tile, steps=1, seed=1, sampler="euler",
+                                               tile_batch="auto"), den)}
+    del den
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    xl = (tiny_sdxl if args.smoke else sdxl_random)(device, dtype)
+    vram["sdxl"] = peak_run(GenerationRequest(model=xl.name, prompt="x", width=size8, height=size8,
+                                              tile=xl.native_tile, steps=1, seed=1, sampler="euler",
+                                              tile_batch="auto"), xl)
+    log("vram_8192", vram)
+
+    name = results["card"].replace(" ", "-").lower() if not args.smoke else "smoke-cpu"
+    out = args.out or ROOT / "benchmarks" / "results" / f"gpu-{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
