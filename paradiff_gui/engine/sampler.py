@@ -425,6 +425,8 @@ def generate(
                 "tiles": len(plan), "plan": plan.describe(), "tile_batch": run.batch}
         if shard.active:
             info["ranks"] = shard.world
+        if getattr(den, "decode_method", ""):
+            info["decode"] = den.decode_method
         result = GenerationResult(image, latents.float().cpu(), request, plan, seconds, info)
         emit(Finished(image, request, plan, seconds, info))
         return result

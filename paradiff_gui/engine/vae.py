@@ -1,13 +1,19 @@
 """VAE decoding of the finished canvas, tile by tile above a size threshold.
 
-Large canvases are decoded as overlapping latent tiles (a :class:`TilePlan` of its own) whose
-images are cross-faded with cosine windows at image resolution and assembled on the CPU, so the
-GPU only ever holds one tile's activations. GroupNorm statistics are still per tile here; exact
-whole-canvas statistics are a later refinement.
+Two tiled decoders, so the GPU only ever holds one tile's activations:
+
+- :func:`decode_synced` (used whenever the host has room for it): stage by stage over the whole
+  canvas, every GroupNorm with whole-canvas statistics — equal to a whole decode up to float
+  rounding on canvases up to 128² latent px, and up to the middle block's attention (tile-local)
+  beyond;
+- :func:`decode_latents`: overlapping latent tiles decoded independently (per-tile GroupNorm
+  statistics: each tile its own brightness and contrast), cross-faded with cosine windows and
+  assembled on the CPU; the fallback when the host cannot hold the exact decode's canvases.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -61,3 +67,169 @@ def decode_latents(
         on_progress(done, len(plan))
     out /= wsum
     return out
+
+
+# -- Exact tiled decoding: every GroupNorm with whole-canvas statistics ---------------------------
+#
+# Per-tile decoding normalises each tile with its own statistics (the 26 dB above). Exact
+# statistics need every tile to reach a GroupNorm before any tile passes it, so the decoder runs
+# stage by stage over the whole canvas: a stage is the stretch between two GroupNorms, run tile by
+# tile on the device; its output is kept on the host as one canvas; the next GroupNorm's mean and
+# variance are taken over that canvas (float64), and the next stage reads each tile's core plus a
+# halo of one pixel (what its 3x3 convolution needs) from it. Convolutions and normalisation are
+# then exact. The middle block's self-attention spans the whole latent canvas in a whole decode;
+# up to ATTENTION_WHOLE_PX it does here too, beyond it each tile attends within a 16 px halo.
+
+SYNC_CORE = 64  # latent px: the tile grid of every stage (scaled with the feature maps)
+ATTENTION_HALO = 16  # latent px of context around a tile for the middle block's attention
+# Up to this many latent px (128², a 1024² image) the attention runs on the whole canvas at
+# once, as in a whole decode; SDPA keeps its memory linear on a GPU (the CPU's math kernel holds
+# the 16k x 16k score matrix: 1 GiB).
+ATTENTION_WHOLE_PX = 128 * 128
+
+
+def host_budget() -> int:
+    """Host memory the exact decode may take: half of what is free now (8 GiB if unknown)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (AttributeError, ValueError, OSError):
+        return 8 << 30
+
+
+def _group_stats(t: torch.Tensor, groups: int, rows: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group mean and variance of a host canvas (1, C, H, W), float64, a few rows at a time."""
+    _, c, h, w = t.shape
+    s1 = torch.zeros(groups, dtype=torch.float64)
+    s2 = torch.zeros(groups, dtype=torch.float64)
+    for y in range(0, h, rows):
+        part = t[0, :, y : y + rows].double().reshape(groups, -1)
+        s1 += part.sum(dim=1)
+        s2 += (part * part).sum(dim=1)
+    n = c // groups * h * w
+    mean = s1 / n
+    return mean, (s2 / n - mean * mean).clamp(min=0)
+
+
+def _norm(x: torch.Tensor, norm: torch.nn.GroupNorm, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """``norm`` applied to ``x`` (N, C, ...) with the given group statistics instead of x's own."""
+    shape, n, c, g = x.shape, x.shape[0], x.shape[1], norm.num_groups
+    mean, var = (s.to(x.device, torch.float32) for s in stats)
+    y = (x.float().reshape(n, g, -1) - mean[None, :, None]) * torch.rsqrt(var[None, :, None] + norm.eps)
+    y = y.reshape(shape)
+    if norm.affine:
+        extra = [1] * (len(shape) - 2)
+        y = y * norm.weight.float().view(1, c, *extra) + norm.bias.float().view(1, c, *extra)
+    return y.to(x.dtype)
+
+
+def synced_decode_supported(vae: torch.nn.Module) -> bool:
+    """Whether ``vae`` has the plain AutoencoderKL decoder layout this runner reproduces."""
+    dec = getattr(vae, "decoder", None)
+    if dec is None or not all(hasattr(dec, a) for a in ("conv_in", "mid_block", "up_blocks", "conv_norm_out")):
+        return False
+    if not isinstance(dec.conv_norm_out, torch.nn.GroupNorm):
+        return False  # spatial norms (MoVQ) condition on the latents
+    resnets = list(dec.mid_block.resnets) + [r for b in dec.up_blocks for r in b.resnets]
+    return all(getattr(r, "time_emb_proj", None) is None and r.upsample is None and r.downsample is None
+               and isinstance(r.norm1, torch.nn.GroupNorm) and isinstance(r.norm2, torch.nn.GroupNorm)
+               for r in resnets)
+
+
+def synced_host_bytes(vae: torch.nn.Module, h: int, w: int, dtype: torch.dtype) -> int:
+    """Host memory of the exact decode of an (h, w) latent canvas: three canvases of the widest
+    stage (input, output, and a resnet block's input kept for its skip connection)."""
+    dec = vae.decoder
+    size = torch.tensor([], dtype=dtype).element_size()
+    widest, factor = dec.conv_in.out_channels * h * w, 1
+    for block in dec.up_blocks:
+        channels = block.resnets[-1].conv2.out_channels
+        widest = max(widest, channels * h * w * factor * factor)
+        if block.upsamplers:
+            factor *= 2
+            widest = max(widest, channels * h * w * factor * factor)
+    return 3 * widest * size
+
+
+@torch.no_grad()
+def decode_synced(
+    vae: torch.nn.Module,
+    z: torch.Tensor,
+    on_progress: Callable[[int, int], None],
+    *,
+    convert: Callable[[np.ndarray], np.ndarray] = to_uint8,
+    core: int = SYNC_CORE,
+    attention_halo: int = ATTENTION_HALO,
+    attention_whole_px: int = ATTENTION_WHOLE_PX,
+) -> np.ndarray:
+    """Decode VAE-space latents ``z`` (1, C, h, w) — already divided by the scaling factor — tile by
+    tile with whole-canvas GroupNorm statistics. Device memory holds one tile's stage; the host
+    holds up to three canvases of a stage (see :func:`synced_host_bytes`)."""
+    dec = vae.decoder
+    device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
+    stages: list[tuple] = []  # plain modules before the first GroupNorm: (module, halo, up)
+    x = z.to("cpu", dtype)
+    if getattr(vae, "post_quant_conv", None) is not None:
+        stages.append((vae.post_quant_conv, 0, 1))
+    stages.append((dec.conv_in, 1, 1))
+    mid = dec.mid_block
+    body: list = [("resnet", mid.resnets[0])]
+    for attn, resnet in zip(mid.attentions, mid.resnets[1:]):
+        if attn is not None:
+            body.append(("attention", attn))
+        body.append(("resnet", resnet))
+    for block in dec.up_blocks:
+        body += [("resnet", r) for r in block.resnets]
+        body += [("upsample", u) for u in (block.upsamplers or [])]
+    total = len(stages) + sum(2 if kind == "resnet" else 1 for kind, _ in body) + 1
+    done = 0
+    on_progress(0, total)
+    factor = 1  # feature-map px per latent px
+
+    def run(fn: Callable, inputs: list[torch.Tensor], halo: int, up: int, out_channels: int,
+            whole: bool = False) -> torch.Tensor:
+        nonlocal done
+        h, w = inputs[0].shape[-2:]
+        step = max(h, w) if whole else core * factor
+        out = torch.empty((1, out_channels, h * up, w * up), dtype=dtype)
+        for y0 in range(0, h, step):
+            for x0 in range(0, w, step):
+                y1, x1 = min(y0 + step, h), min(x0 + step, w)
+                a0, b0, a1, b1 = max(0, y0 - halo), max(0, x0 - halo), min(h, y1 + halo), min(w, x1 + halo)
+                res = fn(*(t[..., a0:a1, b0:b1].to(device).contiguous() for t in inputs))
+                out[..., y0 * up : y1 * up, x0 * up : x1 * up] = \
+                    res[..., (y0 - a0) * up : (y1 - a0) * up, (x0 - b0) * up : (x1 - b0) * up].to("cpu", dtype)
+        done += 1
+        on_progress(done, total)
+        return out
+
+    for module, halo, up in stages:
+        x = run(module, [x], halo, up, module.out_channels)
+    for kind, m in body:
+        if kind == "resnet":
+            s1 = _group_stats(x, m.norm1.num_groups)
+            hidden = run(lambda t, m=m, s1=s1: m.conv1(m.nonlinearity(_norm(t, m.norm1, s1))), [x], 1, 1,
+                         m.conv1.out_channels)
+            s2 = _group_stats(hidden, m.norm2.num_groups)
+
+            def second(h: torch.Tensor, skip: torch.Tensor, m=m, s2=s2) -> torch.Tensor:
+                out = m.conv2(m.dropout(m.nonlinearity(_norm(h, m.norm2, s2))))
+                if m.conv_shortcut is not None:
+                    skip = m.conv_shortcut(skip)
+                return (skip + out) / m.output_scale_factor
+
+            x = run(second, [hidden, x], 1, 1, m.conv2.out_channels)
+        elif kind == "attention":
+            stats = _group_stats(x, m.group_norm.num_groups)
+            m.group_norm.forward = lambda t, n=m.group_norm, s=stats: _norm(t, n, s)  # shadows the method
+            try:
+                x = run(m, [x], attention_halo * factor, 1, x.shape[1],
+                        whole=z.shape[-2] * z.shape[-1] <= attention_whole_px)
+            finally:
+                del m.group_norm.forward
+        else:  # upsample: nearest x2, then a 3x3 convolution at the new size
+            x = run(m, [x], 1, 2, m.conv.out_channels if hasattr(m, "conv") else x.shape[1])
+            factor *= 2
+    stats = _group_stats(x, dec.conv_norm_out.num_groups)
+    image = run(lambda t: dec.conv_out(dec.conv_act(_norm(t, dec.conv_norm_out, stats))), [x], 1, 1,
+                dec.conv_out.out_channels)
+    return convert(image[0].float().permute(1, 2, 0).numpy())

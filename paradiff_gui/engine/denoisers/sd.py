@@ -33,7 +33,15 @@ from .. import preview as previews
 from ..plan import Tile, TilePlan
 from ..request import GenerationRequest
 from ..schedulers import make_scheduler
-from ..vae import decode_latents, to_uint8
+from ..vae import (
+    DECODE_THRESHOLD,
+    decode_latents,
+    decode_synced,
+    host_budget,
+    synced_decode_supported,
+    synced_host_bytes,
+    to_uint8,
+)
 from . import ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -74,6 +82,7 @@ class SDDenoiser:
         self.prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
         self._alphas_cumprod = make_scheduler("ddim", self.scheduler_config).alphas_cumprod
         self._rgb: torch.Tensor | None = None
+        self.decode_method = ""  # how the last decode ran (recorded in the run's info)
         # SDXL's VAE overflows in fp16; diffusers marks such VAEs with force_upcast.
         self._vae_dtype = torch.float32 if getattr(self.vae.config, "force_upcast", False) else dtype
         if self.vae.dtype != self._vae_dtype:
@@ -155,6 +164,15 @@ class SDDenoiser:
         def decode_fn(z: torch.Tensor) -> torch.Tensor:
             return self.vae.decode(z.to(self._vae_dtype) / cfg.scaling_factor + shift, return_dict=False)[0]
 
+        h, w = latents.shape[-2:]
+        small = max(h, w) <= DECODE_THRESHOLD
+        if not small and synced_decode_supported(self.vae) and \
+                synced_host_bytes(self.vae, h, w, self._vae_dtype) <= host_budget():
+            # Tiled, with every GroupNorm on whole-canvas statistics (engine/vae.py).
+            self.decode_method = "tiled, whole-canvas GroupNorm"
+            z = latents.to(self.device, self._vae_dtype) / cfg.scaling_factor + shift
+            return decode_synced(self.vae, z, on_progress)
+        self.decode_method = "whole" if small else "tiled, per-tile GroupNorm (host memory too small for exact)"
         return to_uint8(decode_latents(decode_fn, latents, self.scale, on_progress))
 
 
