@@ -12,7 +12,8 @@ values; nothing is downloaded). Measures, on the same card in the same process:
    view_batch_size against Paradiff on the same views (512 px tiles, 448 px overlap), 2048²;
 4. end to end: 4096² SD1.5, 30 steps, default plan, tile_batch auto, decode included;
 5. peak VRAM of an 8192² generation (one step, decode included) for SD1.5 and SDXL, fp16;
-6. the memory planner's estimate next to each measured peak.
+6. the memory planner's estimate next to each measured peak;
+7. a 16384² SD1.5 generation (one step) to the end: peak VRAM, peak host memory, decode method.
 
 Writes ``benchmarks/results/gpu-<card>.json`` (card, driver, torch, diffusers, date).
 """
@@ -230,6 +231,20 @@ def main() -> int:
                                               tile=xl.native_tile, steps=1, seed=1, sampler="euler",
                                               tile_batch="auto"), xl)
     log("vram_8192", vram)
+    del xl
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    # 7. 16384² must complete: SD1.5, one step, auto batch; peak VRAM, host peak and how it decoded.
+    import resource
+
+    den = (tiny_sd if args.smoke else sd15_random)(device, dtype)
+    req16 = GenerationRequest(model=den.name, prompt="x", width=16384 // s, height=16384 // s,
+                              tile=den.native_tile, steps=1, seed=1, sampler="euler", tile_batch="auto")
+    run16 = peak_run(req16, den)
+    run16["host_peak_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20), 2)  # kB → GiB
+    run16["decode"] = den.decode_method
+    log("end_to_end_16384", run16)
 
     name = results["card"].replace(" ", "-").lower() if not args.smoke else "smoke-cpu"
     out = args.out or ROOT / "benchmarks" / "results" / f"gpu-{name}.json"

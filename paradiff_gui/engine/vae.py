@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -186,18 +187,26 @@ def decode_synced(
     factor = 1  # feature-map px per latent px
 
     def run(fn: Callable, inputs: list[torch.Tensor], halo: int, up: int, out_channels: int,
-            whole: bool = False) -> torch.Tensor:
+            whole: bool = False, final: bool = False) -> Any:
         nonlocal done
         h, w = inputs[0].shape[-2:]
         step = max(h, w) if whole else core * factor
-        out = torch.empty((1, out_channels, h * up, w * up), dtype=dtype)
+        # The last stage goes straight into the output dtype (uint8), tile by tile: no full-size
+        # float picture exists anywhere.
+        out: Any = None if final else torch.empty((1, out_channels, h * up, w * up), dtype=dtype)
         for y0 in range(0, h, step):
             for x0 in range(0, w, step):
                 y1, x1 = min(y0 + step, h), min(x0 + step, w)
                 a0, b0, a1, b1 = max(0, y0 - halo), max(0, x0 - halo), min(h, y1 + halo), min(w, x1 + halo)
                 res = fn(*(t[..., a0:a1, b0:b1].to(device).contiguous() for t in inputs))
-                out[..., y0 * up : y1 * up, x0 * up : x1 * up] = \
-                    res[..., (y0 - a0) * up : (y1 - a0) * up, (x0 - b0) * up : (x1 - b0) * up].to("cpu", dtype)
+                part = res[..., (y0 - a0) * up : (y1 - a0) * up, (x0 - b0) * up : (x1 - b0) * up]
+                if final:
+                    pixels = convert(part[0].float().permute(1, 2, 0).cpu().numpy())
+                    if out is None:
+                        out = np.empty((h * up, w * up, *pixels.shape[2:]), dtype=pixels.dtype)
+                    out[y0 * up : y1 * up, x0 * up : x1 * up] = pixels
+                else:
+                    out[..., y0 * up : y1 * up, x0 * up : x1 * up] = part.to("cpu", dtype)
         done += 1
         on_progress(done, total)
         return out
@@ -230,6 +239,5 @@ def decode_synced(
             x = run(m, [x], 1, 2, m.conv.out_channels if hasattr(m, "conv") else x.shape[1])
             factor *= 2
     stats = _group_stats(x, dec.conv_norm_out.num_groups)
-    image = run(lambda t: dec.conv_out(dec.conv_act(_norm(t, dec.conv_norm_out, stats))), [x], 1, 1,
-                dec.conv_out.out_channels)
-    return convert(image[0].float().permute(1, 2, 0).numpy())
+    return run(lambda t: dec.conv_out(dec.conv_act(_norm(t, dec.conv_norm_out, stats))), [x], 1, 1,
+               dec.conv_out.out_channels, final=True)
