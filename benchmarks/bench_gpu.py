@@ -13,7 +13,8 @@ values; nothing is downloaded). Measures, on the same card in the same process:
 4. end to end: 4096² SD1.5, 30 steps, default plan, tile_batch auto, decode included;
 5. peak VRAM of an 8192² generation (one step, decode included) for SD1.5 and SDXL, fp16;
 6. the memory planner's estimate next to each measured peak;
-7. a 16384² SD1.5 generation (one step) to the end: peak VRAM, peak host memory, decode method.
+7. a 16384² SD1.5 generation (one step) to the end: peak VRAM, peak host memory, decode method;
+8. Paradiff at batch B again with ``--compile`` (torch.compile, channels-last).
 
 Writes ``benchmarks/results/gpu-<card>.json`` (card, driver, torch, diffusers, date).
 """
@@ -245,6 +246,19 @@ def main() -> int:
     run16["host_peak_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20), 2)  # kB → GiB
     run16["decode"] = den.decode_method
     log("end_to_end_16384", run16)
+
+    # 8. torch.compile (and channels-last on CUDA): Paradiff ms/view at batch B again, compiled.
+    if args.smoke:
+        log("compiled", "not run in the smoke run (compiling on a CPU takes minutes)")
+    else:
+        den.enable_compile()
+        t0 = time.perf_counter()
+        generate(req.replace(steps=1), denoiser=den)  # compiles
+        compile_s = time.perf_counter() - t0
+        times, _ = step_times(req, den)
+        compiled = statistics.median(times[1:] or times) / B * 1000
+        log("compiled", {"paradiff_ms_per_view": round(compiled, 3), "ratio_to_bare_eager": round(compiled / bare, 3),
+                         "first_step_with_compile_s": round(compile_s, 1)})
 
     name = results["card"].replace(" ", "-").lower() if not args.smoke else "smoke-cpu"
     out = args.out or ROOT / "benchmarks" / "results" / f"gpu-{name}.json"

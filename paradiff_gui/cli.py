@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tile-batch", dest="tile_batch", type=_tile_batch_arg, metavar="auto|N",
                    help="tiles per model call; auto (the default) picks the most that fit in memory")
     g.add_argument("--device", metavar="auto|cpu|cuda|cuda:N|mps")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model (faster steps after a slow first one; CUDA: channels-last)")
     g.add_argument("--devices", type=_devices_arg, metavar="D1,D2,...",
                    help="spread the tiles over these devices, one process each (e.g. cuda:0,cuda:1; cpu,cpu "
                         "for CPU processes); under torchrun every process already is one rank")
@@ -145,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _OVERRIDES = ("model", "prompt", "negative_prompt", "overlap", "steps", "guidance", "sampler", "seed",
-              "fusion", "jitter", "global_context", "tile_batch", "device", "dtype")
+              "fusion", "jitter", "global_context", "tile_batch", "device", "dtype", "compile")
 
 
 def request_from_args(args: argparse.Namespace) -> rq.GenerationRequest:

@@ -115,6 +115,7 @@ class GenerationRequest:
     global_context: float = 0.0
     tile_batch: int | str = "auto"  # tiles per model call, or "auto": the most that fit (engine.memory)
     device: str = "auto"
+    compile: bool = False  # torch.compile the UNet (CUDA: channels-last too); speed only, same picture
     dtype: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -167,6 +168,8 @@ class GenerationRequest:
         if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
             raise RequestError("device", f"must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         _check_choice("dtype", self.dtype, DTYPES)
+        if not isinstance(self.compile, bool):
+            raise RequestError("compile", f"must be true or false, got {self.compile!r}")
         if not isinstance(self.extra, dict):
             raise RequestError("extra", "must be an object of backend options")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -94,3 +95,24 @@ def test_sdxl_micro_conditioning_is_the_tiles_position(sdxl_folder, monkeypatch)
             x0, y0, x1, y1 = plan.image_rect(tile)
             assert time_ids[half * len(plan) + k].tolist() == [192, 256, y0, x0, y1 - y0, x1 - x0]
     clear_cache()
+
+
+def test_compile_wraps_the_unet_and_keeps_the_picture(sd_folder, monkeypatch):
+    # torch.compile itself is replaced by a recorder (compiling on a CPU takes minutes); what is
+    # checked is that the request reaches the backend, the UNet is what gets compiled, the
+    # compiled model is the one used, and the picture is unchanged.
+    compiled: list = []
+
+    def fake_compile(module, **kwargs):
+        compiled.append((type(module).__name__, kwargs))
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    req = GenerationRequest(model=str(sd_folder), prompt="a castle", width=128, height=128, steps=2, seed=4,
+                            device="cpu")
+    clear_cache()
+    plain = generate(req).image
+    fast = generate(req.replace(compile=True)).image
+    clear_cache()
+    assert compiled == [("UNet2DConditionModel", {"mode": "max-autotune-no-cudagraphs"})]
+    assert np.array_equal(plain, fast)

@@ -111,7 +111,7 @@ def builtin_names() -> list[str]:
 
 # One loaded model is kept: the GUI and tests generate many times with the same weights, and
 # loading an SD checkpoint costs seconds. A different model/device/dtype replaces it.
-_CACHE: dict[tuple[str, str, str], Denoiser] = {}
+_CACHE: dict[tuple[str, str, str, bool], Denoiser] = {}
 
 
 def downloads_allowed() -> bool:
@@ -121,7 +121,7 @@ def downloads_allowed() -> bool:
 
 def load_denoiser(request: GenerationRequest, device: torch.device, dtype: torch.dtype) -> Denoiser:
     """Load (or reuse) the backend for ``request.model`` on ``device`` in ``dtype``."""
-    key = (request.model, str(device), str(dtype))
+    key = (request.model, str(device), str(dtype), request.compile)
     if key in _CACHE:
         return _CACHE[key]
     if request.model.startswith("builtin:"):
@@ -134,6 +134,8 @@ def load_denoiser(request: GenerationRequest, device: torch.device, dtype: torch
         from .sd import load_sd  # diffusers pipelines import slowly; only pay when used
 
         den = load_sd(request.model, device, dtype, allow_download=downloads_allowed())
+        if request.compile:
+            den.enable_compile()
     _CACHE.clear()
     _CACHE[key] = den
     return den

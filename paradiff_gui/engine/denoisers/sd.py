@@ -83,6 +83,7 @@ class SDDenoiser:
         self._alphas_cumprod = make_scheduler("ddim", self.scheduler_config).alphas_cumprod
         self._rgb: torch.Tensor | None = None
         self.decode_method = ""  # how the last decode ran (recorded in the run's info)
+        self.compiled = False
         # SDXL's VAE overflows in fp16; diffusers marks such VAEs with force_upcast.
         self._vae_dtype = torch.float32 if getattr(self.vae.config, "force_upcast", False) else dtype
         if self.vae.dtype != self._vae_dtype:
@@ -125,6 +126,16 @@ class SDDenoiser:
         )
 
     @torch.no_grad()
+    def enable_compile(self) -> None:
+        """``torch.compile`` the UNet (and, on CUDA, switch it to channels-last, which tensor-core
+        convolutions prefer). The first step of each batch shape compiles (a minute or more); a
+        step's last, smaller batch is a second shape. The picture does not change beyond float
+        rounding."""
+        if self.device.type == "cuda":
+            self.unet.to(memory_format=torch.channels_last)
+        self.unet = torch.compile(self.unet, mode="max-autotune-no-cudagraphs")
+        self.compiled = True
+
     def predict(self, x: torch.Tensor, t: torch.Tensor, tiles: Sequence[Tile], cond: SDConditioning) -> torch.Tensor:
         b = len(tiles)
         halves = 2 if cond.cfg else 1

@@ -140,6 +140,8 @@ class TerrainDenoiser:
             out.append("builtin:terrain is conditioned on difficulty, not text: the prompt is ignored")
         if request.guidance != 1.0:
             out.append("builtin:terrain is directly conditioned: guidance is ignored")
+        if request.compile:
+            out.append("builtin:terrain runs in ONNX Runtime: compile is ignored")
         return out
 
     def make_scheduler(self, sampler: str) -> TerrainSampler:

@@ -237,6 +237,11 @@ class GenerationPanel(QWidget):
         for d in rq.DTYPES:
             self.dtype.addItem(d)
         pfm.addRow("Precision", self.dtype)
+        self.compile = QCheckBox("Compile the model (torch.compile)")
+        self.compile.setObjectName("compile")
+        self.compile.setToolTip("Faster steps after a slow first one (a minute or more); the picture is the same. "
+                                "SD models only.")
+        pfm.addRow(self.compile)
         # Not part of the request (it changes speed, never the picture): an app setting.
         self.spare_core = QCheckBox("Keep a CPU core free for the interface")
         self.spare_core.setObjectName("spare_core")
@@ -291,6 +296,7 @@ class GenerationPanel(QWidget):
             c.currentIndexChanged.connect(self._emit_changed)
         self.device.currentTextChanged.connect(self._emit_changed)
         self.jitter.toggled.connect(self._emit_changed)
+        self.compile.toggled.connect(self._emit_changed)
         self.prompt.textChanged.connect(self._emit_changed)
         self.negative.textChanged.connect(self._emit_changed)
         self.by_tile.toggled.connect(self._mode_changed)
@@ -474,6 +480,7 @@ class GenerationPanel(QWidget):
             tile_batch=self.tile_batch.value() or "auto",
             device=self.device.currentText().strip(),
             dtype=self.dtype.currentText(),
+            compile=self.compile.isChecked(),
             extra=extra,
         )
 
@@ -526,6 +533,7 @@ class GenerationPanel(QWidget):
             self.tile_batch.setValue(0 if request.tile_batch == "auto" else request.tile_batch)
             self.device.setCurrentText(request.device)
             self.dtype.setCurrentIndex(max(0, self.dtype.findText(request.dtype)))
+            self.compile.setChecked(request.compile)
             shown = {e.key for e in self._extras}
             for e in self._extras:
                 e.given = e.key in request.extra
