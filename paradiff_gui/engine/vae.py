@@ -157,6 +157,99 @@ def synced_host_bytes(vae: torch.nn.Module, h: int, w: int, dtype: torch.dtype) 
     return peak * size
 
 
+def _mid_ops(mid: torch.nn.Module) -> list[tuple]:
+    ops: list[tuple] = [("resnet", mid.resnets[0])]
+    for attn, resnet in zip(mid.attentions, mid.resnets[1:]):
+        if attn is not None:
+            ops.append(("attention", attn))
+        ops.append(("resnet", resnet))
+    return ops
+
+
+def _run_program(ops: list[tuple], x: torch.Tensor, device: torch.device, dtype: torch.dtype,
+                 on_progress: Callable[[int, int], None], *, core: int, factor: float, attention_halo: int,
+                 attention_whole: bool, convert: Callable[[np.ndarray], np.ndarray] | None) -> Any:
+    """Run a VAE half as a list of stages over host canvases (see the section comment).
+
+    ``factor`` is feature-map px per latent px at the start (1 for the decoder, 8 for the
+    encoder); ``convert`` (if given) turns the last stage's tiles into the output array.
+    """
+    total = sum(2 if op[0] == "resnet" else 1 for op in ops)
+    done = 0
+    on_progress(0, total)
+
+    def run(fn: Callable, inputs: list[torch.Tensor], halo: int, up: float, out_channels: int,
+            whole: bool = False, final: bool = False) -> Any:
+        nonlocal done
+        h, w = inputs[0].shape[-2:]
+        step = max(h, w) if whole else int(core * factor)
+
+        def at(v: int) -> int:  # input px -> output px (up is 2, 1 or 1/2 on even coordinates)
+            return int(v * up)
+
+        # The last stage goes straight into the output dtype (uint8), tile by tile: no full-size
+        # float picture exists anywhere.
+        out: Any = None if final else torch.empty((1, out_channels, at(h), at(w)), dtype=dtype)
+        for y0 in range(0, h, step):
+            for x0 in range(0, w, step):
+                y1, x1 = min(y0 + step, h), min(x0 + step, w)
+                a0, b0, a1, b1 = max(0, y0 - halo), max(0, x0 - halo), min(h, y1 + halo), min(w, x1 + halo)
+                res = fn(*(t[..., a0:a1, b0:b1].to(device).contiguous() for t in inputs))
+                part = res[..., at(y0 - a0) : at(y1 - a0), at(x0 - b0) : at(x1 - b0)]
+                if final:
+                    pixels = convert(part[0].float().permute(1, 2, 0).cpu().numpy())
+                    if out is None:
+                        out = np.empty((at(h), at(w), *pixels.shape[2:]), dtype=pixels.dtype)
+                    out[at(y0) : at(y1), at(x0) : at(x1)] = pixels
+                else:
+                    out[..., at(y0) : at(y1), at(x0) : at(x1)] = part.to("cpu", dtype)
+        done += 1
+        on_progress(done, total)
+        return out
+
+    for k, (kind, *args) in enumerate(ops):
+        last = k == len(ops) - 1 and convert is not None
+        if kind == "module":
+            m, halo = args
+            x = run(m, [x], halo, 1, m.out_channels, final=last)
+        elif kind == "resnet":
+            m = args[0]
+            s1 = _group_stats(x, m.norm1.num_groups)
+            hidden = run(lambda t, m=m, s1=s1: m.conv1(m.nonlinearity(_norm(t, m.norm1, s1))), [x], 1, 1,
+                         m.conv1.out_channels)
+            s2 = _group_stats(hidden, m.norm2.num_groups)
+
+            def second(h: torch.Tensor, skip: torch.Tensor, m=m, s2=s2) -> torch.Tensor:
+                out = m.conv2(m.dropout(m.nonlinearity(_norm(h, m.norm2, s2))))
+                if m.conv_shortcut is not None:
+                    skip = m.conv_shortcut(skip)
+                return (skip + out) / m.output_scale_factor
+
+            x = run(second, [hidden, x], 1, 1, m.conv2.out_channels)
+        elif kind == "attention":
+            m = args[0]
+            stats = _group_stats(x, m.group_norm.num_groups)
+            m.group_norm.forward = lambda t, n=m.group_norm, s=stats: _norm(t, n, s)  # shadows the method
+            try:
+                x = run(m, [x], int(attention_halo * factor), 1, x.shape[1], whole=attention_whole)
+            finally:
+                del m.group_norm.forward
+        elif kind == "upsample":  # nearest x2, then a 3x3 convolution at the new size
+            m = args[0]
+            x = run(m, [x], 1, 2, m.conv.out_channels)
+            factor *= 2
+        elif kind == "downsample":  # pad right/bottom by one, 3x3 convolution with stride 2
+            m = args[0]
+            x = run(m, [x], 2, 0.5, m.conv.out_channels)
+            factor /= 2
+        else:  # "out": GroupNorm, activation, convolution
+            norm, act, conv = args
+            stats = _group_stats(x, norm.num_groups)
+            x = run(lambda t, n=norm, a=act, c=conv, s=stats: c(a(_norm(t, n, s))), [x], 1, 1, conv.out_channels,
+                    final=last)
+    return x
+
+
 @torch.no_grad()
 def decode_synced(
     vae: torch.nn.Module,
@@ -173,77 +266,46 @@ def decode_synced(
     holds up to three canvases of a stage (see :func:`synced_host_bytes`)."""
     dec = vae.decoder
     device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
-    stages: list[tuple] = []  # plain modules before the first GroupNorm: (module, halo, up)
-    x = z.to("cpu", dtype)
+    ops: list[tuple] = []
     if getattr(vae, "post_quant_conv", None) is not None:
-        stages.append((vae.post_quant_conv, 0, 1))
-    stages.append((dec.conv_in, 1, 1))
-    mid = dec.mid_block
-    body: list = [("resnet", mid.resnets[0])]
-    for attn, resnet in zip(mid.attentions, mid.resnets[1:]):
-        if attn is not None:
-            body.append(("attention", attn))
-        body.append(("resnet", resnet))
+        ops.append(("module", vae.post_quant_conv, 0))
+    ops.append(("module", dec.conv_in, 1))
+    ops += _mid_ops(dec.mid_block)
     for block in dec.up_blocks:
-        body += [("resnet", r) for r in block.resnets]
-        body += [("upsample", u) for u in (block.upsamplers or [])]
-    total = len(stages) + sum(2 if kind == "resnet" else 1 for kind, _ in body) + 1
-    done = 0
-    on_progress(0, total)
-    factor = 1  # feature-map px per latent px
+        ops += [("resnet", r) for r in block.resnets]
+        ops += [("upsample", u) for u in (block.upsamplers or [])]
+    ops.append(("out", dec.conv_norm_out, dec.conv_act, dec.conv_out))
+    return _run_program(ops, z.to("cpu", dtype), device, dtype, on_progress, core=core, factor=1,
+                        attention_halo=attention_halo, convert=convert,
+                        attention_whole=z.shape[-2] * z.shape[-1] <= attention_whole_px)
 
-    def run(fn: Callable, inputs: list[torch.Tensor], halo: int, up: int, out_channels: int,
-            whole: bool = False, final: bool = False) -> Any:
-        nonlocal done
-        h, w = inputs[0].shape[-2:]
-        step = max(h, w) if whole else core * factor
-        # The last stage goes straight into the output dtype (uint8), tile by tile: no full-size
-        # float picture exists anywhere.
-        out: Any = None if final else torch.empty((1, out_channels, h * up, w * up), dtype=dtype)
-        for y0 in range(0, h, step):
-            for x0 in range(0, w, step):
-                y1, x1 = min(y0 + step, h), min(x0 + step, w)
-                a0, b0, a1, b1 = max(0, y0 - halo), max(0, x0 - halo), min(h, y1 + halo), min(w, x1 + halo)
-                res = fn(*(t[..., a0:a1, b0:b1].to(device).contiguous() for t in inputs))
-                part = res[..., (y0 - a0) * up : (y1 - a0) * up, (x0 - b0) * up : (x1 - b0) * up]
-                if final:
-                    pixels = convert(part[0].float().permute(1, 2, 0).cpu().numpy())
-                    if out is None:
-                        out = np.empty((h * up, w * up, *pixels.shape[2:]), dtype=pixels.dtype)
-                    out[y0 * up : y1 * up, x0 * up : x1 * up] = pixels
-                else:
-                    out[..., y0 * up : y1 * up, x0 * up : x1 * up] = part.to("cpu", dtype)
-        done += 1
-        on_progress(done, total)
-        return out
 
-    for module, halo, up in stages:
-        x = run(module, [x], halo, up, module.out_channels)
-    for kind, m in body:
-        if kind == "resnet":
-            s1 = _group_stats(x, m.norm1.num_groups)
-            hidden = run(lambda t, m=m, s1=s1: m.conv1(m.nonlinearity(_norm(t, m.norm1, s1))), [x], 1, 1,
-                         m.conv1.out_channels)
-            s2 = _group_stats(hidden, m.norm2.num_groups)
-
-            def second(h: torch.Tensor, skip: torch.Tensor, m=m, s2=s2) -> torch.Tensor:
-                out = m.conv2(m.dropout(m.nonlinearity(_norm(h, m.norm2, s2))))
-                if m.conv_shortcut is not None:
-                    skip = m.conv_shortcut(skip)
-                return (skip + out) / m.output_scale_factor
-
-            x = run(second, [hidden, x], 1, 1, m.conv2.out_channels)
-        elif kind == "attention":
-            stats = _group_stats(x, m.group_norm.num_groups)
-            m.group_norm.forward = lambda t, n=m.group_norm, s=stats: _norm(t, n, s)  # shadows the method
-            try:
-                x = run(m, [x], attention_halo * factor, 1, x.shape[1],
-                        whole=z.shape[-2] * z.shape[-1] <= attention_whole_px)
-            finally:
-                del m.group_norm.forward
-        else:  # upsample: nearest x2, then a 3x3 convolution at the new size
-            x = run(m, [x], 1, 2, m.conv.out_channels if hasattr(m, "conv") else x.shape[1])
-            factor *= 2
-    stats = _group_stats(x, dec.conv_norm_out.num_groups)
-    return run(lambda t: dec.conv_out(dec.conv_act(_norm(t, dec.conv_norm_out, stats))), [x], 1, 1,
-               dec.conv_out.out_channels, final=True)
+@torch.no_grad()
+def encode_synced(
+    vae: torch.nn.Module,
+    image: torch.Tensor,
+    on_progress: Callable[[int, int], None],
+    *,
+    core: int = SYNC_CORE,
+    attention_halo: int = ATTENTION_HALO,
+    attention_whole_px: int = ATTENTION_WHOLE_PX,
+) -> torch.Tensor:
+    """Encode an image (1, 3, H, W) in [-1, 1] (H and W multiples of the VAE's factor, 8 for SD)
+    tile by tile with whole-canvas GroupNorm statistics; returns the latent distribution's moments
+    (1, 2·C, H/8, W/8) on the host (mean, then log-variance), like ``vae.encode(...).latent_dist
+    .parameters``. The same stages as :func:`decode_synced`, downsampling instead of upsampling."""
+    enc = vae.encoder
+    device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
+    factor = 2 ** (len(enc.down_blocks) - 1)  # image px per latent px
+    ops: list[tuple] = [("module", enc.conv_in, 1)]
+    for block in enc.down_blocks:
+        ops += [("resnet", r) for r in block.resnets]
+        ops += [("downsample", d) for d in (block.downsamplers or [])]
+    ops += _mid_ops(enc.mid_block)
+    ops.append(("out", enc.conv_norm_out, enc.conv_act, enc.conv_out))
+    if getattr(vae, "quant_conv", None) is not None:
+        ops.append(("module", vae.quant_conv, 0))
+    h, w = image.shape[-2:]
+    return _run_program(ops, image.to("cpu", dtype), device, dtype, on_progress, core=core, factor=factor,
+                        attention_halo=attention_halo, convert=None,
+                        attention_whole=(h // factor) * (w // factor) <= attention_whole_px)
