@@ -97,13 +97,16 @@ class _Denoise:
         a cancelled rank skips its remaining batches and says so through the step's all-reduce.
         """
         tiles = self.shard.mine(list(plan.tiles))
-        for i in range(0, len(tiles), self.batch):
+        i = 0
+        while i < len(tiles):  # self.batch is read anew each time: an out-of-memory halves it
             if self.shard.active:
                 if self.cancel.cancelled:
                     return
             else:
                 self.cancel.check()
-            yield tiles[i : i + self.batch]
+            batch = tiles[i : i + self.batch]
+            i += len(batch)
+            yield batch
 
     def agree_on_cancel(self) -> None:
         """With several ranks: raise Cancelled on every rank if any rank was cancelled."""
@@ -115,11 +118,33 @@ class _Denoise:
     def run_batch(self, crops: torch.Tensor, t: torch.Tensor, tiles: list[Tile], plan: TilePlan) -> torch.Tensor:
         """One model call on a batch of tile crops; emits the batch and its previews."""
         self.emit(BatchStarted(self.step, tuple(tl.index for tl in tiles)))
-        pred = self.den.predict(crops.to(self.den.dtype), t, tiles, self.cond).float()
+        pred = self._predict(crops, t, tiles)
         if self.previews:
             rects = [plan.image_rect(tl) for tl in tiles]
             self._queue_previews(tiles, rects, self.den.preview(crops, pred, self.t_value))
         return pred
+
+    def _predict(self, crops: torch.Tensor, t: torch.Tensor, tiles: list[Tile]) -> torch.Tensor:
+        """The model on a batch; out of memory, the batch is halved and the same step goes on
+        (tiles are fused one by one, so the picture does not change), down to one tile."""
+        try:
+            return self.den.predict(crops.to(self.den.dtype), t, tiles, self.cond).float()
+        except Exception as exc:
+            if not _out_of_memory(exc):
+                raise
+        _free_device_cache(self.den.device)
+        tl = tiles[0]
+        if len(tiles) == 1:
+            s = self.plan.scale
+            raise RequestError(
+                "tile", f"one tile ({tl.width * s}x{tl.height * s} px) does not fit in the memory of "
+                f"{self.den.device}: use smaller tiles (--tile), --dtype fp16, or close what else uses the device")
+        half = len(tiles) // 2
+        if half < self.batch:  # said once per new size, not once per retried batch
+            self.batch = half
+            self.emit(Notice(f"out of memory at a batch of {len(tiles)} tiles: continuing with {half} "
+                             "(the same step; the picture does not change)"))
+        return torch.cat([self._predict(crops[:half], t, tiles[:half]), self._predict(crops[half:], t, tiles[half:])])
 
     def _queue_previews(self, tiles: list[Tile], rects: list[tuple[int, int, int, int]], rgb: torch.Tensor) -> None:
         """Start copying this batch's previews to the host and emit the previous batch's.
@@ -352,6 +377,16 @@ def _loaded_info(request: GenerationRequest, den: Denoiser, plan: TilePlan) -> M
     # The loaded backend is the truth for geometry; the configs on disk for the rest.
     info = describe_model(request.model)
     return dataclasses.replace(info, scale=den.scale, channels=den.channels, native_tile=den.native_tile)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    return isinstance(exc, oom) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def _free_device_cache(device: Any) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _device_memory(device: torch.device) -> int | None:

@@ -1,0 +1,78 @@
+"""Reliability of a run: out-of-memory in a tile batch, and memory over many runs.
+
+Out-of-memory is injected at the model call (the edge of the engine: a real OOM needs a GPU);
+what is checked is the engine's answer to it.
+"""
+
+from __future__ import annotations
+
+import gc
+import resource
+
+import pytest
+import torch
+from fakes import FieldDenoiser
+
+from paradiff_gui.engine import GenerationRequest, RequestError, events, generate
+
+REQ = GenerationRequest(model="test:field", width=256, height=192, tile=96, overlap=32, steps=3, seed=2, sampler="ddim",
+                        device="cpu")
+
+
+class TightDenoiser(FieldDenoiser):
+    """Runs out of memory on batches larger than ``fits`` tiles."""
+
+    def __init__(self, fits: int) -> None:
+        super().__init__()
+        self.fits = fits
+
+    def predict(self, x, t, tiles, cond):
+        if len(tiles) > self.fits:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {len(tiles)} tiles (fake)")
+        return super().predict(x, t, tiles, cond)
+
+
+def test_out_of_memory_halves_the_batch_and_finishes_the_same_picture():
+    seen: list = []
+    tight = TightDenoiser(fits=3)
+    result = generate(REQ.replace(tile_batch=16), seen.append, denoiser=tight)
+    reference = generate(REQ.replace(tile_batch=1), denoiser=FieldDenoiser())
+    assert torch.equal(result.latents, reference.latents)
+    notices = [e.message for e in seen if isinstance(e, events.Notice)]
+    # 12 tiles (all of them, batch 16) -> 6 -> 3, each size said once.
+    assert [n.split(":")[0] for n in notices] == ["out of memory at a batch of 12 tiles",
+                                                  "out of memory at a batch of 6 tiles"]
+    # After the first step the smaller batch sticks: no batch above 3 tiles is retried again.
+    steps_started = [i for i, e in enumerate(seen) if isinstance(e, events.StepStarted)]
+    later = [len(c) for c in tight.calls[len(tight.calls) // 2 :]]
+    assert max(later) <= 3 and len(steps_started) == 3
+    assert result.info["tile_batch"] == 3  # the batch it ended with (the request keeps what was asked)
+
+
+def test_when_one_tile_does_not_fit_the_message_says_what_to_change():
+    seen: list = []
+    with pytest.raises(RequestError) as e:
+        generate(REQ.replace(tile_batch=4), seen.append, denoiser=TightDenoiser(fits=0))
+    assert e.value.field == "tile"
+    assert "one tile (96x96 px) does not fit" in e.value.message and "smaller tiles" in e.value.message
+    assert isinstance(seen[-1], events.Failed) and seen[-1].kind == "request"
+
+
+def test_fifty_generations_do_not_grow_resident_memory(sd_folder):
+    # The tiny SD model through the real loader, 50 times: resident memory after run 10 (caches
+    # warm) and after run 50 must be within 5 %.
+    req = GenerationRequest(model=str(sd_folder), prompt="a castle", width=128, height=128, steps=2, seed=1,
+                            device="cpu", tile_batch=4)
+
+    def rss_mb() -> float:
+        gc.collect()
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+    for _ in range(10):
+        generate(req)
+    warm = rss_mb()
+    for i in range(40):
+        generate(req.replace(seed=i))
+    after = rss_mb()
+    assert after <= warm * 1.05, f"resident memory grew from {warm:.0f} MB to {after:.0f} MB"
