@@ -38,6 +38,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="paradiff-bench-gui-"))
     os.environ["XDG_CONFIG_HOME"] = str(tmp / "config")
     os.environ["XDG_STATE_HOME"] = str(tmp / "state")
+    os.environ["XDG_DATA_HOME"] = str(tmp / "data")  # autosaves
 
     import numpy as np
     from PySide6.QtCore import QPointF, QSettings, Qt, QTimer

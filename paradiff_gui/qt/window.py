@@ -98,11 +98,19 @@ class MainWindow(QMainWindow):
     result_ready = Signal(object)  # Result, once shown (pyramid built)
     scored = Signal(object)  # Result, once its seams are scored
     exported = Signal(str)  # path
+    autosaved = Signal(str)  # path
     export_failed = Signal(str)  # message
 
     def __init__(self, engine: Engine | None = None, settings: QSettings | None = None,
-                 interactive: bool = True) -> None:
+                 interactive: bool = True, autosave_dir: Path | None = None) -> None:
         super().__init__()
+        from platformdirs import user_data_path
+
+        # Every finished picture is written here (with its recipe) the moment it arrives, and
+        # removed once exported: what is left at the next start is offered back.
+        self.autosave_dir = Path(autosave_dir or user_data_path("paradiff", appauthor=False) / "autosave")
+        self.recoverable = sorted(self.autosave_dir.glob("*.png")) if self.autosave_dir.is_dir() else []
+        self.recover_box: QMessageBox | None = None
         self.setWindowTitle("Paradiff")
         self.setAcceptDrops(True)
         self.settings = settings or QSettings()
@@ -127,6 +135,8 @@ class MainWindow(QMainWindow):
         self._connect()
         self._restore()
         self._update_plan()
+        if self.recoverable and interactive:
+            self._offer_recovery()
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -487,11 +497,65 @@ class MainWindow(QMainWindow):
         title = f"{e.request.width}×{e.request.height} · seed {e.request.seed}"
         result = Result(e.image, e.request, [e.plan.image_rect(t) for t in e.plan.tiles], title,
                         e.seconds, dict(e.info), e.plan, consensus=self._run.get("consensus"))
+        self._autosave(result)
         self.status_text.setText(f"Done in {fmt_seconds(e.seconds)}, preparing the view…")
         self._finish_stats("finished", e.seconds)
         self.jobs.submit(lambda: _prepare_display(e.image, self._relief),
                          lambda out: self._displayed(result, *out), self._job_failed)
         self.run_ended.emit("finished")
+
+    def _autosave(self, result: Result) -> None:
+        """Write the finished picture and its recipe to the autosave folder, off the GUI thread."""
+        from ..engine.metadata import save_png
+
+        self.autosave_dir.mkdir(parents=True, exist_ok=True)
+        stem = f"{time.strftime('%Y%m%d-%H%M%S')}-seed{result.request.seed}"
+        path = self.autosave_dir / f"{stem}.png"
+        n = 1
+        while path.exists():
+            n += 1
+            path = self.autosave_dir / f"{stem}-{n}.png"
+        image, request, plan, info = result.image, result.request, result.plan, result.info
+        result.autosave = str(path)
+
+        def failed(exc: BaseException) -> None:
+            result.autosave = None
+            log.error("autosave failed", exc_info=exc)
+            self.statusBar().showMessage(f"Could not autosave ({_message(exc)}); export the picture to keep it",
+                                         15000)
+
+        self.jobs.submit(lambda: save_png(path, image, request, plan, info),
+                         lambda _p: self.autosaved.emit(str(path)), failed)
+
+    def _offer_recovery(self) -> None:
+        n = len(self.recoverable)
+        box = QMessageBox(QMessageBox.Icon.Question, "Recover pictures",
+                          f"{n} finished picture{'s' if n > 1 else ''} from an earlier session "
+                          f"{'were' if n > 1 else 'was'} never exported. Open {'them' if n > 1 else 'it'}?",
+                          QMessageBox.StandardButton.Open | QMessageBox.StandardButton.Discard
+                          | QMessageBox.StandardButton.Ignore, self)
+        box.setObjectName("recover_box")
+        box.setInformativeText(f"They are kept in {self.autosave_dir} until you export or discard them. "
+                               "Ignore asks again next time.")
+        box.button(QMessageBox.StandardButton.Ignore).setText("Later")
+        box.setWindowModality(Qt.WindowModality.WindowModal)
+        choices = {QMessageBox.StandardButton.Open: "open", QMessageBox.StandardButton.Discard: "discard"}
+        box.buttonClicked.connect(lambda button: self.recover(choices.get(box.standardButton(button), "later")))
+        box.open()
+        self.recover_box = box
+
+    def recover(self, choice: str) -> None:
+        """``open`` the earlier session's autosaved pictures into History, ``discard`` them, or
+        leave them for ``later``."""
+        files, self.recoverable = self.recoverable, []
+        if choice == "open":
+            for path in files:
+                self.open_image(str(path), autosave=str(path))
+        elif choice == "discard":
+            for path in files:
+                path.unlink(missing_ok=True)
+        else:
+            self.recoverable = files
 
     def _displayed(self, result: Result, levels: list[np.ndarray], thumb: np.ndarray) -> None:
         result.layer = Layer.from_levels(levels)
@@ -611,7 +675,7 @@ class MainWindow(QMainWindow):
         if path:
             self.open_image(path)
 
-    def open_image(self, path: str) -> None:
+    def open_image(self, path: str, autosave: str | None = None) -> None:
         """Load ``path`` off the GUI thread and inspect it (plan from its metadata, or from the
         tile editor when it has none)."""
         self.status_text.setText(f"Opening {Path(path).name}…")
@@ -635,7 +699,7 @@ class MainWindow(QMainWindow):
             image, request, tiles, source = out
             if tiles is None:
                 tiles = fallback(image.shape[1], image.shape[0])
-            result = Result(image, request, tiles or [], Path(path).name, path=path)
+            result = Result(image, request, tiles or [], Path(path).name, path=path, autosave=autosave)
             self.jobs.submit(lambda: _prepare_display(image, self._relief),
                              lambda lv: self._opened(result, source, *lv), self._job_failed)
 
@@ -741,6 +805,9 @@ class MainWindow(QMainWindow):
             progress.deleteLater()
             self.progress.setVisible(False)
             r.path = written
+            if r.autosave:  # exported: the autosaved copy has done its job
+                Path(r.autosave).unlink(missing_ok=True)
+                r.autosave = None
             self.status_text.setText(f"Exported {written}")
             self.exported.emit(written)
 

@@ -19,10 +19,11 @@ def fake():
 
 
 @pytest.fixture
-def make_window(qtbot, settings):
+def make_window(qtbot, settings, tmp_path):
     made = []
 
     def make(engine=None, **kw):
+        kw.setdefault("autosave_dir", tmp_path / "autosave")
         w = MainWindow(engine=engine, settings=kw.pop("settings", settings), **kw)
         qtbot.addWidget(w)
         w.resize(1280, 800)

@@ -354,3 +354,60 @@ def test_zoom_shortcuts_and_a_real_drop_event(qtbot, window, tmp_path):
                       Qt.KeyboardModifier.NoModifier)
     window.dropEvent(drop)
     assert window.panel.request() == req
+
+
+def test_twenty_generate_cancel_cycles_leave_no_threads_or_stuck_state(qtbot, window, fake):
+    import threading
+
+    fake.batch_seconds = 0.02
+    window.panel.set_request(window.panel.request().replace(steps=100))
+    before = threading.active_count()
+    for _ in range(20):
+        fake.batch_seen.clear()
+        assert window.generate()
+        assert fake.batch_seen.wait(5)
+        with qtbot.waitSignal(window.run_ended, timeout=5000) as ended:
+            qtbot.keyClick(window, Qt.Key.Key_Escape)
+        assert ended.args == ["cancelled"]
+        qtbot.waitUntil(lambda: not window.bridge.running and window.generate_button.isEnabled(), timeout=5000)
+    assert window.bridge._worker is None and not window.stall.active
+    assert threading.active_count() <= before + 1  # the job pool may have started one thread
+    fake.batch_seconds = 0.0
+    window.panel.set_request(window.panel.request().replace(steps=2))
+    run_to_result(qtbot, window)
+
+
+def test_every_result_is_autosaved_until_exported_and_offered_back_after_a_crash(qtbot, make_window, fake,
+                                                                                  tmp_path):
+    from PySide6.QtWidgets import QMessageBox
+
+    autosave = tmp_path / "autosave"
+    w = make_window(fake)
+    w.panel.set_request(GenerationRequest.for_model("builtin:terrain", width=256, height=128, steps=2, seed=8))
+    with qtbot.waitSignal(w.autosaved, timeout=20000) as saved:
+        w.generate()
+    first = saved.args[0]
+    assert read_recipe(first)["request"]["seed"] == 8 and open_image(first).dtype == np.uint16
+    qtbot.waitUntil(lambda: w.current is not None, timeout=20000)
+    with qtbot.waitSignal(w.exported, timeout=20000):
+        w.export(str(tmp_path / "kept.png"))
+    assert not os.path.exists(first)  # exported: the autosave is gone
+    with qtbot.waitSignal(w.autosaved, timeout=20000) as saved:
+        w.generate()
+    second = saved.args[0]
+    # A crash now: the second picture was never exported. The next start offers it back.
+    w2 = make_window(fake, autosave_dir=autosave)
+    assert w2.recoverable == [autosave / os.path.basename(second)]
+    box = w2.recover_box
+    assert box is not None and box.isVisible() and "1 finished picture" in box.text()
+    with qtbot.waitSignal(w2.result_ready, timeout=20000) as opened:
+        box.button(QMessageBox.StandardButton.Open).click()
+    recovered = opened.args[0]
+    assert recovered.request.seed == 8 and recovered.autosave == second
+    assert w2.history.list.count() == 1
+    # "Later" keeps them for the next start; "Discard" deletes them.
+    w3 = make_window(fake, autosave_dir=autosave)
+    w3.recover_box.button(QMessageBox.StandardButton.Ignore).click()
+    assert os.path.exists(second) and w3.recoverable
+    w3.recover("discard")
+    assert not os.path.exists(second)

@@ -156,6 +156,7 @@ class Result:
     heat_map: np.ndarray | None = None  # (H, W) float32 seam heat, for finding a seam's worst point
     consensus: float | None = None
     path: str | None = None  # where it was opened from / last exported to
+    autosave: str | None = None  # its autosaved copy, until exported
 
     @property
     def nbytes(self) -> int:
