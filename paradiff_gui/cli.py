@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--relief", metavar="RELIEF.png",
                    help="single-channel models (heightmaps): also write a shaded-relief RGB picture")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--allow-pickle", action="store_true",
+                   help="accept .ckpt/.pt/.bin checkpoints, loading only their tensors (torch.load weights_only)")
     g.add_argument("--allow-download", action="store_true",
                    help="let a hub model id download when it is not in the local cache")
 
@@ -235,6 +237,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if args.allow_download:
         os.environ["PARADIFF_ALLOW_DOWNLOAD"] = "1"
+    if args.allow_pickle:
+        os.environ["PARADIFF_ALLOW_PICKLE"] = "1"
     if args.devices:
         return _launch_local_group(args, request, out)
     shard = None

@@ -7,6 +7,7 @@ what is checked is the engine's answer to it.
 from __future__ import annotations
 
 import gc
+import os
 import resource
 
 import pytest
@@ -76,3 +77,53 @@ def test_fifty_generations_do_not_grow_resident_memory(sd_folder):
         generate(req.replace(seed=i))
     after = rss_mb()
     assert after <= warm * 1.05, f"resident memory grew from {warm:.0f} MB to {after:.0f} MB"
+
+
+class _Trap:
+    """Unpickling this creates a file: what a hostile checkpoint would do (harmlessly here)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_pickle_checkpoints_never_run_code(tmp_path, monkeypatch, capsys):
+    import pickle
+
+    from paradiff_gui.cli import main
+
+    marker = tmp_path / "pwned"
+    hostile = tmp_path / "model.ckpt"
+    hostile.write_bytes(pickle.dumps({"state_dict": {"w": _Trap(str(marker))}}))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("PARADIFF_ALLOW_PICKLE", raising=False)
+    base = ["generate", "--model", str(hostile), "--size", "512x512", "--steps", "1", "--quiet",
+            "-o", str(tmp_path / "o.png")]
+    # Refused by default, with the way out named.
+    assert main(base) == 3
+    err = capsys.readouterr().err
+    assert "pickle checkpoint" in err and "--allow-pickle" in err
+    # Opted in: only tensors are unpickled (weights_only=True), so the trap is refused too.
+    assert main([*base, "--allow-pickle"]) == 3
+    err = capsys.readouterr().err
+    assert "holds more than weights" in err and "Traceback" not in err
+    assert not marker.exists()
+    os.environ.pop("PARADIFF_ALLOW_PICKLE", None)  # the CLI set it for this process
+
+
+def test_a_plain_pickle_checkpoint_is_converted_to_safetensors(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from paradiff_gui.engine.denoisers.sd import _pickle_to_safetensors
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    plain = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {"a": torch.arange(4.0), "b": torch.ones(2, 2)}, "epoch": 3}, plain)
+    out = _pickle_to_safetensors(plain)
+    assert out.suffix == ".safetensors" and tmp_path / "cache" in out.parents
+    loaded = load_file(str(out))
+    assert torch.equal(loaded["a"], torch.arange(4.0)) and set(loaded) == {"a", "b"}

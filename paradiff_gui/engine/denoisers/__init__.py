@@ -119,6 +119,11 @@ def downloads_allowed() -> bool:
     return os.environ.get("PARADIFF_ALLOW_DOWNLOAD", "").lower() in ("1", "true", "yes")
 
 
+def pickle_allowed() -> bool:
+    """Whether the user allowed pickle checkpoints' tensors (``PARADIFF_ALLOW_PICKLE=1``)."""
+    return os.environ.get("PARADIFF_ALLOW_PICKLE", "").lower() in ("1", "true", "yes")
+
+
 def load_denoiser(request: GenerationRequest, device: torch.device, dtype: torch.dtype) -> Denoiser:
     """Load (or reuse) the backend for ``request.model`` on ``device`` in ``dtype``."""
     key = (request.model, str(device), str(dtype), request.compile)
@@ -133,7 +138,7 @@ def load_denoiser(request: GenerationRequest, device: torch.device, dtype: torch
     else:
         from .sd import load_sd  # diffusers pipelines import slowly; only pay when used
 
-        den = load_sd(request.model, device, dtype, allow_download=downloads_allowed())
+        den = load_sd(request.model, device, dtype, allow_download=downloads_allowed(), allow_pickle=pickle_allowed())
         if request.compile:
             den.enable_compile()
     _CACHE.clear()

@@ -214,7 +214,34 @@ def _extra_kwargs(cls: Any) -> dict[str, Any]:
     return {}
 
 
-def load_sd(model: str, device: torch.device, dtype: torch.dtype, allow_download: bool = False) -> SDDenoiser:
+def _pickle_to_safetensors(path: Path) -> Path:
+    """The tensors of a pickle checkpoint, unpickled with ``weights_only=True`` (which refuses any
+    object but tensors and plain containers: no code runs), written to a .safetensors file in the
+    user cache, so the loaders below only ever see safetensors."""
+    from platformdirs import user_cache_path
+    from safetensors.torch import save_file
+
+    if not path.is_file():
+        raise ModelUnavailable(f"model: no such file {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError and friends: the file holds more than tensors
+        raise ModelUnavailable(f"model: {path.name} holds more than weights (refused by torch.load with "
+                               f"weights_only=True: {str(exc).splitlines()[0]})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    tensors = {k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)} \
+        if isinstance(state, dict) else {}
+    if not tensors:
+        raise ModelUnavailable(f"model: {path.name} holds no tensors")
+    out = user_cache_path("paradiff", appauthor=False) / "converted" / f"{path.stem}-{path.stat().st_size}.safetensors"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out))
+    return out
+
+
+def load_sd(model: str, device: torch.device, dtype: torch.dtype, allow_download: bool = False,
+            allow_pickle: bool = False) -> SDDenoiser:
     """Load from a local diffusers folder, a single ``.safetensors`` file, or a hub id.
 
     Hub ids load from the local hub cache; the network is used only with ``allow_download``.
@@ -237,10 +264,13 @@ def load_sd(model: str, device: torch.device, dtype: torch.dtype, allow_download
                 raise ModelUnavailable(f"model: {index} is not a valid diffusers model index ({exc})") from None
             pipe = cls.from_pretrained(str(path), dtype=dtype, local_files_only=True, **_extra_kwargs(cls))
         elif path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
-            raise ModelUnavailable(
-                f"model: {path.name} is a pickle checkpoint, which can run code when loaded; "
-                "convert it to .safetensors or use a diffusers folder"
-            )
+            if not allow_pickle:
+                raise ModelUnavailable(
+                    f"model: {path.name} is a pickle checkpoint, which can run code when loaded; convert it to "
+                    ".safetensors, use a diffusers folder, or pass --allow-pickle to load only its tensors "
+                    "(torch.load with weights_only=True)"
+                )
+            return load_sd(str(_pickle_to_safetensors(path)), device, dtype, allow_download)
         elif path.suffix == ".safetensors":
             if not path.is_file():
                 raise ModelUnavailable(f"model: no such file {path}")
