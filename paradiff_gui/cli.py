@@ -333,7 +333,16 @@ def _generate_and_write(args: argparse.Namespace, request: rq.GenerationRequest,
 
         relief = Image.fromarray(shaded_relief(result.image))
         atomic_write(args.relief, lambda f: relief.save(f, format="PNG"))
-    save_png(out, result.image, result.request, result.plan, result.info)
+    try:
+        save_png(out, result.image, result.request, result.plan, result.info)
+    except OSError as exc:
+        # Minutes of work are not lost to a full disk or a read-only folder: keep it elsewhere.
+        from platformdirs import user_data_path
+
+        rescue = user_data_path("paradiff", appauthor=False) / "autosave" / f"paradiff-{request.seed}-{os.getpid()}.png"
+        save_png(rescue, result.image, result.request, result.plan, result.info)
+        say(f"paradiff: could not write {out} ({exc.strerror or exc}); the picture is saved as {rescue}")
+        return EXIT_ERROR
     print(f"wrote {out} ({result.image.shape[1]}x{result.image.shape[0]}, {result.seconds:.1f} s)", file=sys.stderr)
     return EXIT_OK
 
@@ -360,21 +369,17 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    import numpy as np
-    from PIL import Image
 
+    from .engine.export import open_image
     from .engine.metadata import read_recipe
     from .engine.plan import TilePlan
     from .engine.seams import analyse
 
     try:
-        with Image.open(args.image) as im:
-            image = np.asarray(im.convert("RGB") if im.mode not in ("L", "I;16", "I", "F", "RGB") else im)
-    except FileNotFoundError:
-        print(f"paradiff: invalid input: image: no such file {args.image}", file=sys.stderr)
-        return EXIT_INVALID
-    except (OSError, Image.DecompressionBombError) as exc:
-        print(f"paradiff: invalid input: image: {args.image} is not a readable image ({exc})", file=sys.stderr)
+        # Our own pixel limit (1 gigapixel), not Pillow's 89 MP: Paradiff's 16K outputs are 268 MP.
+        image = open_image(args.image)
+    except rq.RequestError as exc:
+        print(f"paradiff: invalid input: {exc}", file=sys.stderr)
         return EXIT_INVALID
     h, w = image.shape[:2]
     if args.grid or args.tile:

@@ -467,6 +467,8 @@ def generate(
         return result
     except Cancelled:
         emit(CancelledEvent(run.step if run else 0))
+        if run is not None:  # the step's tensors are gone with the frame; hand their memory back
+            _free_device_cache(run.den.device)
         raise
     except RequestError as exc:
         emit(Failed(str(exc), "request"))

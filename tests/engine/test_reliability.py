@@ -15,6 +15,7 @@ import torch
 from fakes import FieldDenoiser
 
 from paradiff_gui.engine import GenerationRequest, RequestError, events, generate
+from paradiff_gui.engine.metadata import read_recipe
 
 REQ = GenerationRequest(model="test:field", width=256, height=192, tile=96, overlap=32, steps=3, seed=2, sampler="ddim",
                         device="cpu")
@@ -127,3 +128,47 @@ def test_a_plain_pickle_checkpoint_is_converted_to_safetensors(tmp_path, monkeyp
     assert out.suffix == ".safetensors" and tmp_path / "cache" in out.parents
     loaded = load_file(str(out))
     assert torch.equal(loaded["a"], torch.arange(4.0)) and set(loaded) == {"a", "b"}
+
+
+def test_a_process_killed_mid_export_leaves_the_older_file_intact(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "out.png"
+    target.write_bytes(b"the older file")
+    script = (
+        "import numpy as np, sys\n"
+        "from paradiff_gui.engine.export import save_image\n"
+        "from paradiff_gui.engine.request import GenerationRequest\n"
+        "from paradiff_gui.engine.modelinfo import describe_model\n"
+        "req = GenerationRequest.for_model('builtin:terrain', width=6144, height=6144)\n"
+        "img = np.random.default_rng(0).integers(0, 255, (6144, 6144, 3), dtype=np.uint8)\n"
+        "print('writing', flush=True)\n"
+        "save_image(sys.argv[1], img, req, describe_model(req.model).plan(req), {})\n"
+        "print('done', flush=True)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    time.sleep(0.5)  # well inside the seconds a 113 MB noisy PNG takes to compress
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert target.read_bytes() == b"the older file"
+    parts = [p for p in tmp_path.iterdir() if p != target]
+    assert all(p.name.startswith(".out.png.") and p.suffix == ".part" for p in parts)  # only the temp file
+
+
+def test_the_cli_keeps_a_picture_it_cannot_write(tmp_path, monkeypatch, capsys):
+    from paradiff_gui.cli import main
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    (tmp_path / "file").write_text("x")
+    code = main(["generate", "--size", "128x128", "--steps", "1", "--seed", "3", "--quiet",
+                 "-o", str(tmp_path / "file" / "out.png")])
+    err = capsys.readouterr().err
+    assert code == 1 and "could not write" in err and "the picture is saved as" in err
+    kept = list((tmp_path / "data").rglob("*.png"))
+    assert len(kept) == 1 and read_recipe(kept[0])["request"]["seed"] == 3
