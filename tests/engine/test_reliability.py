@@ -161,13 +161,19 @@ def test_a_process_killed_mid_export_leaves_the_older_file_intact(tmp_path):
     assert all(p.name.startswith(".out.png.") and p.suffix == ".part" for p in parts)  # only the temp file
 
 
-def test_the_cli_keeps_a_picture_it_cannot_write(tmp_path, monkeypatch, capsys):
+# Targets the kernel refuses even to root (the tests run as root, which ignores permission bits):
+# a folder whose parent is a file, and sysfs, where no file may be created.
+UNWRITABLE = ["file/out.png"] + (["/sys/paradiff-test.png"] if os.path.isdir("/sys/kernel") else [])
+
+
+@pytest.mark.parametrize("target", UNWRITABLE)
+def test_the_cli_keeps_a_picture_it_cannot_write(tmp_path, monkeypatch, capsys, target):
     from paradiff_gui.cli import main
 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     (tmp_path / "file").write_text("x")
     code = main(["generate", "--size", "128x128", "--steps", "1", "--seed", "3", "--quiet",
-                 "-o", str(tmp_path / "file" / "out.png")])
+                 "-o", str(tmp_path / target)])
     err = capsys.readouterr().err
     assert code == 1 and "could not write" in err and "the picture is saved as" in err
     kept = list((tmp_path / "data").rglob("*.png"))
