@@ -124,12 +124,14 @@ def test_a_plan_of_8000_tiles_is_set_and_painted_quickly(canvas):
     plan = describe_model(req.model).plan(req)
     assert len(plan) > 8000
     canvas.set_canvas_size(8192, 4096)
+    canvas.repaint()  # first paint: fonts and the like, not what is measured
     t0 = time.perf_counter()
     canvas.set_plan([plan.image_rect(t) for t in plan.tiles], total_steps=8)
     canvas.set_overlays(overlaps=True)
     canvas.set_in_flight(tuple(range(64)))
     canvas.repaint()
-    assert time.perf_counter() - t0 < 0.2
+    # ~20 ms here; pairwise overlap tests (32 million) would take minutes. Generous for a busy CI.
+    assert time.perf_counter() - t0 < 1.0
     assert len(canvas.bands) == (plan.rows - 1) + (plan.cols - 1)
 
 
@@ -142,6 +144,7 @@ def test_an_8192_canvas_paints_fast_at_every_zoom(canvas):
     canvas.set_image(Layer.from_levels(pyramid(to_display(big))))
     canvas.set_plan([(x, y, x + 1024, y + 1024) for y in range(0, 8192, 768) for x in range(0, 8192, 768)])
     canvas.set_overlays(overlaps=True)
+    canvas.repaint()  # first paint: fonts and the like, not what is measured
     worst = 0.0
     for action in (canvas.fit, lambda: canvas.zoom_to(QPointF(4000, 4000), 0.25), canvas.actual_size,
                    lambda: canvas.zoom_to(QPointF(7000, 100), 4.0)):
@@ -149,4 +152,5 @@ def test_an_8192_canvas_paints_fast_at_every_zoom(canvas):
         t0 = time.perf_counter()
         canvas.repaint()
         worst = max(worst, time.perf_counter() - t0)
-    assert worst < 0.1, f"slowest paint {worst * 1000:.0f} ms"
+    # 2-11 ms measured (docs/PERFORMANCE.md); a whole-picture rescale would take seconds.
+    assert worst < 0.25, f"slowest paint {worst * 1000:.0f} ms"
