@@ -166,8 +166,8 @@ def estimate(request: GenerationRequest, info: ModelInfo, seconds_per_view: floa
         views = (plan.rows + 1) * (plan.cols + 1) * cfg
     rate = seconds_per_view if seconds_per_view is not None else info.seconds_per_view.get(device)
     seconds = rate * views * evals if rate is not None else None
-    latent = info.channels * plan.height * plan.width * 4  # float32 bytes
-    # noise, latents, fused prediction sum, weight sum, scheduler state (~2): six canvases.
-    canvas = 6 * latent + plan.height * plan.width * 4
+    from .memory import footprint  # one rule for the canvas buffers (memory imports this module)
+
+    canvas = footprint(request, info, "fp32").canvas
     image = request.width * request.height * (2 if info.output == "height" else 3)
     return Estimate(len(plan), views, evals, seconds, canvas + image, info.weight_bytes)
