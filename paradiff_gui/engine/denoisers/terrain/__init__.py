@@ -3,8 +3,10 @@
 The PyPI package ``adaptive-terrain-diffusion`` (MIT) ships a consistency UNet as an ONNX file:
 128×128 single-channel terrain heightmaps, x0-prediction conditioned on the noise level σ
 (0.002…80) and a "difficulty" class 1…100 (fed scaled to [0, 1]); model space is [-1, 1] with an
-asinh height encoding. We load the bundled file with ONNX Runtime (CUDA provider when present)
-and drive it with our own multistep samplers, so every step fuses all tiles on one canvas.
+asinh height encoding. Paradiff runs it as a native torch module written from that graph
+(``unet.TerrainUNet``; weights converted once into the user cache by ``weights.py``), so it runs
+on cpu, cuda and mps, in fp32/fp16/bf16, under ``torch.compile``, and its layers are open to the
+loop. ONNX Runtime stays only as the reference the equality test and the benchmark compare with.
 
 Samplers, on a geometric σ schedule from 80 down to ``SIGMA_END``:
 - ``lcm``: multistep consistency sampling (Song et al. 2023, Algorithm 1): x0 = f(x, σ_i), then
@@ -14,7 +16,6 @@ Samplers, on a geometric σ schedule from 80 down to ``SIGMA_END``:
 
 from __future__ import annotations
 
-import importlib.resources
 import importlib.util
 import math
 from collections.abc import Callable, Sequence
@@ -25,12 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..devices import cpu_threads
-from ..plan import Tile, TilePlan
-from ..request import GenerationRequest, RequestError
-from . import ModelUnavailable, register_builtin
+from ...plan import Tile, TilePlan
+from ...request import GenerationRequest, RequestError
+from .. import register_builtin
+from .weights import ONNX_NAME, load_unet
 
-NATIVE = 128  # px; the ONNX graph accepts exactly this
+NATIVE = 128  # px; the size the model was trained at (the ONNX graph accepts only this)
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 # The bundled model is distilled for one step: asked again at σ below ~5 with fresh noise it
 # returns visibly noisy terrain (mean |∇| 0.08 at 80→2 vs 0.02 at 80→10 and 0.006 one-step,
@@ -40,6 +41,8 @@ HEIGHT_RANGE = 22.16864013671875  # metres spanned by model space [-1, 1] (from 
 ASINH_SCALE = 0.1
 DEFAULT_DIFFICULTY = 35
 SAMPLERS = ("lcm", "euler", "ddim")
+CPU_CHUNK = 8  # tiles per model call on a CPU
+COMPILE_BACKEND = "inductor"  # torch.compile's default; the tests trace with aot_eager (no C++ build)
 # Overlap 64 (half a tile): the seam ratio is 1.02 ± 0.03 at 512² against 1.08 ± 0.10 at 48 and
 # 1.76 ± 0.43 at an actual 32 (docs/QUALITY.md); jitter and global context stay opt-in (they cost
 # 1.5–1.9× and do not beat the wider overlap with cosine fusion).
@@ -47,8 +50,9 @@ DEFAULTS = {"steps": 8, "sampler": "lcm", "guidance": 1.0, "tile": NATIVE, "over
             "height": 512}
 
 
-def sigma_schedule(n: int, sigma_max: float = SIGMA_MAX, sigma_end: float = SIGMA_END) -> list[float]:
-    """n noise levels, geometric from sigma_max down to sigma_end."""
+def sigma_schedule(n: int, sigma_max: float = SIGMA_MAX, sigma_end: float | None = None) -> list[float]:
+    """n noise levels, geometric from sigma_max down to sigma_end (default ``SIGMA_END``)."""
+    sigma_end = SIGMA_END if sigma_end is None else sigma_end
     if n == 1:
         return [sigma_max]
     return [sigma_max * (sigma_end / sigma_max) ** (i / (n - 1)) for i in range(n)]
@@ -73,7 +77,7 @@ class TerrainSampler:
         return x0 + sigma.reshape(-1, 1, 1, 1).to(x0) * noise
 
     def scale_model_input(self, sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return sample  # the ONNX graph takes the raw noisy sample and σ
+        return sample  # the model takes the raw noisy sample and σ (c_in is inside)
 
     def step(self, x0: torch.Tensor, sigma: torch.Tensor, sample: torch.Tensor,
              generator: torch.Generator | None = None, return_dict: bool = False) -> tuple[torch.Tensor]:
@@ -99,40 +103,39 @@ class TerrainConditioning:
 
 
 class TerrainDenoiser:
-    """The bundled ONNX consistency UNet behind the Denoiser protocol (pixel space, 1 channel)."""
+    """The bundled consistency UNet, in torch, behind the Denoiser protocol (pixel space, 1 channel)."""
 
     name = "builtin:terrain"
     scale = 1
     channels = 1
     native_tile = NATIVE
-    dtype = torch.float32
 
-    def __init__(self, device: torch.device) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ModelUnavailable(
-                "model: builtin:terrain needs ONNX Runtime; pip install onnxruntime (or onnxruntime-gpu)"
-            ) from None
-        try:
-            weights = importlib.resources.files("terrain_diffusion").joinpath(
-                "weights/terrain_consistency_unet_difficulty100.onnx")
-        except ModuleNotFoundError:
-            raise ModelUnavailable(
-                "model: builtin:terrain needs the package adaptive-terrain-diffusion (pip install "
-                "adaptive-terrain-diffusion==0.4.2); it carries the weights, no download at run time"
-            ) from None
-        providers = ["CPUExecutionProvider"]
-        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # keep provider chatter off the user's terminal
-        if cpu_threads() is not None:
-            options.intra_op_num_threads = cpu_threads()
-        self.session = ort.InferenceSession(str(weights), sess_options=options, providers=providers)
-        # The canvas lives where torch can keep it; ONNX Runtime gets numpy either way.
-        self.device = device if device.type == "cuda" else torch.device("cpu")
-        self.providers = tuple(self.session.get_providers())
+    def __init__(self, device: torch.device, dtype: torch.dtype = torch.float32, compile: bool = False) -> None:
+        unet = load_unet().to(device).set_compute_dtype(dtype)
+        # Channels-last: oneDNN's CPU convolutions and tensor-core convolutions both prefer it
+        # (CPU, 2 cores: 130 against 170 ms per tile; benchmarks/bench_terrain.py).
+        self.memory_format = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
+        self.unet = unet.to(memory_format=self.memory_format)
+        self.device = device
+        self.dtype = dtype
+        self.compiled = compile
+        if compile:
+            # fullgraph: a graph break would silently run part of the model uncompiled.
+            self.unet = torch.compile(self.unet, fullgraph=True, dynamic=False, backend=COMPILE_BACKEND)
+
+    @torch.inference_mode()
+    def predict(
+        self, x: torch.Tensor, t: torch.Tensor, tiles: Sequence[Tile], cond: TerrainConditioning
+    ) -> torch.Tensor:
+        b = len(tiles)
+        sigma = torch.full((b,), float(t), device=self.device)
+        label = torch.full((b,), (cond.difficulty - 1) / 99, device=self.device)
+        x = x.to(self.device, torch.float32).contiguous(memory_format=self.memory_format)
+        # On a CPU, activations of more than a few tiles fall out of the caches and the
+        # elementwise passes become memory-bound (49 tiles at once: 1.5x slower per tile).
+        chunk = CPU_CHUNK if self.device.type == "cpu" else b
+        return torch.cat([self.unet(xs, ss, ls) for xs, ss, ls in
+                          zip(x.split(chunk), sigma.split(chunk), label.split(chunk))]).float()
 
     def notices(self, request: GenerationRequest) -> list[str]:
         out = []
@@ -140,8 +143,6 @@ class TerrainDenoiser:
             out.append("builtin:terrain is conditioned on difficulty, not text: the prompt is ignored")
         if request.guidance != 1.0:
             out.append("builtin:terrain is directly conditioned: guidance is ignored")
-        if request.compile:
-            out.append("builtin:terrain runs in ONNX Runtime: compile is ignored")
         return out
 
     def make_scheduler(self, sampler: str) -> TerrainSampler:
@@ -155,18 +156,6 @@ class TerrainDenoiser:
                 "tile", f"builtin:terrain works on {NATIVE} px tiles (the model's size) and canvases of at least "
                 f"{NATIVE}x{NATIVE}; got tiles of {plan.tile_w}x{plan.tile_h}")
         return TerrainConditioning(terrain_difficulty(request))
-
-    def predict(
-        self, x: torch.Tensor, t: torch.Tensor, tiles: Sequence[Tile], cond: TerrainConditioning
-    ) -> torch.Tensor:
-        b = len(tiles)
-        feeds = {
-            "noisy": np.ascontiguousarray(x.float().cpu().numpy()),
-            "sigma": np.full(b, float(t), dtype=np.float32),
-            "difficulty": np.full(b, (cond.difficulty - 1) / 99, dtype=np.float32),
-        }
-        out = self.session.run(["denoised"], feeds)[0]
-        return torch.from_numpy(out).to(x.device)
 
     def preview(self, x: torch.Tensor, pred: torch.Tensor, t: float) -> torch.Tensor:
         grey = ((pred[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -192,7 +181,7 @@ def _weights_bytes() -> int | None:
     spec = importlib.util.find_spec("terrain_diffusion")
     if spec is None or spec.origin is None:
         return None
-    path = Path(spec.origin).parent / "weights" / "terrain_consistency_unet_difficulty100.onnx"
+    path = Path(spec.origin).parent / "weights" / ONNX_NAME
     return path.stat().st_size if path.is_file() else None
 
 
@@ -213,4 +202,5 @@ INFO = {
     "weight_bytes": _weights_bytes(),
 }
 
-register_builtin("terrain", lambda request, device, dtype: TerrainDenoiser(device), DEFAULTS, INFO)
+register_builtin("terrain", lambda request, device, dtype: TerrainDenoiser(device, dtype, request.compile),
+                 DEFAULTS, INFO)
