@@ -8,7 +8,8 @@ What is timed, on both sides: one model call on a batch of 128² tiles, from a t
 torch tensor out (ONNX Runtime's numpy round trip included; it is part of using it), model
 loaded and warmed up, same inputs (σ = 20, difficulty 35), same thread count. Rounds alternate
 between the implementations so that a slow spell of a shared machine hits both; the figure is
-the median over rounds, in ms per tile.
+the median over rounds, in ms per tile, and the median of the per-round ratios (each round's two
+timings were taken back to back, so a drift in the machine's speed cancels).
 
 On a CUDA machine it also times batch 64 in fp32, fp16 and under torch.compile (fp16).
 
@@ -121,11 +122,18 @@ def main(argv: list[str] | None = None) -> int:
              "torch_contiguous": torch_call(cpu, torch.float32, channels_last=False)}
     for batch in batches:
         rows = time_side_by_side(calls, batch, args.rounds, args.seconds, cpu)
+        ort_rounds = rows["onnxruntime"]["rounds_ms_per_tile"]
         for row in rows.values():
             row["ratio_to_onnxruntime"] = row["ms_per_tile"] / rows["onnxruntime"]["ms_per_tile"]
+            # Paired by round (both sides timed back to back): steadier on a machine whose speed drifts.
+            paired = [a / b for a, b in zip(row["rounds_ms_per_tile"], ort_rounds)]
+            row["paired_ratios"] = [round(r, 3) for r in paired]
+            row["paired_ratio_median"] = statistics.median(paired)
         result["cpu"][str(batch)] = rows
-        print(f"batch {batch:3d}: " + ", ".join(f"{k} {v['ms_per_tile']:.1f} ms/tile ({v['ratio_to_onnxruntime']:.2f}x)"
-                                                for k, v in rows.items()), flush=True)
+        print(f"batch {batch:3d}: " + ", ".join(
+            f"{k} {v['ms_per_tile']:.1f} ms/tile ({v['ratio_to_onnxruntime']:.2f}x, "
+            f"paired {v['paired_ratio_median']:.2f}x)"
+            for k, v in rows.items()), flush=True)
     if args.generate:
         result["generate_512"] = time_generation(runs=1 if args.smoke else 3, smoke=args.smoke)
         print(f"512² default generation: {result['generate_512']}", flush=True)

@@ -76,7 +76,9 @@ def footprint(request: GenerationRequest, info: ModelInfo, dtype: str = "fp16") 
     if info.weight_bytes and info.weight_dtype_bytes != b:
         weights = weights * b // info.weight_dtype_bytes
     tile_px = plan.tile_h * plan.tile_w  # latent px
-    if info.unet_channels:
+    if info.view_bytes_per_px:
+        per_view = info.view_bytes_per_px * tile_px * b
+    elif info.unet_channels:
         per_view = UNET_BYTES_PER_CHANNEL_PX * info.unet_channels * tile_px * b
     else:
         per_view = 64 * info.channels * tile_px * 4  # a small pixel-space model: its input many times over

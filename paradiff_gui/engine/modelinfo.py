@@ -39,6 +39,8 @@ class ModelInfo:
     weight_bytes: int | None = None  # on disk, in the stored precision; None when unknown
     weight_dtype_bytes: int = 4  # bytes per stored weight (fp32 checkpoints: 4, fp16 ones: 2)
     unet_channels: int | None = None  # the UNet's base width (320 for SD1.5/2.x, 320 for SDXL)
+    # Measured activations of one view: bytes per tile px per dtype byte (None: a rule of thumb).
+    view_bytes_per_px: int | None = None
     seconds_per_view: dict[str, float] = field(default_factory=dict)  # device type -> prior
 
     def plan(self, request: GenerationRequest) -> TilePlan:

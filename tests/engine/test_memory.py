@@ -89,3 +89,47 @@ def test_cli_tile_batch_auto_is_recorded(tmp_path, capsys):
         main(["generate", "--tile-batch", "lots", "-o", str(out)])
     assert e.value.code == 2
     assert "--tile-batch: must be auto or a whole number from 1 to 1024, got 'lots'" in capsys.readouterr().err
+
+
+def test_terrain_view_estimate_covers_the_measured_activations_without_wasting_half():
+    """builtin:terrain's per-view figure against the live tensor bytes of a real model call,
+    counted tensor by tensor (CPU; the GPU adds attention workspaces, hence the headroom)."""
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    from paradiff_gui.engine.denoisers.terrain import TerrainDenoiser
+    from paradiff_gui.engine.modelinfo import describe_model
+
+    class LiveBytes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live = self.peak = 0
+            self.seen: set[int] = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    storage = t.untyped_storage()
+                    key, n = storage.data_ptr(), storage.nbytes()
+                    if n and key not in self.seen:
+                        self.seen.add(key)
+                        self.live += n
+                        self.peak = max(self.peak, self.live)
+                        weakref.finalize(storage, self._freed, key, n)
+            return out
+
+        def _freed(self, key, n):
+            self.live -= n
+            self.seen.discard(key)
+
+    den = TerrainDenoiser(torch.device("cpu"), torch.float32)
+    counter = LiveBytes()
+    x = torch.randn(2, 1, 128, 128).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), counter:
+        den.unet(x, torch.full((2,), 20.0), torch.full((2,), 0.3))
+    fp = memory.footprint(GenerationRequest.for_model("builtin:terrain"), describe_model("builtin:terrain"), "fp32")
+    measured_per_view = counter.peak / 2
+    assert measured_per_view < fp.per_view < 2 * measured_per_view, (measured_per_view, fp.per_view)

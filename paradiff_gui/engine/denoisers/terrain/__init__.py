@@ -33,9 +33,10 @@ from .weights import ONNX_NAME, load_unet
 
 NATIVE = 128  # px; the size the model was trained at (the ONNX graph accepts only this)
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
-# The bundled model is distilled for one step: asked again at σ below ~5 with fresh noise it
-# returns visibly noisy terrain (mean |∇| 0.08 at 80→2 vs 0.02 at 80→10 and 0.006 one-step,
-# measured on 128² tiles, difficulty 35). So the schedule stays at high σ; issue 3 tunes it.
+# The bundled model is distilled for one step: asked again at lower σ it leaves a fine speckle
+# (80→10: 4.4x the one-step output's mean |Laplacian| at 512²). Stopping higher is smoother but
+# the tiles agree less (80→20: 2.1x, seam ratio 1.058 ± 0.126 against 1.022 ± 0.043), so the
+# default stays at 10 (docs/QUALITY.md, "Schedules"; benchmarks/bench_speckle.py).
 SIGMA_END = 10.0
 HEIGHT_RANGE = 22.16864013671875  # metres spanned by model space [-1, 1] (from the package)
 ASINH_SCALE = 0.1
@@ -199,7 +200,12 @@ INFO = {
     # Measured: 62 s for 49 tiles x 8 steps at 512² on a 2-core CPU (docs/QUALITY.md).
     "seconds_per_view": {"cpu": 0.16},
     "channels": 1,
-    "weight_bytes": _weights_bytes(),
+    "weight_bytes": _weights_bytes(),  # the ONNX file: fp32 weights
+    "weight_dtype_bytes": 4,
+    # Peak live activations of one model call, counted tensor by tensor on the CPU: 24.4 MiB for
+    # one tile in fp32, 42.4 MiB for four in bf16 — about 340 bytes per px per dtype byte; 400
+    # leaves room for attention workspaces on a GPU.
+    "view_bytes_per_px": 400,
 }
 
 register_builtin("terrain", lambda request, device, dtype: TerrainDenoiser(device, dtype, request.compile),
