@@ -73,6 +73,12 @@ class _Worker(QThread):
             self.event.emit(ev.Failed("the engine stopped without a result", "runtime"))
 
 
+# Every started worker until its bridge has seen it end: Qt aborts the whole process when a
+# QThread object is destroyed while its thread runs, which happened when a bridge was garbage-
+# collected mid-run. A worker whose bridge is gone first stays here (a finished thread: bytes).
+_LIVE_WORKERS: set[_Worker] = set()
+
+
 class EngineBridge(QObject):
     """Starts generations on a worker thread and turns engine events into Qt signals.
 
@@ -122,6 +128,7 @@ class EngineBridge(QObject):
         worker.event.connect(self._dispatch)
         worker.finished.connect(self._thread_done)
         self._worker = worker
+        _LIVE_WORKERS.add(worker)
         self._timer.start()
         self.running_changed.emit(True)
         # Normal priority on purpose: a lower one (nice 10 on Linux) made the GUI thread wait
@@ -179,6 +186,7 @@ class EngineBridge(QObject):
         worker, self._worker = self._worker, None
         self._cancel = None
         if worker is not None:
+            _LIVE_WORKERS.discard(worker)
             worker.deleteLater()
         self._timer.stop()
         self.running_changed.emit(False)

@@ -70,6 +70,7 @@ def test_cancel_stops_within_one_batch_and_the_bridge_is_ready_again(qtbot):
     engine.batch_seconds = 0.0
     with qtbot.waitSignal(bridge.finished, timeout=10000):
         bridge.start(REQ)
+    qtbot.waitUntil(lambda: not bridge.running)
 
 
 def test_an_engine_that_raises_without_an_event_still_reports_failed(qtbot):
@@ -91,3 +92,18 @@ def test_only_one_run_at_a_time(qtbot):
     finally:
         bridge.cancel()
         qtbot.waitUntil(lambda: not bridge.running, timeout=10000)
+
+
+def test_a_bridge_dropped_mid_run_does_not_take_the_process_down(qtbot):
+    """Qt aborts the process when a running QThread's object is destroyed; a bridge collected
+    while its generation runs must not do that (the worker is kept until it ends)."""
+    import gc
+
+    engine = FakeEngine(batch_seconds=0.05)
+    bridge = EngineBridge(engine)
+    bridge.start(REQ)
+    assert engine.batch_seen.wait(5)
+    bridge.cancel()
+    del bridge
+    gc.collect()
+    qtbot.wait(500)  # the worker ends on its own; reaching the next line is the test
