@@ -34,6 +34,8 @@ def test_bench_terrain_times_both_sides_at_every_batch(tmp_path):
             assert row["paired_ratio_median"] == pytest.approx(row["rounds_ms_per_tile"][0]
                                                                / rows["onnxruntime"]["rounds_ms_per_tile"][0], rel=1e-3)
             assert len(row["rounds_ms_per_tile"]) == 1 and row["ms_per_tile"] > 1  # a real model call was timed
+    gpu = r["cuda_path_on_cpu"]  # the GPU section's code, run on the CPU
+    assert gpu["batch"] == 2 and gpu["fp32"]["ms_per_tile"] > 1 and gpu["bf16"]["ms_per_tile"] > 1
 
 
 def test_bench_speckle_writes_its_table(tmp_path):
