@@ -16,11 +16,9 @@ Samplers, on a geometric σ schedule from 80 down to ``SIGMA_END``:
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,8 +26,8 @@ import torch
 
 from ...plan import Tile, TilePlan
 from ...request import GenerationRequest, RequestError
-from .. import register_builtin
-from .weights import ONNX_NAME, load_unet
+from .. import ModelUnavailable, register_builtin
+from .weights import load_unet, onnx_path
 
 NATIVE = 128  # px; the size the model was trained at (the ONNX graph accepts only this)
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
@@ -114,7 +112,7 @@ class TerrainDenoiser:
     def __init__(self, device: torch.device, dtype: torch.dtype = torch.float32, compile: bool = False) -> None:
         unet = load_unet().to(device).set_compute_dtype(dtype)
         # Channels-last: oneDNN's CPU convolutions and tensor-core convolutions both prefer it
-        # (CPU, 2 cores: 130 against 170 ms per tile; benchmarks/bench_terrain.py).
+        # (CPU, 2 cores: 1.17-1.24x faster than the plain layout; benchmarks/bench_terrain.py).
         self.memory_format = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
         self.unet = unet.to(memory_format=self.memory_format)
         self.device = device
@@ -178,12 +176,10 @@ def terrain_difficulty(request: GenerationRequest) -> int:
 
 
 def _weights_bytes() -> int | None:
-    # Located, not imported: the package pulls in its own runtime on import.
-    spec = importlib.util.find_spec("terrain_diffusion")
-    if spec is None or spec.origin is None:
+    try:
+        return onnx_path().stat().st_size
+    except (ModelUnavailable, OSError):
         return None
-    path = Path(spec.origin).parent / "weights" / ONNX_NAME
-    return path.stat().st_size if path.is_file() else None
 
 
 INFO = {
@@ -197,8 +193,8 @@ INFO = {
     "output": "height",
     # (extra key, label, min, max, default): backend options the GUI shows as spin boxes.
     "controls": (("terrain_difficulty", "Difficulty", 1, 100, DEFAULT_DIFFICULTY),),
-    # Measured: 62 s for 49 tiles x 8 steps at 512² on a 2-core CPU (docs/QUALITY.md).
-    "seconds_per_view": {"cpu": 0.16},
+    # Measured: 53.5-58.6 s for 49 tiles x 8 steps at 512² on a 2-core CPU (docs/PERFORMANCE.md).
+    "seconds_per_view": {"cpu": 0.14},
     "channels": 1,
     "weight_bytes": _weights_bytes(),  # the ONNX file: fp32 weights
     "weight_dtype_bytes": 4,
