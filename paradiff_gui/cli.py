@@ -16,11 +16,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .engine import distributed
-from .engine import request as rq
+from .engine import request as rq  # plain data: no torch, so --help and --version stay fast
+
+if TYPE_CHECKING:
+    from .engine import distributed
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 SEAM_ROWS = 8  # worst seams shown by `inspect` without --json
@@ -241,6 +243,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         os.environ["PARADIFF_ALLOW_PICKLE"] = "1"
     if args.devices:
         return _launch_local_group(args, request, out)
+    from .engine import distributed
+
     shard = None
     if distributed.launched_by_torchrun():
         shard, device = distributed.init_from_env(request.device)
@@ -256,6 +260,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def _launch_local_group(args: argparse.Namespace, request: rq.GenerationRequest, out: Path) -> int:
     """``--devices``: one process per device, joined in a local process group; rank 0 writes."""
     import multiprocessing
+
+    from .engine import distributed
 
     port = distributed.free_port()
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
@@ -276,6 +282,8 @@ def _launch_local_group(args: argparse.Namespace, request: rq.GenerationRequest,
 
 def _group_member(rank: int, devices: list[str], port: int, request_json: str, out: str, relief: str | None,
                   quiet: bool) -> None:
+    from .engine import distributed
+
     request = rq.GenerationRequest.from_json(request_json).replace(device=devices[rank])
     args = argparse.Namespace(relief=relief, quiet=quiet)
     shard = distributed.join(rank, len(devices), port, devices[rank])
