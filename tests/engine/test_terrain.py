@@ -121,6 +121,12 @@ def test_compile_traces_the_whole_model_and_keeps_the_picture(monkeypatch):
                         previews=False)
     assert not any("compile" in e.message for e in seen if isinstance(e, events.Notice))
     assert compiled.request.compile and np.abs(compiled.image.astype(int) - plain.image).max() <= 1
+    import torch
+
+    from paradiff_gui.engine.denoisers import load_denoiser
+
+    den = load_denoiser(compiled.request, torch.device("cpu"), torch.float32)  # the one that ran (cached)
+    assert isinstance(den.unet, torch._dynamo.eval_frame.OptimizedModule) and den.compiled
 
 
 def test_bf16_generation_runs_and_says_so():
