@@ -71,7 +71,7 @@ def test_the_generation_path_channels_last_stays_within_float_rounding_of_the_gr
     assert _worst_difference(session, model, torch.channels_last) <= 3e-4
 
 
-def test_batch_chunks_keep_each_tile_its_own_sigma_free_result():
+def test_batch_chunks_return_each_tile_in_order_as_it_would_alone():
     """predict() runs a CPU batch in chunks of CPU_CHUNK tiles: the tiles come back in order,
     each as it would alone."""
     from paradiff_gui.engine.denoisers.terrain import CPU_CHUNK, TerrainConditioning, TerrainDenoiser
