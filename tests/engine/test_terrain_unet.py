@@ -193,3 +193,16 @@ def test_a_module_with_other_shapes_cannot_take_the_weights():
     state["input_blocks.0.0.weight"] = torch.zeros(32, 2, 3, 3)
     with pytest.raises(RuntimeError, match="size mismatch"):
         TerrainUNet().load_state_dict(state)
+
+
+def test_a_missing_package_or_weights_file_says_what_to_install(tmp_path, monkeypatch):
+    from importlib.machinery import ModuleSpec
+
+    monkeypatch.setattr(weights.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelUnavailable, match=r"needs the package adaptive-terrain-diffusion \(pip install "
+                                               r"adaptive-terrain-diffusion==0.4.2\)"):
+        weights.onnx_path()
+    empty = ModuleSpec("terrain_diffusion", None, origin=str(tmp_path / "terrain_diffusion" / "__init__.py"))
+    monkeypatch.setattr(weights.importlib.util, "find_spec", lambda name: empty)
+    with pytest.raises(ModelUnavailable, match=r"weights are missing .*pip install --force-reinstall"):
+        weights.onnx_path()
