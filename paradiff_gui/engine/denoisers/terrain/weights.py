@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -121,20 +119,16 @@ def _read_cache(path: Path, sha: str, expected: dict[str, tuple[int, ...]]) -> d
 
 
 def _write_cache(path: Path, state: dict[str, torch.Tensor], sha: str) -> None:
-    """Atomic (temp file + rename); a cache that can't be written only costs a conversion next time."""
-    from safetensors.torch import save_file
+    """Atomic (the project's atomic_write); a cache that can't be written only costs a conversion
+    next time. Imported here: metadata loads diffusers, and this runs once per install."""
+    from safetensors.torch import save
 
+    from ...metadata import atomic_write
+
+    data = save({k: v.contiguous() for k, v in state.items()},
+                metadata={"source_sha256": sha, "format": FORMAT, "source": ONNX_NAME})
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".part", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file({k: v.contiguous() for k, v in state.items()}, tmp,
-                      metadata={"source_sha256": sha, "format": FORMAT, "source": ONNX_NAME})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, lambda f: f.write(data))
     except OSError as exc:
         log.warning("could not cache the terrain weights in %s (%s); they will be converted again", path, exc)
 
