@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # tiny model builders live with the tests
 
 from paradiff_gui.engine import GenerationRequest, TilePlan, generate  # noqa: E402
-from paradiff_gui.engine.denoisers.sd import SDDenoiser  # noqa: E402
+from paradiff_gui.engine.models.sd.backend import SDDenoiser  # noqa: E402
 
 
 def sd15_random(device: torch.device, dtype: torch.dtype):

@@ -41,10 +41,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_engine import bare_unet_ms_per_view, sd15_random, sync  # noqa: E402
 
 from paradiff_gui.engine import GenerationRequest, generate  # noqa: E402
-from paradiff_gui.engine import memory as mem  # noqa: E402
-from paradiff_gui.engine.denoisers.sd import SDDenoiser  # noqa: E402
-from paradiff_gui.engine.events import StepFinished  # noqa: E402
-from paradiff_gui.engine.modelinfo import ModelInfo  # noqa: E402
+from paradiff_gui.engine.core.events import StepFinished  # noqa: E402
+from paradiff_gui.engine.core.modelinfo import ModelInfo  # noqa: E402
+from paradiff_gui.engine.models.sd.backend import SDDenoiser  # noqa: E402
+from paradiff_gui.engine.runtime import memory as mem  # noqa: E402
 
 GiB = 1 << 30
 

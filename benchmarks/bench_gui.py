@@ -44,7 +44,7 @@ def main() -> int:
     from PySide6.QtCore import QPointF, QSettings, Qt, QTimer
 
     from paradiff_gui import __version__
-    from paradiff_gui.engine.request import GenerationRequest
+    from paradiff_gui.engine.api.requests import request_for
     from paradiff_gui.qt.app import make_app
     from paradiff_gui.qt.imaging import Layer, pyramid, to_display
     from paradiff_gui.qt.window import MainWindow
@@ -54,7 +54,7 @@ def main() -> int:
     w = MainWindow(settings=settings, interactive=False)
     w.resize(1600, 1000)
     w.show()
-    req = GenerationRequest.for_model("builtin:terrain", width=args.size, height=args.size, steps=args.steps,
+    req = request_for("builtin:terrain", width=args.size, height=args.size, steps=args.steps,
                                       seed=7)
     w.panel.set_request(req)
     w.panel.spare_core.setChecked(args.spare_core)
@@ -132,7 +132,7 @@ def main() -> int:
     # 3. A GPU-paced flood: batches of 8 tile previews every 2 ms for 3 s (4000 previews/s, what a
     #    fast card at ~2 ms per view would send) over a 1024² plan of 225 tiles. The bridge must
     #    coalesce them (newest per tile) into at most 20 flushes a second, without stalling.
-    from paradiff_gui.engine import events as ev
+    from paradiff_gui.engine.core import events as ev
     from paradiff_gui.qt.bridge import EngineBridge
 
     def flood(request, on_event, cancel):

@@ -13,8 +13,9 @@ import statistics as st
 import sys
 import time
 
-from paradiff_gui.engine import GenerationRequest, generate
-from paradiff_gui.engine.seams import analyse
+from paradiff_gui.engine import generate
+from paradiff_gui.engine.analysis.seams import analyse
+from paradiff_gui.engine.api.requests import request_for
 
 
 def main() -> None:
@@ -23,7 +24,7 @@ def main() -> None:
     ratios, times = [], []
     for seed in range(5):
         started = time.perf_counter()
-        req = GenerationRequest.for_model("builtin:terrain", width=size, height=size, seed=seed, overlap=overlap,
+        req = request_for("builtin:terrain", width=size, height=size, seed=seed, overlap=overlap,
                                           device="cpu", **extra)
         res = generate(req, previews=False)
         times.append(time.perf_counter() - started)

@@ -22,9 +22,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from paradiff_gui.engine import GenerationRequest, events, generate
-from paradiff_gui.engine.relief import shaded_relief
-from paradiff_gui.engine.seams import analyse
+from paradiff_gui.engine import generate
+from paradiff_gui.engine.analysis.relief import shaded_relief
+from paradiff_gui.engine.analysis.seams import analyse
+from paradiff_gui.engine.api.requests import request_for
+from paradiff_gui.engine.core import events
 
 ROOT = Path(__file__).resolve().parents[1]
 FUSIONS = ("independent", "none", "uniform", "gaussian", "cosine")
@@ -33,7 +35,7 @@ VARIANTS = {"plain": {}, "jitter": {"jitter": True}, "context": {"global_context
 
 
 def one(size: int, seed: int, fusion: str, variant: str, steps: int, overlap: int) -> dict:
-    req = GenerationRequest.for_model("builtin:terrain", width=size, height=size, seed=seed, fusion=fusion,
+    req = request_for("builtin:terrain", width=size, height=size, seed=seed, fusion=fusion,
                                       steps=steps, overlap=overlap, device="cpu", **VARIANTS[variant])
     consensus: list[float] = []
 

@@ -10,7 +10,7 @@ seeds:
 - speckle: mean |Laplacian| of the heights in metres (scipy.ndimage.laplace), ÷ the same for the
   package's own one-step tiled generation (TerrainGenerator.generate(size_mode="tile"), same
   difficulty, same 64 px tile overlap as ours) — 1.0 = as smooth as the model's own output;
-- seam ratio (paradiff_gui.engine.seams, 1.0 = no trace of the grid);
+- seam ratio (paradiff_gui.engine.analysis.seams, 1.0 = no trace of the grid);
 - wall time of generate() with the model loaded.
 
 Writes benchmarks/results/speckle-<size>.json and .md.
@@ -34,9 +34,10 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from paradiff_gui.engine import GenerationRequest, generate  # noqa: E402
-from paradiff_gui.engine.denoisers import terrain  # noqa: E402
-from paradiff_gui.engine.seams import analyse  # noqa: E402
+from paradiff_gui.engine import generate  # noqa: E402
+from paradiff_gui.engine.analysis.seams import analyse  # noqa: E402
+from paradiff_gui.engine.api.requests import request_for  # noqa: E402
+from paradiff_gui.engine.models import terrain  # noqa: E402
 
 DIFFICULTY = 35
 # (name, sampler, steps, final σ)
@@ -68,7 +69,7 @@ def ours(size: int, seed: int, sampler: str, steps: int, sigma_end: float) -> tu
     old = terrain.SIGMA_END
     terrain.SIGMA_END = sigma_end
     try:
-        req = GenerationRequest.for_model("builtin:terrain", width=size, height=size, seed=seed, steps=steps,
+        req = request_for("builtin:terrain", width=size, height=size, seed=seed, steps=steps,
                                           sampler=sampler, device="cpu", extra={"terrain_difficulty": DIFFICULTY})
         start = time.perf_counter()
         res = generate(req, previews=False)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.size, args.seeds, candidates = 256, "0", [(n, s, 1, e) for n, s, _, e in CANDIDATES[:2]]
     seeds = [int(s) for s in args.seeds.split(",")]
-    generate(GenerationRequest.for_model("builtin:terrain", width=128, height=128, steps=1, device="cpu"))  # load
+    generate(request_for("builtin:terrain", width=128, height=128, steps=1, device="cpu"))  # load
     reference = {s: speckle(package_one_step(args.size, s)) for s in seeds}
     rows = []
     for name, sampler, steps, sigma_end in candidates:

@@ -33,8 +33,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from paradiff_gui.engine.denoisers.terrain import TerrainConditioning, TerrainDenoiser  # noqa: E402
-from paradiff_gui.engine.denoisers.terrain.weights import onnx_path  # noqa: E402
+from paradiff_gui.engine.api.requests import request_for  # noqa: E402
+from paradiff_gui.engine.models.terrain import TerrainConditioning, TerrainDenoiser  # noqa: E402
+from paradiff_gui.engine.models.terrain.weights import onnx_path  # noqa: E402
 
 SIGMA, DIFFICULTY = 20.0, 35
 
@@ -151,12 +152,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def time_generation(runs: int, smoke: bool) -> dict:
     """The default request (512², 49 tiles × 8 steps), end to end: load excluded, decode included."""
-    from paradiff_gui.engine import GenerationRequest, generate
+    from paradiff_gui.engine import generate
 
     size = 128 if smoke else 512
-    req = GenerationRequest.for_model("builtin:terrain", width=size, height=size, seed=0, device="cpu",
+    req = request_for("builtin:terrain", width=size, height=size, seed=0, device="cpu",
                                       **({"steps": 1} if smoke else {}))
-    generate(GenerationRequest.for_model("builtin:terrain", width=128, height=128, steps=1, device="cpu"))  # load
+    generate(request_for("builtin:terrain", width=128, height=128, steps=1, device="cpu"))  # load
     times = []
     for _ in range(runs):
         start = time.perf_counter()

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from tiny import tiny_sd
 
 from paradiff_gui.engine import GenerationRequest, generate
-from paradiff_gui.engine.denoisers.sd import SDDenoiser
+from paradiff_gui.engine.models.sd.backend import SDDenoiser
 
 
 def run(device: str, dtype: torch.dtype, tile_batch: int, sampler: str = "dpmpp_2m_karras"):

@@ -21,8 +21,8 @@ import torch
 from diffusers import DDIMScheduler
 
 from paradiff_gui.engine import Denoiser, GenerationRequest, Tile, TilePlan, generate
-from paradiff_gui.engine.metadata import save_png
-from paradiff_gui.engine.schedulers import make_scheduler
+from paradiff_gui.engine.io.metadata import save_png
+from paradiff_gui.engine.models.sd.schedulers import make_scheduler
 
 
 class BlobDenoiser:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import re
 import signal
 import sys
@@ -19,10 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .engine import request as rq  # plain data: no torch, so --help and --version stay fast
+from .engine.core import request as rq  # plain data: no torch, so --help and --version stay fast
 
 if TYPE_CHECKING:
-    from .engine import distributed
+    from .engine.runtime import distributed
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 SEAM_ROWS = 8  # worst seams shown by `inspect` without --json
@@ -121,12 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spread the tiles over these devices, one process each (e.g. cuda:0,cuda:1; cpu,cpu "
                         "for CPU processes); under torchrun every process already is one rank")
     g.add_argument("--dtype", choices=rq.DTYPES)
-    g.add_argument("--terrain-difficulty", type=_int_arg(1, 100), metavar="1..100",
-                   help="builtin:terrain: how rugged the landscape is (default 35)")
+    g.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model option (repeatable), e.g. --set terrain_difficulty=60 for builtin:terrain; "
+                        "`paradiff models` lists each model's options")
+    g.add_argument("--terrain-difficulty", metavar="1..100",
+                   help="the same as --set terrain_difficulty=N (builtin:terrain: how rugged the landscape is)")
     g.add_argument("--request", dest="request_file", metavar="FILE.json|IMAGE.png",
                    help="replay a saved request or a Paradiff image's recipe (other flags override it)")
     g.add_argument("--save-request", metavar="FILE.json", help="also save the request as JSON")
-    g.add_argument("-o", "--output", metavar="OUT.png", help="default: paradiff-SEED.png in the current folder")
+    g.add_argument("-o", "--output", metavar="OUT.png|.tif|.webp|.jpg",
+                   help="default: paradiff-SEED.png in the current folder; the extension picks the format, "
+                        "each with the recipe embedded (16-bit heightmaps need PNG or TIFF)")
     g.add_argument("--relief", metavar="RELIEF.png",
                    help="single-channel models (heightmaps): also write a shaded-relief RGB picture")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -156,7 +160,8 @@ _OVERRIDES = ("model", "prompt", "negative_prompt", "overlap", "steps", "guidanc
 
 def request_from_args(args: argparse.Namespace) -> rq.GenerationRequest:
     """The request these arguments describe: a replayed request, with explicit flags on top."""
-    from .engine.metadata import load_request
+    from .engine.api.requests import build_request, parse_settings
+    from .engine.io.metadata import load_request
 
     changes: dict[str, Any] = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k) is not None}
     if args.size is not None:
@@ -165,13 +170,12 @@ def request_from_args(args: argparse.Namespace) -> rq.GenerationRequest:
         changes.update(grid=args.grid, tile=None)
     if args.tile is not None:
         changes.update(tile=args.tile, grid=None)
-    extra = {"terrain_difficulty": args.terrain_difficulty} if args.terrain_difficulty is not None else {}
+    controls = parse_settings(args.settings)
+    if args.terrain_difficulty is not None:  # the flag of 0.1, kept as an alias
+        controls["terrain_difficulty"] = args.terrain_difficulty
     if args.request_file:
-        base = load_request(args.request_file)
-        return base.replace(**changes, extra={**base.extra, **extra})
-    changes.setdefault("seed", random.SystemRandom().randint(0, rq.MAX_SEED))
-    model = changes.pop("model", None) or os.environ.get("PARADIFF_MODEL") or rq.DEFAULT_MODEL
-    return rq.GenerationRequest.for_model(model, **changes, extra=extra)
+        return build_request(changes, controls, base=load_request(args.request_file))
+    return build_request(changes, controls, model=os.environ.get("PARADIFF_MODEL") or rq.DEFAULT_MODEL)
 
 
 class _Progress:
@@ -197,7 +201,7 @@ class _Progress:
         self.steps = self.decode = None
 
     def __call__(self, event: Any) -> None:
-        from .engine import events as ev
+        from .engine.core import events as ev
 
         if isinstance(event, ev.Planned):
             if not self.quiet:
@@ -221,7 +225,7 @@ def _default_output(request: rq.GenerationRequest) -> Path:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .engine.metadata import save_request
+    from .engine.io.metadata import save_request
 
     try:
         request = request_from_args(args)
@@ -229,8 +233,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"paradiff: invalid input: {exc}", file=sys.stderr)
         return EXIT_INVALID
     out = Path(args.output) if args.output else _default_output(request)
-    if out.suffix.lower() != ".png":
-        print(f"paradiff: invalid input: output: must end in .png, got {out.name!r}", file=sys.stderr)
+    from .engine.io.export import FORMATS, format_for
+
+    try:
+        spec = FORMATS[format_for(out)]
+    except rq.RequestError:
+        allowed = ", ".join(e for f in FORMATS.values() for e in f.extensions)
+        print(f"paradiff: invalid input: output: must end in one of {allowed}; got {out.name!r}", file=sys.stderr)
+        return EXIT_INVALID
+    if max(request.size) > spec.max_side:  # refused now, not after minutes of denoising
+        print(f"paradiff: invalid input: output: {spec.label} holds at most {spec.max_side} px a side and the image "
+              f"is {request.width}x{request.height}; use .png or .tif", file=sys.stderr)
         return EXIT_INVALID
     if args.save_request:
         save_request(args.save_request, request)
@@ -243,7 +256,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         os.environ["PARADIFF_ALLOW_PICKLE"] = "1"
     if args.devices:
         return _launch_local_group(args, request, out)
-    from .engine import distributed
+    from .engine.runtime import distributed
 
     shard = None
     if distributed.launched_by_torchrun():
@@ -261,7 +274,7 @@ def _launch_local_group(args: argparse.Namespace, request: rq.GenerationRequest,
     """``--devices``: one process per device, joined in a local process group; rank 0 writes."""
     import multiprocessing
 
-    from .engine import distributed
+    from .engine.runtime import distributed
 
     port = distributed.free_port()
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
@@ -282,7 +295,7 @@ def _launch_local_group(args: argparse.Namespace, request: rq.GenerationRequest,
 
 def _group_member(rank: int, devices: list[str], port: int, request_json: str, out: str, relief: str | None,
                   quiet: bool) -> None:
-    from .engine import distributed
+    from .engine.runtime import distributed
 
     request = rq.GenerationRequest.from_json(request_json).replace(device=devices[rank])
     args = argparse.Namespace(relief=relief, quiet=quiet)
@@ -297,7 +310,8 @@ def _group_member(rank: int, devices: list[str], port: int, request_json: str, o
 def _generate_and_write(args: argparse.Namespace, request: rq.GenerationRequest, out: Path,
                         shard: distributed.Shard | None) -> int:
     from .engine import Cancelled, CancelToken, ModelUnavailable, generate
-    from .engine.metadata import save_png
+    from .engine.io.export import save_image
+    from .engine.io.metadata import save_png
 
     cancel = CancelToken()
     leader = shard is None or shard.leader
@@ -336,38 +350,44 @@ def _generate_and_write(args: argparse.Namespace, request: rq.GenerationRequest,
     elif args.relief:
         from PIL import Image
 
-        from .engine.metadata import atomic_write
-        from .engine.relief import shaded_relief
+        from .engine.analysis.relief import shaded_relief
+        from .engine.io.metadata import atomic_write
 
         relief = Image.fromarray(shaded_relief(result.image))
         atomic_write(args.relief, lambda f: relief.save(f, format="PNG"))
     try:
-        save_png(out, result.image, result.request, result.plan, result.info)
-    except OSError as exc:
+        save_image(out, result.image, result.request, result.plan, result.info)
+    except (OSError, rq.RequestError) as exc:
         # Minutes of work are not lost to a full disk or a read-only folder: keep it elsewhere.
-        from platformdirs import user_data_path
+        from .engine.io.autosave import autosave_path
 
-        rescue = user_data_path("paradiff", appauthor=False) / "autosave" / f"paradiff-{request.seed}-{os.getpid()}.png"
+        rescue = autosave_path(request.seed)
         save_png(rescue, result.image, result.request, result.plan, result.info)
-        say(f"paradiff: could not write {out} ({exc.strerror or exc}); the picture is saved as {rescue}")
+        say(f"paradiff: could not write {out} ({getattr(exc, 'strerror', None) or exc}); the picture is saved as "
+            f"{rescue}")
         return EXIT_ERROR
     print(f"wrote {out} ({result.image.shape[1]}x{result.image.shape[0]}, {result.seconds:.1f} s)", file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .engine.models import list_models, model_dirs
+    from .engine.models.catalogue import list_models, model_dirs
+    from .engine.models.info import describe_model
 
     entries = list_models()
+    # A model's options (--set KEY=VALUE) come from the same table the app draws its controls from.
+    options = {e.id: [{"key": c[0], "label": c[1], "min": c[2], "max": c[3], "default": c[4]}
+                      for c in describe_model(e.id).controls] if e.kind == "builtin" else [] for e in entries}
     if args.json:
-        print(json.dumps([e.__dict__ for e in entries], indent=2))
+        print(json.dumps([{**e.__dict__, "options": options[e.id]} for e in entries], indent=2))
         return EXIT_OK
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("model", "kind", "where", title="Models Paradiff can use")
+    table = Table("model", "kind", "where", "options (--set KEY=VALUE)", title="Models Paradiff can use")
     for e in entries:
-        table.add_row(e.id, e.kind, e.where)
+        opts = ", ".join(f"{o['key']}={o['min']}..{o['max']} (default {o['default']})" for o in options[e.id])
+        table.add_row(e.id, e.kind, e.where, opts)
     console = Console()
     console.print(table)
     if not entries:
@@ -377,36 +397,20 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-
-    from .engine.export import open_image
-    from .engine.metadata import read_recipe
-    from .engine.plan import TilePlan
-    from .engine.seams import analyse
+    from .engine.api.inspect import open_picture, score
 
     try:
         # Our own pixel limit (1 gigapixel), not Pillow's 89 MP: Paradiff's 16K outputs are 268 MP.
-        image = open_image(args.image)
+        picture = open_picture(args.image, grid=args.grid, tile=args.tile, overlap=args.overlap)
+        if picture.plan is None:
+            raise rq.RequestError("plan", "the image has no Paradiff metadata")
     except rq.RequestError as exc:
-        print(f"paradiff: invalid input: {exc}", file=sys.stderr)
+        hint = "; give the plan with --grid RxC or --tile PX (and --overlap PX)" if exc.field == "plan" else ""
+        print(f"paradiff: invalid input: {exc}{hint}", file=sys.stderr)
         return EXIT_INVALID
-    h, w = image.shape[:2]
-    if args.grid or args.tile:
-        overlap = args.overlap if args.overlap is not None else 0
-        try:
-            plan = TilePlan.create(h, w, overlap=overlap, tile=args.tile, grid=args.grid)
-        except rq.RequestError as exc:
-            print(f"paradiff: invalid input: {exc}", file=sys.stderr)
-            return EXIT_INVALID
-        tiles, source = [plan.image_rect(t) for t in plan.tiles], "command line"
-    else:
-        try:
-            tiles, source = [tuple(t) for t in read_recipe(args.image)["plan"]["tiles"]], "Paradiff metadata"
-        except (rq.RequestError, KeyError, TypeError) as exc:
-            msg = exc if isinstance(exc, rq.RequestError) else "request: the Paradiff metadata holds no tile plan"
-            print(f"paradiff: invalid input: {msg}; give the plan with --grid RxC or --tile PX (and --overlap PX)",
-                  file=sys.stderr)
-            return EXIT_INVALID
-    report = analyse(image, tiles)
+    (w, h), tiles = picture.size, picture.tiles
+    source = {"metadata": "Paradiff metadata", "given": "command line"}[picture.source]
+    report = score(picture)
     if args.json:
         print(json.dumps({"image": str(args.image), "size": [w, h], "plan_from": source, **report.to_dict()}))
         return EXIT_OK

@@ -12,23 +12,25 @@ from typing import TYPE_CHECKING, Any
 # Imported on first use (PEP 562): `paradiff --help`/`--version` and anything that only needs the
 # request or the plan do not pay for torch and diffusers (1.3 s of a 1.5 s CLI start on 2 cores).
 _LAZY = {
-    "events": ".events",
-    "CancelToken": ".cancel",
-    "Cancelled": ".cancel",
-    "Denoiser": ".denoisers",
-    "ModelUnavailable": ".denoisers",
-    "register_builtin": ".denoisers",
-    "Tile": ".plan",
-    "TilePlan": ".plan",
-    "GenerationRequest": ".request",
-    "RequestError": ".request",
-    "GenerationResult": ".sampler",
-    "generate": ".sampler",
+    "events": ".core.events",
+    "CancelToken": ".core.cancel",
+    "Cancelled": ".core.cancel",
+    "Tile": ".core.plan",
+    "TilePlan": ".core.plan",
+    "GenerationRequest": ".core.request",
+    "RequestError": ".core.request",
+    "Denoiser": ".models.base",
+    "ModelUnavailable": ".models.base",
+    "register_builtin": ".models.registry",
+    "GenerationResult": ".sampling.sampler",
+    "generate": ".sampling.sampler",
+    "request_for": ".api.requests",
+    "build_request": ".api.requests",
 }
 
 __all__ = [  # noqa: RUF022 (kept as the names of _LAZY, in its order)
-    "events", "CancelToken", "Cancelled", "Denoiser", "ModelUnavailable", "register_builtin", "Tile", "TilePlan",
-    "GenerationRequest", "RequestError", "GenerationResult", "generate",
+    "events", "CancelToken", "Cancelled", "Tile", "TilePlan", "GenerationRequest", "RequestError", "Denoiser",
+    "ModelUnavailable", "register_builtin", "GenerationResult", "generate", "request_for", "build_request",
 ]
 
 
@@ -46,9 +48,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from . import events
-    from .cancel import Cancelled, CancelToken
-    from .denoisers import Denoiser, ModelUnavailable, register_builtin
-    from .plan import Tile, TilePlan
-    from .request import GenerationRequest, RequestError
-    from .sampler import GenerationResult, generate
+    from .api.requests import build_request, request_for
+    from .core import events
+    from .core.cancel import Cancelled, CancelToken
+    from .core.plan import Tile, TilePlan
+    from .core.request import GenerationRequest, RequestError
+    from .models.base import Denoiser, ModelUnavailable
+    from .models.registry import register_builtin
+    from .sampling.sampler import GenerationResult, generate

@@ -20,24 +20,10 @@ import os
 import sys
 from pathlib import Path
 
-from platformdirs import user_log_path
+from .logs import setup_logging
 
 APP_NAME = "Paradiff"
 ORG_NAME = "Paradiff"
-
-
-def log_dir() -> Path:
-    return user_log_path("paradiff", appauthor=False, ensure_exists=True)
-
-
-def setup_logging() -> Path:
-    path = log_dir() / "paradiff-gui.log"
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=2 << 20, backupCount=3, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    return path
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

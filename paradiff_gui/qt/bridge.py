@@ -20,9 +20,9 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal
 
-from ..engine import events as ev
-from ..engine.cancel import Cancelled, CancelToken
-from ..engine.request import GenerationRequest
+from ..engine.core import events as ev
+from ..engine.core.cancel import Cancelled, CancelToken
+from ..engine.core.request import GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ Engine = Callable[[GenerationRequest, Callable[[Any], None], CancelToken], Any]
 
 
 def default_engine(request: GenerationRequest, on_event: Callable[[Any], None], cancel: CancelToken) -> Any:
-    from ..engine.sampler import generate
+    from ..engine.sampling.sampler import generate
 
     return generate(request, on_event, cancel)
 

@@ -28,7 +28,7 @@ def to_display(image: np.ndarray, relief: bool = False) -> np.ndarray:
         rgb = image[..., :3]
     else:
         if relief:
-            from ..engine.relief import shaded_relief
+            from ..engine.analysis.relief import shaded_relief
 
             gray = shaded_relief(image)
         elif image.dtype == np.uint8:

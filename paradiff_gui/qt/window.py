@@ -33,12 +33,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..engine import events as ev
-from ..engine import request as rq
-from ..engine.devices import set_cpu_threads
-from ..engine.modelinfo import ModelInfo, describe_model, estimate
-from ..engine.plan import TilePlan
-from ..engine.seams import Seam, analyse, heatmap
+from ..engine.analysis.seams import Seam, analyse, heatmap
+from ..engine.core import events as ev
+from ..engine.core import request as rq
+from ..engine.core.modelinfo import ModelInfo
+from ..engine.core.plan import TilePlan
+from ..engine.models.info import describe_model
+from ..engine.runtime.devices import set_cpu_threads
+from ..engine.runtime.estimate import estimate
 from .bridge import Engine, EngineBridge
 from .imaging import Layer, heat_rgba, pyramid, to_display
 from .jobs import Jobs, StallMonitor
@@ -385,7 +387,7 @@ class MainWindow(QMainWindow):
     def _gpu_memory_text(self, request: rq.GenerationRequest, info: ModelInfo) -> str:
         import torch
 
-        from ..engine import memory
+        from ..engine.runtime import memory
 
         fp = memory.footprint(request, info, "fp32" if request.dtype == "fp32" else "fp16")
         free = torch.cuda.mem_get_info()[0]
@@ -506,7 +508,7 @@ class MainWindow(QMainWindow):
 
     def _autosave(self, result: Result) -> None:
         """Write the finished picture and its recipe to the autosave folder, off the GUI thread."""
-        from ..engine.metadata import save_png
+        from ..engine.io.metadata import save_png
 
         self.autosave_dir.mkdir(parents=True, exist_ok=True)
         stem = f"{time.strftime('%Y%m%d-%H%M%S')}-seed{result.request.seed}"
@@ -682,8 +684,8 @@ class MainWindow(QMainWindow):
         fallback = self._editor_plan_tiles
 
         def load() -> tuple[np.ndarray, Any, list, str]:
-            from ..engine.export import open_image
-            from ..engine.metadata import read_recipe
+            from ..engine.io.export import open_image
+            from ..engine.io.metadata import read_recipe
 
             image = open_image(path)
             try:
@@ -730,7 +732,7 @@ class MainWindow(QMainWindow):
             self.load_request(path)
 
     def load_request(self, path: str) -> bool:
-        from ..engine.metadata import load_request
+        from ..engine.io.metadata import load_request
 
         try:
             request = load_request(path)
@@ -747,7 +749,7 @@ class MainWindow(QMainWindow):
             self.save_request(path)
 
     def save_request(self, path: str) -> bool:
-        from ..engine.metadata import save_request
+        from ..engine.io.metadata import save_request
 
         try:
             save_request(path, self.panel.request())
@@ -771,7 +773,7 @@ class MainWindow(QMainWindow):
 
     def export(self, path: str, quality: int = 95) -> None:
         """Write the current picture to ``path`` (format from the extension) off the GUI thread."""
-        from ..engine.export import format_for, save_image
+        from ..engine.io.export import format_for, save_image
 
         r = self.current
         if r is None or r.image is None:
@@ -795,7 +797,7 @@ class MainWindow(QMainWindow):
 
         def write() -> str:
             if request is None:
-                from ..engine.export import save_plain
+                from ..engine.io.export import save_plain
 
                 return str(save_plain(path, image, fmt=fmt, quality=quality, on_progress=progress.report))
             return str(save_image(path, image, request, plan, info, fmt=fmt, quality=quality,
@@ -835,7 +837,7 @@ class MainWindow(QMainWindow):
 
     def drop_file(self, path: str) -> None:
         """A dropped request or Paradiff image restores its settings; an image is also opened."""
-        from ..engine.metadata import load_request
+        from ..engine.io.metadata import load_request
 
         try:
             request = load_request(path)
@@ -870,7 +872,7 @@ class MainWindow(QMainWindow):
         self.show_error("Something went wrong", _message(exc))
 
     def _open_logs(self) -> None:
-        from .app import log_dir
+        from .logs import log_dir
 
         QDesktopServices.openUrl(QUrl.fromLocalFile(str(log_dir())))
 

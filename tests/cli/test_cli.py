@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from paradiff_gui.cli import main
-from paradiff_gui.engine.metadata import load_request, read_recipe
+from paradiff_gui.engine.io.metadata import load_request, read_recipe
 
 FAST = ["--prompt", "a red castle", "--size", "256x192", "--grid", "2x2", "--overlap", "16", "--steps", "2",
         "--seed", "5", "--device", "cpu", "--quiet"]
@@ -98,7 +98,10 @@ def exit_code(argv) -> int:
         (["--dtype", "int8"], "--dtype: invalid choice"),
         (["--dtype", "fp16", "--device", "cpu"], "dtype: fp16 is not supported on the CPU"),
         (["--prompt", "x" * 4001], "prompt: must be at most 4000 characters"),
-        (["-o", "out.jpg"], "output: must end in .png"),
+        (["-o", "out.bmp"], "output: must end in one of .png"),
+        (["--size", "20000x1024", "-o", "out.webp"], "output: WebP image holds at most 16383 px"),
+        (["--set", "difficulty"], "set: must be KEY=VALUE"),
+        (["--set", "terrain_difficulty=60"], "terrain_difficulty: is not an option of x/y (its options: none)"),
         (["--request", "missing.json"], "request: cannot read"),
         (["--request", "missing.png"], "request: no such file"),
         (["--bogus"], "unrecognized arguments: --bogus"),
@@ -140,7 +143,7 @@ def test_models_lists_local_folders(sd_folder, capsys, monkeypatch):
     code, out, _ = run(["models", "--json"], capsys)
     assert code == 0
     entries = json.loads(out)
-    assert {"id": str(sd_folder), "kind": "folder", "where": str(sd_folder.parent)} in entries
+    assert {"id": str(sd_folder), "kind": "folder", "where": str(sd_folder.parent), "options": []} in entries
 
 
 def _cli(*args, env=None, **kw):
@@ -281,3 +284,41 @@ def test_the_engine_package_still_offers_its_names():
         assert getattr(engine, name) is not None
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         engine.nope  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--set", "terrain_difficulty=0"], "terrain_difficulty: must be from 1 to 100, got 0"),
+        (["--set", "terrain_difficulty=rough"], "terrain_difficulty: must be a whole number from 1 to 100"),
+        (["--terrain-difficulty", "101"], "terrain_difficulty: must be from 1 to 100, got 101"),
+        (["--set", "roughness=3"], "roughness: is not an option of builtin:terrain (its options: terrain_difficulty)"),
+    ],
+)
+def test_model_options_are_checked_against_the_models_own_controls(args, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert exit_code(["generate", "--model", "builtin:terrain", *args]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_set_and_the_old_flag_build_the_same_request(tmp_path):
+    from paradiff_gui.cli import build_parser, request_from_args
+
+    def build(*extra):
+        args = build_parser().parse_args(["generate", "--model", "builtin:terrain", "--seed", "4", *extra])
+        return request_from_args(args)
+
+    by_set, by_flag = build("--set", "terrain_difficulty=60"), build("--terrain-difficulty", "60")
+    assert by_set == by_flag and by_set.extra == {"terrain_difficulty": 60}
+    assert build().extra == {}  # no option given: the model's own default applies at run time
+    assert by_set.steps == 8 and by_set.sampler == "lcm"  # the terrain model's defaults
+
+
+def test_models_lists_each_models_options(capsys):
+    code, out, _ = run(["models", "--json"], capsys)
+    assert code == 0
+    terrain = next(m for m in json.loads(out) if m["id"] == "builtin:terrain")
+    assert terrain["options"] == [{"key": "terrain_difficulty", "label": "Difficulty", "min": 1, "max": 100,
+                                   "default": 35}]

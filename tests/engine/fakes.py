@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
-from paradiff_gui.engine.schedulers import make_scheduler
+from paradiff_gui.engine.models.sd.schedulers import make_scheduler
 
 
 class FieldDenoiser:

@@ -7,9 +7,11 @@ import pytest
 import torch
 from fakes import FieldDenoiser
 
-from paradiff_gui.engine import GenerationRequest, events, generate
-from paradiff_gui.engine.plan import TilePlan
-from paradiff_gui.engine.sampler import jitter_offsets
+from paradiff_gui.engine import GenerationRequest, generate
+from paradiff_gui.engine.api.requests import request_for
+from paradiff_gui.engine.core import events
+from paradiff_gui.engine.core.plan import TilePlan
+from paradiff_gui.engine.sampling.sampler import jitter_offsets
 
 REQ = GenerationRequest(model="test:field", width=256, height=192, tile=96, overlap=32, steps=4, sampler="ddim")
 
@@ -70,7 +72,7 @@ def test_global_context_runs_a_small_pass_first_and_counts_its_steps():
 
 
 def test_global_context_changes_the_real_terrain_and_is_deterministic():
-    req = GenerationRequest.for_model("builtin:terrain", width=256, height=256, steps=3, seed=2, device="cpu")
+    req = request_for("builtin:terrain", width=256, height=256, steps=3, seed=2, device="cpu")
     plain = generate(req, previews=False).image
     ctx1 = generate(req.replace(global_context=0.6), previews=False).image
     ctx2 = generate(req.replace(global_context=0.6), previews=False).image

@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from paradiff_gui.cli import main
-from paradiff_gui.engine.distributed import Shard, exchanged_bytes
-from paradiff_gui.engine.metadata import read_recipe
+from paradiff_gui.engine.io.metadata import read_recipe
+from paradiff_gui.engine.runtime.distributed import Shard, exchanged_bytes
 
 BASE = ["--prompt", "a red castle", "--size", "256x192", "--grid", "2x3", "--overlap", "32", "--steps", "3",
         "--seed", "5", "--quiet"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from paradiff_gui.engine.metadata import load_request
+from paradiff_gui.engine.io.metadata import load_request
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "custom_denoiser.py"
 

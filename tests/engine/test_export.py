@@ -10,11 +10,12 @@ import pytest
 from PIL import ExifTags, Image, PngImagePlugin
 
 from paradiff_gui.engine import GenerationRequest, RequestError, TilePlan
-from paradiff_gui.engine.export import FORMATS, format_for, open_image, save_image, to_8bit
-from paradiff_gui.engine.metadata import read_recipe, save_png
+from paradiff_gui.engine.api.requests import request_for
+from paradiff_gui.engine.io.export import FORMATS, format_for, open_image, save_image, to_8bit
+from paradiff_gui.engine.io.metadata import read_recipe, save_png
 
 INFO = {"model_name": "terrain", "device": "cpu"}
-REQ = GenerationRequest.for_model("builtin:terrain", width=128, height=96, prompt="a castle «unicode» ✓ 山",
+REQ = request_for("builtin:terrain", width=128, height=96, prompt="a castle «unicode» ✓ 山",
                                   negative_prompt="blurry", seed=7)
 PLAN = TilePlan.for_request(REQ, scale=1, native_tile=128)
 
@@ -171,7 +172,7 @@ def test_open_image_turns_other_modes_into_rgb_or_gray(tmp_path):
 
 
 def test_a_64x64_grid_recipe_fits_jpeg_by_leaving_out_the_tile_list(tmp_path):
-    req = GenerationRequest.for_model("builtin:terrain", width=512, height=512, tile=None, grid=(64, 64), overlap=0)
+    req = request_for("builtin:terrain", width=512, height=512, tile=None, grid=(64, 64), overlap=0)
     plan = TilePlan.for_request(req, scale=1, native_tile=128)
     assert len(json.dumps(plan.to_dict())) > 65536, "the full tile list would not fit JPEG's EXIF"
     out = save_image(tmp_path / "grid.jpg", smooth_rgb(512, 512), req, plan, INFO)
@@ -185,7 +186,7 @@ def test_a_64x64_grid_recipe_fits_jpeg_by_leaving_out_the_tile_list(tmp_path):
 
 
 def test_png_recipe_past_the_metadata_limit_is_stored_compact(tmp_path):
-    req = GenerationRequest.for_model("builtin:terrain", width=8192, height=8192, tile=64, overlap=32)
+    req = request_for("builtin:terrain", width=8192, height=8192, tile=64, overlap=32)
     plan = TilePlan.for_request(req, scale=1, native_tile=128)
     # The recipe is about the plan, not the pixels: a tiny image keeps the test fast.
     out = save_png(tmp_path / "big.png", smooth_rgb(8, 8), req, plan, INFO)

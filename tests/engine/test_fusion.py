@@ -10,11 +10,11 @@ import pytest
 import torch
 from fakes import FieldDenoiser, gaussian_1d
 
-from paradiff_gui.engine import blend
-from paradiff_gui.engine.cancel import CancelToken
-from paradiff_gui.engine.plan import TilePlan
-from paradiff_gui.engine.request import GenerationRequest
-from paradiff_gui.engine.sampler import _Denoise, _Weights, predict_canvas
+from paradiff_gui.engine.core import blend
+from paradiff_gui.engine.core.cancel import CancelToken
+from paradiff_gui.engine.core.plan import TilePlan
+from paradiff_gui.engine.core.request import GenerationRequest
+from paradiff_gui.engine.sampling.sampler import _Denoise, _Weights, predict_canvas
 
 
 def fused(plan: TilePlan, mode: str, tile_batch: int = 4) -> tuple[np.ndarray, FieldDenoiser]:

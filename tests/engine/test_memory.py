@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from paradiff_gui.cli import main
-from paradiff_gui.engine import memory
-from paradiff_gui.engine import sampler as sampler_module
-from paradiff_gui.engine.memory import GiB, choose_tile_batch, footprint
-from paradiff_gui.engine.metadata import read_recipe
-from paradiff_gui.engine.modelinfo import ModelInfo
-from paradiff_gui.engine.request import GenerationRequest, RequestError
+from paradiff_gui.engine.api.requests import request_for
+from paradiff_gui.engine.core.modelinfo import ModelInfo
+from paradiff_gui.engine.core.request import GenerationRequest, RequestError
+from paradiff_gui.engine.io.metadata import read_recipe
+from paradiff_gui.engine.runtime import memory
+from paradiff_gui.engine.runtime.memory import GiB, choose_tile_batch, footprint
+from paradiff_gui.engine.sampling import sampler as sampler_module
 
 SD15 = ModelInfo(id="sd15", label="SD1.5", weight_bytes=4_265_000_000, weight_dtype_bytes=4, unet_channels=320)
 
@@ -50,7 +51,7 @@ def test_auto_on_a_cpu_is_a_small_batch_and_refusals_name_the_field():
 
 
 def test_tile_batch_accepts_auto_and_round_trips():
-    req = GenerationRequest.for_model("builtin:terrain")
+    req = request_for("builtin:terrain")
     assert req.tile_batch == "auto"
     assert GenerationRequest.from_json(req.to_json()) == req
     for bad in ("many", 0, 2000, True, 2.5):
@@ -59,7 +60,7 @@ def test_tile_batch_accepts_auto_and_round_trips():
 
 
 def test_generate_picks_the_batch_from_free_memory_and_refuses_too_much(monkeypatch):
-    from paradiff_gui.engine.sampler import _tile_batch
+    from paradiff_gui.engine.sampling.sampler import _tile_batch
 
     class OnGpu:  # only what the planner reads from a loaded backend
         device = torch.device("cuda", 0)
@@ -99,8 +100,8 @@ def test_terrain_view_estimate_covers_the_measured_activations_without_wasting_h
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
-    from paradiff_gui.engine.denoisers.terrain import TerrainDenoiser
-    from paradiff_gui.engine.modelinfo import describe_model
+    from paradiff_gui.engine.models.info import describe_model
+    from paradiff_gui.engine.models.terrain import TerrainDenoiser
 
     class LiveBytes(TorchDispatchMode):
         def __init__(self):
@@ -130,6 +131,6 @@ def test_terrain_view_estimate_covers_the_measured_activations_without_wasting_h
     x = torch.randn(2, 1, 128, 128).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), counter:
         den.unet(x, torch.full((2,), 20.0), torch.full((2,), 0.3))
-    fp = memory.footprint(GenerationRequest.for_model("builtin:terrain"), describe_model("builtin:terrain"), "fp32")
+    fp = memory.footprint(request_for("builtin:terrain"), describe_model("builtin:terrain"), "fp32")
     measured_per_view = counter.peak / 2
     assert measured_per_view < fp.per_view < 2 * measured_per_view, (measured_per_view, fp.per_view)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from paradiff_gui.engine import GenerationRequest, RequestError, TilePlan
-from paradiff_gui.engine.metadata import atomic_write, load_request, read_recipe, save_png, save_request
+from paradiff_gui.engine.io.metadata import atomic_write, load_request, read_recipe, save_png, save_request
 
 REQ = GenerationRequest(model="some/model", prompt="a castle, «unicode» ✓", negative_prompt="blurry", width=1024,
                         height=512, grid=(2, 3), overlap=64, steps=20, guidance=6.5, sampler="euler_a", seed=42)

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from paradiff_gui.engine.plan import TilePlan
-from paradiff_gui.engine.request import GenerationRequest, RequestError
+from paradiff_gui.engine.core.plan import TilePlan
+from paradiff_gui.engine.core.request import GenerationRequest, RequestError
 
 
 def check_invariants(plan: TilePlan, requested_overlap: int) -> None:

@@ -14,8 +14,9 @@ import pytest
 import torch
 from fakes import FieldDenoiser
 
-from paradiff_gui.engine import GenerationRequest, RequestError, events, generate
-from paradiff_gui.engine.metadata import read_recipe
+from paradiff_gui.engine import GenerationRequest, RequestError, generate
+from paradiff_gui.engine.core import events
+from paradiff_gui.engine.io.metadata import read_recipe
 
 REQ = GenerationRequest(model="test:field", width=256, height=192, tile=96, overlap=32, steps=3, seed=2, sampler="ddim",
                         device="cpu")
@@ -119,7 +120,7 @@ def test_pickle_checkpoints_never_run_code(tmp_path, monkeypatch, capsys):
 def test_a_plain_pickle_checkpoint_is_converted_to_safetensors(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from paradiff_gui.engine.denoisers.sd import _pickle_to_safetensors
+    from paradiff_gui.engine.models.sd.backend import _pickle_to_safetensors
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     plain = tmp_path / "model.ckpt"
@@ -140,10 +141,10 @@ def test_a_process_killed_mid_export_leaves_the_older_file_intact(tmp_path):
     target.write_bytes(b"the older file")
     script = (
         "import numpy as np, sys\n"
-        "from paradiff_gui.engine.export import save_image\n"
-        "from paradiff_gui.engine.request import GenerationRequest\n"
-        "from paradiff_gui.engine.modelinfo import describe_model\n"
-        "req = GenerationRequest.for_model('builtin:terrain', width=6144, height=6144)\n"
+        "from paradiff_gui.engine.io.export import save_image\n"
+        "from paradiff_gui.engine.api.requests import request_for\n"
+        "from paradiff_gui.engine.models.info import describe_model\n"
+        "req = request_for('builtin:terrain', width=6144, height=6144)\n"
         "img = np.random.default_rng(0).integers(0, 255, (6144, 6144, 3), dtype=np.uint8)\n"
         "print('writing', flush=True)\n"
         "save_image(sys.argv[1], img, req, describe_model(req.model).plan(req), {})\n"

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from paradiff_gui.engine import request as rq
-from paradiff_gui.engine.request import GenerationRequest, RequestError
+from paradiff_gui.engine.core import request as rq
+from paradiff_gui.engine.core.request import GenerationRequest, RequestError
 
 valid_requests = st.builds(
     GenerationRequest,

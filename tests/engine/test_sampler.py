@@ -7,8 +7,9 @@ import pytest
 import torch
 from fakes import FieldDenoiser
 
-from paradiff_gui.engine import Cancelled, CancelToken, GenerationRequest, events, generate
-from paradiff_gui.engine.plan import TilePlan
+from paradiff_gui.engine import Cancelled, CancelToken, GenerationRequest, generate
+from paradiff_gui.engine.core import events
+from paradiff_gui.engine.core.plan import TilePlan
 
 
 @pytest.fixture()
@@ -116,7 +117,7 @@ def test_independent_tiles_only_see_their_own_noise():
     out = generate(req, denoiser=den, previews=False).latents
     assert torch.isfinite(out).all()
     # DDIM with a fixed prediction lands every pixel on that prediction: tile index + field.
-    from paradiff_gui.engine import blend
+    from paradiff_gui.engine.core import blend
 
     owner = blend.ownership(TilePlan.for_request(req, 1, 16))
     expect = FieldDenoiser.field(192, 256) + torch.from_numpy(owner).float()

@@ -8,9 +8,9 @@ import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from paradiff_gui.engine import GenerationRequest, generate
-from paradiff_gui.engine.denoisers import clear_cache
-from paradiff_gui.engine.request import SAMPLERS
-from paradiff_gui.engine.schedulers import make_scheduler
+from paradiff_gui.engine.core.request import SAMPLERS
+from paradiff_gui.engine.models.registry import clear_cache
+from paradiff_gui.engine.models.sd.schedulers import make_scheduler
 
 W, H = 128, 96  # image px → 16x12 latent px, smaller than the tiny UNet's 16 px native tile
 STEPS = 4

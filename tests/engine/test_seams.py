@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from paradiff_gui.engine.plan import TilePlan
-from paradiff_gui.engine.seams import analyse, boundaries, heatmap
+from paradiff_gui.engine.analysis.seams import analyse, boundaries, heatmap
+from paradiff_gui.engine.core.plan import TilePlan
 
 H = W = 384
 PLAN = TilePlan.create(H, W, overlap=32, tile=128)

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from paradiff_gui.engine import GenerationRequest, RequestError, events, generate
-from paradiff_gui.engine.metadata import load_request, save_png
+from paradiff_gui.engine import RequestError, generate
+from paradiff_gui.engine.api.requests import request_for
+from paradiff_gui.engine.core import events
+from paradiff_gui.engine.io.metadata import load_request, save_png
 
 SMALL = dict(width=256, height=256, steps=2, seed=4, device="cpu")
 
@@ -15,7 +17,7 @@ SMALL = dict(width=256, height=256, steps=2, seed=4, device="cpu")
 @pytest.fixture(scope="module")
 def result():
     seen: list = []
-    req = GenerationRequest.for_model("builtin:terrain", prompt="ignored", **SMALL)
+    req = request_for("builtin:terrain", prompt="ignored", **SMALL)
     return generate(req, seen.append), seen
 
 
@@ -48,12 +50,12 @@ def test_png_is_16_bit_grayscale_and_replays(result, tmp_path):
 
 
 def test_difficulty_changes_the_terrain_and_is_validated():
-    a = generate(GenerationRequest.for_model("builtin:terrain", **{**SMALL, "width": 128, "height": 128}))
-    b = generate(GenerationRequest.for_model("builtin:terrain", **{**SMALL, "width": 128, "height": 128},
+    a = generate(request_for("builtin:terrain", **{**SMALL, "width": 128, "height": 128}))
+    b = generate(request_for("builtin:terrain", **{**SMALL, "width": 128, "height": 128},
                                              extra={"terrain_difficulty": 90}))
     assert not np.array_equal(a.image, b.image)
     with pytest.raises(RequestError, match=r"^terrain_difficulty: must be a whole number from 1 to 100"):
-        generate(GenerationRequest.for_model("builtin:terrain", **SMALL, extra={"terrain_difficulty": 0}))
+        generate(request_for("builtin:terrain", **SMALL, extra={"terrain_difficulty": 0}))
 
 
 @pytest.mark.parametrize(
@@ -63,16 +65,16 @@ def test_difficulty_changes_the_terrain_and_is_validated():
 )
 def test_unsupported_settings_are_refused_clearly(changes, needle):
     with pytest.raises(RequestError, match=needle):
-        generate(GenerationRequest.for_model("builtin:terrain", **{**SMALL, **changes}))
+        generate(request_for("builtin:terrain", **{**SMALL, **changes}))
 
 
 def test_synchronized_tiles_beat_independent_tiles_on_the_seam_ratio():
-    from paradiff_gui.engine.seams import analyse
+    from paradiff_gui.engine.analysis.seams import analyse
 
     for seed in (0, 1, 2):
         scores = {}
         for fusion in ("independent", "cosine"):
-            res = generate(GenerationRequest.for_model("builtin:terrain", width=256, height=256, steps=3,
+            res = generate(request_for("builtin:terrain", width=256, height=256, steps=3,
                                                        seed=seed, fusion=fusion, device="cpu"), previews=False)
             scores[fusion] = analyse(res.image, [res.plan.image_rect(t) for t in res.plan.tiles]).seam_ratio
         assert scores["cosine"] < 0.5 * scores["independent"], (seed, scores)
@@ -81,11 +83,11 @@ def test_synchronized_tiles_beat_independent_tiles_on_the_seam_ratio():
 def test_cpu_thread_limit_reloads_the_model_and_runs_it_on_that_many_threads():
     import torch
 
-    from paradiff_gui.engine import TilePlan, devices
-    from paradiff_gui.engine.denoisers import load_denoiser
-    from paradiff_gui.engine.request import GenerationRequest
+    from paradiff_gui.engine import TilePlan
+    from paradiff_gui.engine.models.registry import load_denoiser
+    from paradiff_gui.engine.runtime import devices
 
-    req = GenerationRequest.for_model("builtin:terrain")
+    req = request_for("builtin:terrain")
     before = torch.get_num_threads()
     try:
         first = load_denoiser(req, torch.device("cpu"), torch.float32)
@@ -111,19 +113,19 @@ def test_compile_traces_the_whole_model_and_keeps_the_picture(monkeypatch):
     """--compile works for the built-in model: one graph (fullgraph, so no part silently runs
     uncompiled), the same heightmap, and no "compile is ignored" notice. Traced with aot_eager:
     inductor's C++ build takes ~2 minutes on 2 cores; its speed is measured by bench_terrain.py."""
-    from paradiff_gui.engine.denoisers import terrain
+    from paradiff_gui.engine.models import terrain
 
     monkeypatch.setattr(terrain, "COMPILE_BACKEND", "aot_eager")
     small = {**SMALL, "width": 128, "height": 128}
-    plain = generate(GenerationRequest.for_model("builtin:terrain", **small), previews=False)
+    plain = generate(request_for("builtin:terrain", **small), previews=False)
     seen: list = []
-    compiled = generate(GenerationRequest.for_model("builtin:terrain", **small, compile=True), seen.append,
+    compiled = generate(request_for("builtin:terrain", **small, compile=True), seen.append,
                         previews=False)
     assert not any("compile" in e.message for e in seen if isinstance(e, events.Notice))
     assert compiled.request.compile and np.abs(compiled.image.astype(int) - plain.image).max() <= 1
     import torch
 
-    from paradiff_gui.engine.denoisers import load_denoiser
+    from paradiff_gui.engine.models.registry import load_denoiser
 
     den = load_denoiser(compiled.request, torch.device("cpu"), torch.float32)  # the one that ran (cached)
     assert isinstance(den.unet, torch._dynamo.eval_frame.OptimizedModule) and den.compiled
@@ -131,11 +133,11 @@ def test_compile_traces_the_whole_model_and_keeps_the_picture(monkeypatch):
 
 def test_bf16_generation_runs_and_says_so():
     seen: list = []
-    res = generate(GenerationRequest.for_model("builtin:terrain", **{**SMALL, "width": 128, "height": 128},
+    res = generate(request_for("builtin:terrain", **{**SMALL, "width": 128, "height": 128},
                                                dtype="bf16"), seen.append, previews=False)
     planned = next(e for e in seen if isinstance(e, events.Planned))
     assert planned.dtype == "bf16" and res.info["dtype"] == "bf16"
-    full = generate(GenerationRequest.for_model("builtin:terrain", **{**SMALL, "width": 128, "height": 128}),
+    full = generate(request_for("builtin:terrain", **{**SMALL, "width": 128, "height": 128}),
                     previews=False)
     # bf16 keeps 8 bits of mantissa: the same terrain (measured r = 0.997), not the same rounding.
     assert np.corrcoef(res.image.ravel(), full.image.ravel())[0, 1] > 0.95

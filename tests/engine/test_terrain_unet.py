@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from paradiff_gui.engine.denoisers import ModelUnavailable, clear_cache
-from paradiff_gui.engine.denoisers.terrain import weights
-from paradiff_gui.engine.denoisers.terrain.unet import TerrainUNet
+from paradiff_gui.engine.models.base import ModelUnavailable
+from paradiff_gui.engine.models.registry import clear_cache
+from paradiff_gui.engine.models.terrain import weights
+from paradiff_gui.engine.models.terrain.unet import TerrainUNet
 
 SIGMAS = (80.0, 20.0, 5.0, 0.5)
 DIFFICULTIES = (1, 35, 100)
@@ -74,7 +75,7 @@ def test_the_generation_path_channels_last_stays_within_float_rounding_of_the_gr
 def test_batch_chunks_return_each_tile_in_order_as_it_would_alone():
     """predict() runs a CPU batch in chunks of CPU_CHUNK tiles: the tiles come back in order,
     each as it would alone."""
-    from paradiff_gui.engine.denoisers.terrain import CPU_CHUNK, TerrainConditioning, TerrainDenoiser
+    from paradiff_gui.engine.models.terrain import CPU_CHUNK, TerrainConditioning, TerrainDenoiser
 
     den = TerrainDenoiser(torch.device("cpu"))
     x, sig, _ = _inputs(CPU_CHUNK + 2, 20.0, 35, seed=0)

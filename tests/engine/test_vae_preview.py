@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from tiny import tiny_sd
 
-from paradiff_gui.engine import preview
-from paradiff_gui.engine.vae import (
+from paradiff_gui.engine.models.sd import preview
+from paradiff_gui.engine.models.sd.vae import (
     decode_latents,
     decode_synced,
     encode_synced,
@@ -150,7 +150,7 @@ def test_exact_tiled_encode_equals_the_whole_encode():
 
 def test_generate_decodes_large_canvases_with_whole_canvas_statistics():
     from paradiff_gui.engine import GenerationRequest, generate
-    from paradiff_gui.engine.denoisers.sd import SDDenoiser
+    from paradiff_gui.engine.models.sd.backend import SDDenoiser
 
     den = SDDenoiser(tiny_sd(), "tiny-sd", torch.device("cpu"), torch.float32)
     big = generate(GenerationRequest(model="tiny", prompt="x", width=1024, height=512, tile=256, overlap=64, steps=1,

@@ -4,7 +4,7 @@ import pytest
 from fake_engine import FakeEngine
 from PySide6.QtCore import QSettings
 
-from paradiff_gui.engine.request import GenerationRequest
+from paradiff_gui.engine.api.requests import request_for
 from paradiff_gui.qt.window import MainWindow
 
 
@@ -42,5 +42,5 @@ def make_window(qtbot, settings, tmp_path):
 @pytest.fixture
 def window(make_window, fake):
     w = make_window(fake)
-    w.panel.set_request(GenerationRequest.for_model("builtin:terrain", width=256, height=256, steps=3, seed=11))
+    w.panel.set_request(request_for("builtin:terrain", width=256, height=256, steps=3, seed=11))
     return w

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from paradiff_gui.engine import events as ev
-from paradiff_gui.engine.cancel import Cancelled
-from paradiff_gui.engine.modelinfo import describe_model
-from paradiff_gui.engine.request import RequestError
+from paradiff_gui.engine.core import events as ev
+from paradiff_gui.engine.core.cancel import Cancelled
+from paradiff_gui.engine.core.request import RequestError
+from paradiff_gui.engine.models.info import describe_model
 
 
 def tile_colour(index: int) -> tuple[int, int, int]:

@@ -7,10 +7,10 @@ import time
 
 from fake_engine import FakeEngine
 
-from paradiff_gui.engine.request import GenerationRequest
+from paradiff_gui.engine.api.requests import request_for
 from paradiff_gui.qt.bridge import PREVIEW_HZ, EngineBridge
 
-REQ = GenerationRequest.for_model("builtin:terrain", width=256, height=256, steps=3, seed=1)
+REQ = request_for("builtin:terrain", width=256, height=256, steps=3, seed=1)
 
 
 def test_events_arrive_in_order_on_the_gui_thread(qtbot):

@@ -10,7 +10,8 @@ from fake_engine import tile_colour
 from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtGui import QColor
 
-from paradiff_gui.engine.events import TilePreview
+from paradiff_gui.engine.api.requests import request_for
+from paradiff_gui.engine.core.events import TilePreview
 from paradiff_gui.qt.imaging import Layer, downsample, heat_rgba, pyramid, to_display
 from paradiff_gui.qt.widgets.canvas import CanvasWidget, overlap_bands
 
@@ -117,10 +118,10 @@ def test_overlap_bands_are_where_neighbouring_columns_and_rows_overlap():
 
 
 def test_a_plan_of_8000_tiles_is_set_and_painted_quickly(canvas):
-    from paradiff_gui.engine.modelinfo import describe_model
-    from paradiff_gui.engine.request import GenerationRequest
+    from paradiff_gui.engine.models.info import describe_model
 
-    req = GenerationRequest.for_model("builtin:terrain", width=8192, height=4096)
+
+    req = request_for("builtin:terrain", width=8192, height=4096)
     plan = describe_model(req.model).plan(req)
     assert len(plan) > 8000
     canvas.set_canvas_size(8192, 4096)

@@ -11,8 +11,9 @@ import sys
 import numpy as np
 from PIL import Image
 
-from paradiff_gui.engine.metadata import read_recipe
-from paradiff_gui.engine.request import GenerationRequest
+from paradiff_gui.engine.api.requests import request_for
+from paradiff_gui.engine.core.request import GenerationRequest
+from paradiff_gui.engine.io.metadata import read_recipe
 
 
 def test_real_engine_on_a_tiny_sd_model(qtbot, make_window, sd_folder, tmp_path):
@@ -34,7 +35,7 @@ def test_real_engine_on_a_tiny_sd_model(qtbot, make_window, sd_folder, tmp_path)
 
 def test_real_engine_on_the_builtin_terrain_model_and_cancel(qtbot, make_window):
     w = make_window()
-    w.panel.set_request(GenerationRequest.for_model("builtin:terrain", width=256, height=128, steps=2, seed=3))
+    w.panel.set_request(request_for("builtin:terrain", width=256, height=128, steps=2, seed=3))
     with qtbot.waitSignal(w.result_ready, timeout=120000) as blocker:
         assert w.generate()
     assert blocker.args[0].image.dtype == np.uint16
@@ -58,7 +59,7 @@ def _env(tmp_path):
 
 def test_scripted_mode_runs_screenshots_exports_and_exits_zero(tmp_path):
     req = tmp_path / "r.json"
-    req.write_text(GenerationRequest.for_model("builtin:terrain", width=128, height=128, steps=1, seed=2).to_json())
+    req.write_text(request_for("builtin:terrain", width=128, height=128, steps=1, seed=2).to_json())
     shot, out = tmp_path / "shot.png", tmp_path / "out.png"
     proc = subprocess.run(
         [sys.executable, "-m", "paradiff_gui.qt.app", "--request", str(req), "--autorun", "--screenshot", str(shot),

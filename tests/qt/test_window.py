@@ -15,10 +15,11 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent
 from PySide6.QtWidgets import QMessageBox
 
-from paradiff_gui.engine.export import open_image
-from paradiff_gui.engine.metadata import load_request, read_recipe, save_png
-from paradiff_gui.engine.modelinfo import describe_model
-from paradiff_gui.engine.request import GenerationRequest
+from paradiff_gui.engine.api.requests import request_for
+from paradiff_gui.engine.core.request import GenerationRequest
+from paradiff_gui.engine.io.export import open_image
+from paradiff_gui.engine.io.metadata import load_request, read_recipe, save_png
+from paradiff_gui.engine.models.info import describe_model
 
 
 def run_to_result(qtbot, window, start=None):
@@ -121,7 +122,7 @@ def test_the_plan_is_drawn_before_generation_and_follows_the_editor(window):
 
 def test_panel_round_trips_a_request_and_shows_the_right_controls(qtbot, window, sd_folder):
     p = window.panel
-    terrain = GenerationRequest.for_model("builtin:terrain", width=384, height=256, steps=5, seed=4_000_000_000,
+    terrain = request_for("builtin:terrain", width=384, height=256, steps=5, seed=4_000_000_000,
                                           extra={"terrain_difficulty": 70}, jitter=True)
     p.set_request(terrain)
     assert p.request() == terrain
@@ -232,7 +233,7 @@ def test_a_failed_export_says_why_and_keeps_the_result(qtbot, window, tmp_path, 
 
 
 def test_open_image_takes_the_plan_from_metadata_or_from_the_editor(qtbot, window, tmp_path):
-    req = GenerationRequest.for_model("builtin:terrain", width=384, height=256, seed=3)
+    req = request_for("builtin:terrain", width=384, height=256, seed=3)
     plan = describe_model(req.model).plan(req)
     img = (np.random.default_rng(0).random((256, 384)) * 60000).astype(np.uint16)
     save_png(tmp_path / "p.png", img, req, plan, {"model_name": "terrain"})
@@ -268,7 +269,7 @@ def test_save_and_load_request_and_drop_a_paradiff_png(qtbot, window, tmp_path):
     window.panel.set_request(window.panel.request().replace(seed=1))
     assert window.load_request(str(tmp_path / "r.json")) and window.panel.request().seed == 1234
     # Dropping a Paradiff PNG restores its request.
-    req = GenerationRequest.for_model("builtin:terrain", width=256, height=384, seed=99, steps=4)
+    req = request_for("builtin:terrain", width=256, height=384, seed=99, steps=4)
     save_png(tmp_path / "d.png", np.zeros((384, 256), np.uint16), req, describe_model(req.model).plan(req), {})
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(tmp_path / "d.png"))])
@@ -288,7 +289,7 @@ def test_save_and_load_request_and_drop_a_paradiff_png(qtbot, window, tmp_path):
 
 def test_settings_and_geometry_persist(qtbot, make_window, settings, fake):
     w = make_window(fake)
-    w.panel.set_request(GenerationRequest.for_model("builtin:terrain", width=640, height=384, seed=5, steps=3))
+    w.panel.set_request(request_for("builtin:terrain", width=640, height=384, seed=5, steps=3))
     w.resize(1100, 700)
     w.seams.overlaps.setChecked(True)
     w.close()
@@ -307,7 +308,7 @@ def test_the_time_estimate_learns_from_a_run(qtbot, window, fake):
 
 
 def test_keeping_a_core_free_limits_the_cpu_pools_and_persists(qtbot, window, settings):
-    from paradiff_gui.engine import devices
+    from paradiff_gui.engine.runtime import devices
 
     try:
         window.panel.spare_core.setChecked(True)
@@ -346,7 +347,7 @@ def test_zoom_shortcuts_and_a_real_drop_event(qtbot, window, tmp_path):
     assert window.zoom_label.text() == "100 %"
     qtbot.keyClick(window.canvas, Qt.Key.Key_0, Qt.KeyboardModifier.ControlModifier)
     assert window.canvas.visible_image_rect().width() == pytest.approx(256)
-    req = GenerationRequest.for_model("builtin:terrain", width=128, height=128, seed=5, steps=2)
+    req = request_for("builtin:terrain", width=128, height=128, seed=5, steps=2)
     (tmp_path / "r.json").write_text(req.to_json())
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(tmp_path / "r.json"))])
@@ -383,7 +384,7 @@ def test_every_result_is_autosaved_until_exported_and_offered_back_after_a_crash
 
     autosave = tmp_path / "autosave"
     w = make_window(fake)
-    w.panel.set_request(GenerationRequest.for_model("builtin:terrain", width=256, height=128, steps=2, seed=8))
+    w.panel.set_request(request_for("builtin:terrain", width=256, height=128, steps=2, seed=8))
     with qtbot.waitSignal(w.autosaved, timeout=20000) as saved:
         w.generate()
     first = saved.args[0]

@@ -19,7 +19,7 @@ from PySide6.QtCore import QPointF, QRect, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QImage, QMouseEvent, QPainter, QPalette, QPen, QWheelEvent
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-from ...engine.events import TilePreview
+from ...engine.core.events import TilePreview
 from ..imaging import Layer, qimage
 
 Rect = tuple[int, int, int, int]  # x0, y0, x1, y1 in image px

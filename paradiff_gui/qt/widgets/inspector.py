@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ...engine.seams import Seam, SeamReport
+from ...engine.analysis.seams import Seam, SeamReport
 from ..imaging import qimage
 
 

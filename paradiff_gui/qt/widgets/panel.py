@@ -30,10 +30,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ...engine import request as rq
-from ...engine.modelinfo import ModelInfo, describe_model
-from ...engine.models import list_models
-from ...engine.schedulers import DISPLAY
+from ...engine.api.requests import request_for
+from ...engine.core import request as rq
+from ...engine.core.modelinfo import ModelInfo
+from ...engine.core.request import SAMPLER_LABELS
+from ...engine.models.catalogue import list_models
+from ...engine.models.info import describe_model
 
 SIZE_PRESETS = (("1K", 1024), ("2K", 2048), ("4K", 4096), ("8K", 8192), ("16K", 16384))
 FUSION_LABELS = {
@@ -254,7 +256,7 @@ class GenerationPanel(QWidget):
 
         self._fill_models()
         self._wire()
-        self.set_request(rq.GenerationRequest.for_model(rq.DEFAULT_MODEL))
+        self.set_request(request_for(rq.DEFAULT_MODEL))
 
     # -- construction helpers ------------------------------------------------------------------
 
@@ -388,7 +390,7 @@ class GenerationPanel(QWidget):
         self._apply_model_ui()
         if apply_defaults:
             # A model's own defaults (tile, steps, sampler...) replace the fields they name.
-            base = rq.GenerationRequest.for_model(model)
+            base = request_for(model)
             current = self._request_or_none()
             keep = {} if current is None else {
                 "prompt": current.prompt, "negative_prompt": current.negative_prompt, "seed": current.seed}
@@ -414,7 +416,7 @@ class GenerationPanel(QWidget):
         self.sampler.blockSignals(True)
         self.sampler.clear()
         for s in info.samplers:
-            self.sampler.addItem(DISPLAY.get(s, s), s)
+            self.sampler.addItem(SAMPLER_LABELS.get(s, s), s)
         self.sampler.setCurrentIndex(max(0, self.sampler.findData(current)))
         self.sampler.blockSignals(False)
         # Backend options as spin boxes, rebuilt for the model.

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .. import ModelUnavailable
+from ..base import ModelUnavailable
 from .unet import TerrainUNet
 
 ONNX_NAME = "terrain_consistency_unet_difficulty100.onnx"
@@ -123,7 +123,7 @@ def _write_cache(path: Path, state: dict[str, torch.Tensor], sha: str) -> None:
     next time. Imported here: metadata loads diffusers, and this runs once per install."""
     from safetensors.torch import save
 
-    from ...metadata import atomic_write
+    from ...io.metadata import atomic_write
 
     data = save({k: v.contiguous() for k, v in state.items()},
                 metadata={"source_sha256": sha, "format": FORMAT, "source": ONNX_NAME})

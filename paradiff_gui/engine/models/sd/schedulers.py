@@ -18,7 +18,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from .request import SAMPLERS
+from ...core.request import SAMPLERS
 
 _TABLE: dict[str, tuple[type, dict[str, Any]]] = {
     "euler": (EulerDiscreteScheduler, {}),
@@ -34,19 +34,6 @@ _TABLE: dict[str, tuple[type, dict[str, Any]]] = {
     "lcm": (LCMScheduler, {}),
 }
 assert set(_TABLE) == set(SAMPLERS), "every request sampler needs a scheduler"
-
-# Display names as A1111-style metadata writes them.
-DISPLAY = {
-    "euler": "Euler",
-    "euler_a": "Euler a",
-    "heun": "Heun",
-    "ddim": "DDIM",
-    "dpmpp_2m": "DPM++ 2M",
-    "dpmpp_2m_karras": "DPM++ 2M Karras",
-    "unipc": "UniPC",
-    "lcm": "LCM",
-}
-
 
 def make_scheduler(name: str, config: Any) -> Any:
     """A fresh scheduler for sampler ``name`` from a model's scheduler ``config``."""

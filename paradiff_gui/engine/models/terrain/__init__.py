@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...plan import Tile, TilePlan
-from ...request import GenerationRequest, RequestError
-from .. import ModelUnavailable, register_builtin
+from ...core.plan import Tile, TilePlan
+from ...core.request import GenerationRequest, RequestError
+from ..base import Builtin, ModelUnavailable
 from .weights import load_unet, onnx_path
 
 NATIVE = 128  # px; the size the model was trained at (the ONNX graph accepts only this)
@@ -204,5 +204,5 @@ INFO = {
     "view_bytes_per_px": 400,
 }
 
-register_builtin("terrain", lambda request, device, dtype: TerrainDenoiser(device, dtype, request.compile),
-                 DEFAULTS, INFO)
+BUILTIN = Builtin("terrain", lambda request, device, dtype: TerrainDenoiser(device, dtype, request.compile),
+                  DEFAULTS, INFO)

@@ -15,6 +15,17 @@ from typing import Any
 SCHEMA_VERSION = 1
 
 SAMPLERS = ("euler", "euler_a", "heun", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "lcm")
+# How people name the samplers (A1111-style metadata writes these; the app shows them).
+SAMPLER_LABELS = {
+    "euler": "Euler",
+    "euler_a": "Euler a",
+    "heun": "Heun",
+    "ddim": "DDIM",
+    "dpmpp_2m": "DPM++ 2M",
+    "dpmpp_2m_karras": "DPM++ 2M Karras",
+    "unipc": "UniPC",
+    "lcm": "LCM",
+}
 FUSIONS = ("independent", "none", "uniform", "gaussian", "cosine")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 
@@ -172,13 +183,6 @@ class GenerationRequest:
             raise RequestError("compile", f"must be true or false, got {self.compile!r}")
         if not isinstance(self.extra, dict):
             raise RequestError("extra", "must be an object of backend options")
-
-    @classmethod
-    def for_model(cls, model: str = DEFAULT_MODEL, **fields: Any) -> GenerationRequest:
-        """A request for ``model`` with that model's own defaults under the given ``fields``."""
-        from .denoisers import model_defaults
-
-        return cls(model=model, **{**model_defaults(model), **fields})
 
     # -- derived -----------------------------------------------------------------------------
 

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import blend
-from .plan import TilePlan
+from ...core import blend
+from ...core.plan import TilePlan
 
 DECODE_TILE = 64  # latent px (512 image px for SD)
 DECODE_OVERLAP = 16  # latent px

@@ -29,11 +29,12 @@ try:
 finally:
     _tlogging.set_verbosity(_verbosity)
 
-from .. import preview as previews
-from ..plan import Tile, TilePlan
-from ..request import GenerationRequest
-from ..schedulers import make_scheduler
-from ..vae import (
+from ...core.plan import Tile, TilePlan
+from ...core.request import GenerationRequest
+from ..base import ModelUnavailable
+from . import preview as previews
+from .schedulers import make_scheduler
+from .vae import (
     DECODE_THRESHOLD,
     decode_latents,
     decode_synced,
@@ -42,7 +43,6 @@ from ..vae import (
     synced_host_bytes,
     to_uint8,
 )
-from . import ModelUnavailable
 
 log = logging.getLogger(__name__)
 

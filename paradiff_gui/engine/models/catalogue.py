@@ -8,7 +8,7 @@ from pathlib import Path
 
 from platformdirs import user_data_path
 
-from .denoisers import builtin_names
+from .registry import builtin_names
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from .request import GenerationRequest, RequestError
 
@@ -256,6 +257,31 @@ class TilePlan:
             f"{self.rows}x{self.cols} tiles of {self.tile_w * self.scale}x{self.tile_h * self.scale}px, "
             f"overlap {ov}, overhead {self.overhead:.2f}x"
         )
+
+    @classmethod
+    def from_dict(cls, data: Any, width: int, height: int) -> TilePlan:
+        """The plan :meth:`to_dict` wrote for a ``width`` x ``height`` image (image px), exactly
+        as stored: an opened picture is inspected and re-exported with the tiles it was made
+        with, not with a plan rebuilt from today's model defaults."""
+        try:
+            rows, cols, scale = (int(data[k]) for k in ("rows", "cols", "scale"))
+            rects = [tuple(int(v) for v in t) for t in data["tiles"]]
+        except (KeyError, TypeError, ValueError):
+            raise RequestError("plan", "the stored plan needs rows, cols, scale and tiles") from None
+        if rows < 1 or cols < 1 or scale < 1 or len(rects) != rows * cols or any(len(r) != 4 for r in rects):
+            raise RequestError("plan", f"the stored plan's {len(rects)} tiles do not make {rows}x{cols}")
+        if any(v % scale for r in rects for v in r) or width % scale or height % scale:
+            raise RequestError("plan", f"the stored tiles are not on the {scale}-px latent grid")
+        tiles = []
+        for i, (x0, y0, x1, y1) in enumerate(rects):
+            if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+                raise RequestError("plan", f"stored tile {i} ({x0},{y0})-({x1},{y1}) is outside the {width}x{height} "
+                                           "image")
+            tiles.append(Tile(i, i // cols, i % cols, y0 // scale, x0 // scale, y1 // scale, x1 // scale))
+        first = tiles[0]
+        step = tiles[1].x0 - first.x0 if cols > 1 else first.width
+        return cls(height // scale, width // scale, first.height, first.width, rows, cols,
+                   max(0, first.width - step), scale, tuple(tiles))
 
     def to_dict(self) -> dict:
         return {

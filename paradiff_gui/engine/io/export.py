@@ -46,6 +46,8 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import ExifTags, Image
 
+from ..core.plan import TilePlan
+from ..core.request import GenerationRequest, RequestError
 from .metadata import (
     EXIF_IMAGE_DESCRIPTION,
     MAX_METADATA_BYTES,
@@ -57,8 +59,6 @@ from .metadata import (
     recipe,
     recipe_json,
 )
-from .plan import TilePlan
-from .request import GenerationRequest, RequestError
 
 # Deliberately above Pillow's default (~89 megapixels): Paradiff makes 16384² (268 MP) images and
 # must open them again. 1 << 30 is 32768², 3 GiB as RGB.

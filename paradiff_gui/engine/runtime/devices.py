@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .request import RequestError
+from ..core.request import RequestError
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -59,7 +59,8 @@ def set_cpu_threads(n: int | None) -> None:
 
     The desktop app uses it to keep a core free for the interface when a model runs on the
     CPU: with every core busy, the GUI thread waits for a time slice (stalls up to ~100 ms on
-    2 cores). Loaded backends are dropped so their pools are rebuilt with the new size.
+    2 cores). The model registry keys its cache on this limit, so a loaded backend is rebuilt
+    with pools of the new size.
     """
     global _cpu_threads
     if n is not None and n < 1:
@@ -68,9 +69,6 @@ def set_cpu_threads(n: int | None) -> None:
         return
     _cpu_threads = n
     torch.set_num_threads(n or _DEFAULT_TORCH_THREADS)
-    from .denoisers import clear_cache
-
-    clear_cache()
 
 
 def cpu_threads() -> int | None:

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .modelinfo import ModelInfo
-from .request import MAX_TILE_BATCH, GenerationRequest, RequestError
+from ..core.modelinfo import ModelInfo
+from ..core.request import MAX_TILE_BATCH, GenerationRequest, RequestError
 
 UNET_BYTES_PER_CHANNEL_PX = 80  # x base channels x latent px x dtype bytes = activations of one view
 VAE_DECODE_BYTES_PER_PX = 1350  # x dtype bytes (2.7 kB at fp16) per decoded image pixel

@@ -30,10 +30,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from .. import __version__
-from .plan import TilePlan
-from .request import GenerationRequest, RequestError
-from .schedulers import DISPLAY
+from ... import __version__
+from ..core.plan import TilePlan
+from ..core.request import SAMPLER_LABELS, GenerationRequest, RequestError
 
 PARADIFF_KEY = "paradiff"
 PARAMETERS_KEY = "parameters"
@@ -50,7 +49,7 @@ def parameters_text(request: GenerationRequest, plan: TilePlan, model_name: str)
     overlaps = [o for o in plan.actual_overlap if o is not None]
     fields = [
         f"Steps: {request.steps}",
-        f"Sampler: {DISPLAY[request.sampler]}",
+        f"Sampler: {SAMPLER_LABELS[request.sampler]}",
         f"CFG scale: {request.guidance:g}",
         f"Seed: {request.seed}",
         f"Size: {request.width}x{request.height}",

@@ -33,11 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import blend, distributed, memory
-from .cancel import Cancelled, CancelToken
-from .denoisers import Denoiser, ModelUnavailable, load_denoiser
-from .devices import dtype_name, resolve_device, resolve_dtype
-from .events import (
+from ..core import blend
+from ..core.cancel import Cancelled, CancelToken
+from ..core.events import (
     BatchStarted,
     Decoding,
     Event,
@@ -49,10 +47,15 @@ from .events import (
     StepStarted,
     TilePreview,
 )
-from .events import Cancelled as CancelledEvent
-from .modelinfo import ModelInfo, describe_model
-from .plan import Tile, TilePlan
-from .request import GenerationRequest, RequestError
+from ..core.events import Cancelled as CancelledEvent
+from ..core.modelinfo import ModelInfo
+from ..core.plan import Tile, TilePlan
+from ..core.request import GenerationRequest, RequestError
+from ..models.base import Denoiser, ModelUnavailable
+from ..models.info import describe_model
+from ..models.registry import load_denoiser
+from ..runtime import distributed, memory
+from ..runtime.devices import dtype_name, resolve_device, resolve_dtype
 
 EventSink = Callable[[Event], None]
 

@@ -1,0 +1,39 @@
+"""What a model is, as plain data: the GUI plans tiles, shows controls and estimates cost from it
+long before any weights load (``models.info.describe_model`` fills it in)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .plan import TilePlan
+from .request import SAMPLERS, GenerationRequest
+
+# SD VAEs downsample by 8 and were trained on 512² (SD1.x), 768² (SD2.x) or 1024² (SDXL).
+SD_SCALE = 8
+SD_NATIVE = 512
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model as the GUI and the estimator see it."""
+
+    id: str
+    label: str
+    scale: int = SD_SCALE  # image px per latent px
+    native_tile: int = SD_NATIVE  # image px
+    fixed_tile: bool = False  # the model only accepts tiles of native_tile
+    text: bool = True  # conditioned on a prompt
+    guidance: bool = True  # classifier-free guidance applies (2 views per tile when > 1)
+    channels: int = 4  # latent channels
+    samplers: tuple[str, ...] = SAMPLERS
+    output: str = "rgb"  # "rgb" (8-bit colour) or "height" (16-bit single channel)
+    controls: tuple[tuple[str, str, int, int, int], ...] = ()  # (extra key, label, min, max, default)
+    weight_bytes: int | None = None  # on disk, in the stored precision; None when unknown
+    weight_dtype_bytes: int = 4  # bytes per stored weight (fp32 checkpoints: 4, fp16 ones: 2)
+    unet_channels: int | None = None  # the UNet's base width (320 for SD1.5/2.x, 320 for SDXL)
+    # Measured activations of one view: bytes per tile px per dtype byte (None: a rule of thumb).
+    view_bytes_per_px: int | None = None
+    seconds_per_view: dict[str, float] = field(default_factory=dict)  # device type -> prior
+
+    def plan(self, request: GenerationRequest) -> TilePlan:
+        return TilePlan.for_request(request, self.scale, self.native_tile)

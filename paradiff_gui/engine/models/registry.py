@@ -1,0 +1,76 @@
+"""The model registry: which models exist, their defaults and descriptions, and the loader that
+picks a backend for ``request.model``.
+
+The built-in backends are listed here by import (one way: a backend never imports the registry).
+A model of your own plugs in by satisfying :class:`~.base.Denoiser` — see
+``examples/custom_denoiser.py`` — and either passing the object to ``generate(..., denoiser=...)``
+or registering a factory for a ``builtin:NAME`` id with :func:`register_builtin`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..core.request import GenerationRequest
+from ..runtime.devices import cpu_threads
+from . import terrain
+from .base import Builtin, Denoiser, Factory, ModelUnavailable, downloads_allowed, pickle_allowed
+
+_BUILTINS: dict[str, Builtin] = {b.name: b for b in (terrain.BUILTIN,)}
+
+
+def register_builtin(name: str, factory: Factory, defaults: dict[str, Any] | None = None,
+                     info: dict[str, Any] | None = None) -> None:
+    """Make ``builtin:<name>`` load through ``factory(request, device, dtype)`` (see :class:`Builtin`)."""
+    _BUILTINS[name] = Builtin(name, factory, dict(defaults or {}), dict(info or {}))
+
+
+def builtin_info(name: str) -> dict[str, Any] | None:
+    """What ``builtin:<name>`` says about itself; None if unknown."""
+    return dict(_BUILTINS[name].info) if name in _BUILTINS else None
+
+
+def model_defaults(model: str) -> dict[str, Any]:
+    """Request fields that suit ``model`` (empty for models that take the request's defaults)."""
+    if model.startswith("builtin:"):
+        builtin = _BUILTINS.get(model.split(":", 1)[1])
+        return dict(builtin.defaults) if builtin else {}
+    return {}
+
+
+def builtin_names() -> list[str]:
+    return sorted(_BUILTINS)
+
+
+# One loaded model is kept: the GUI and tests generate many times with the same weights, and
+# loading an SD checkpoint costs seconds. A different model/device/dtype replaces it, and so does
+# a different CPU thread limit (the backend's pools are sized when it loads).
+_CACHE: dict[tuple[str, str, str, bool, int | None], Denoiser] = {}
+
+
+def load_denoiser(request: GenerationRequest, device: torch.device, dtype: torch.dtype) -> Denoiser:
+    """Load (or reuse) the backend for ``request.model`` on ``device`` in ``dtype``."""
+    key = (request.model, str(device), str(dtype), request.compile, cpu_threads())
+    if key in _CACHE:
+        return _CACHE[key]
+    if request.model.startswith("builtin:"):
+        name = request.model.split(":", 1)[1]
+        if name not in _BUILTINS:
+            known = ", ".join(f"builtin:{n}" for n in builtin_names()) or "none"
+            raise ModelUnavailable(f"model: there is no built-in model {name!r} (built-in: {known})")
+        den = _BUILTINS[name].factory(request, device, dtype)
+    else:
+        from .sd.backend import load_sd  # diffusers pipelines import slowly; only pay when used
+
+        den = load_sd(request.model, device, dtype, allow_download=downloads_allowed(), allow_pickle=pickle_allowed())
+        if request.compile:
+            den.enable_compile()
+    _CACHE.clear()
+    _CACHE[key] = den
+    return den
+
+
+def clear_cache() -> None:
+    _CACHE.clear()
