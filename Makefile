@@ -16,7 +16,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install $(TORCH)
-	$(BIN)/python -m pip install -e ".[gui,dev]"
+	$(BIN)/python -m pip install -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed

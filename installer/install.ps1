@@ -13,7 +13,7 @@ Environment variables:
                         skip installs no torch, for a venv that already has one)
   PARADIFF_TORCH_INDEX  package index for the cuda build
                         (default: https://download.pytorch.org/whl/cu128)
-  PARADIFF_SOURCE       what pip installs as Paradiff, verbatim (default: "<repo>[gui]")
+  PARADIFF_SOURCE       what pip installs as Paradiff, verbatim (default: "<repo>")
   PARADIFF_PYTHON       Python used to create the venv (default: the py launcher, else python)
 
 .PARAMETER DryRun
@@ -93,7 +93,7 @@ if ($env:PARADIFF_SOURCE) {
         throw "no pyproject.toml in $RepoRoot; run this script from a Paradiff checkout or set PARADIFF_SOURCE"
     }
     # The desktop app's Qt dependencies live in the "gui" extra.
-    $Source = "$RepoRoot[gui]"
+    $Source = "$RepoRoot"
 }
 
 # --- Python and the venv ---

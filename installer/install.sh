@@ -35,7 +35,7 @@ Environment:
                          skip installs no torch, for a venv that already has one)
   PARADIFF_TORCH_INDEX  package index for the cuda build (default: $TORCH_WHL/cu128)
   PARADIFF_SOURCE       what pip installs as Paradiff, verbatim
-                        (default: this repository with the gui extra, "<repo>[gui]")
+                        (default: this repository, "<repo>")
   PARADIFF_PYTHON       Python used to create the venv (default: python3), >= $MIN_PY_MAJOR.$MIN_PY_MINOR
 EOF
 }
@@ -159,7 +159,7 @@ else
     [ -f "$REPO_ROOT/pyproject.toml" ] ||
         die "no pyproject.toml in $REPO_ROOT; run this script from a Paradiff checkout or set PARADIFF_SOURCE"
     # The desktop app's Qt dependencies live in the "gui" extra.
-    SOURCE="${REPO_ROOT}[gui]"
+    SOURCE="${REPO_ROOT}"
 fi
 ICON_SRC="$REPO_ROOT/resources/paradiff.png"
 

@@ -71,7 +71,7 @@ NEVER_VALID = {"", "-1", "1e99", "nan", "\u202e", "999999999999"}
 
 @given(flags, st.lists(values, min_size=3, max_size=3))
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=40)
-def test_the_cli_answers_garbage_with_exit_2_and_a_field(capsys, monkeypatch, names, vals):
+def test_the_cli_answers_garbage_with_exit_2_and_a_field(capsys, monkeypatch, tmp_path, names, vals):
     # Generation itself is replaced at the CLI's edge: what is exercised is the parsing and the
     # validation of the flags, and a request that passes must be one the request type accepts.
     accepted = []
@@ -80,6 +80,7 @@ def test_the_cli_answers_garbage_with_exit_2_and_a_field(capsys, monkeypatch, na
         accepted.append(request)
         return 99
 
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("paradiff_gui.cli._generate_and_write", fake_generate)
     monkeypatch.setattr("paradiff_gui.cli._launch_local_group", lambda args, request, out: fake_generate(
         args, request, out, None))
@@ -102,6 +103,7 @@ def test_the_cli_answers_garbage_with_exit_2_and_a_field(capsys, monkeypatch, na
     else:
         (request,) = accepted
         assert GenerationRequest.from_json(request.to_json()) == request  # valid by the request's own rules
+    assert list(tmp_path.iterdir()) == []  # nothing written either way
 
 
 @pytest.mark.parametrize("text", ["{", "[]", '{"request": 5}', '{"schema": 99}', "null"])

@@ -167,7 +167,7 @@ def test_working_nvidia_smi_picks_cuda_build(sandbox: dict[str, Path]) -> None:
     # torch goes in after the venv exists and before Paradiff, so pip never picks torch itself
     create = res.commands("-m", "venv")
     assert create == [["python3", "-m", "venv", "--clear", str(default_venv(sandbox))]]
-    paradiff = res.commands(vpy, "--upgrade", f"{REPO}[gui]")
+    paradiff = res.commands(vpy, "--upgrade", f"{REPO}")
     assert len(paradiff) == 1
     assert res.index(create[0]) < res.index(cuda) < res.index(paradiff[0])
 
@@ -210,7 +210,7 @@ def test_skip_installs_no_torch_but_still_installs_paradiff(sandbox: dict[str, P
     # (tmp_path itself has "torch" in it here, from the test's name)
     assert "download.pytorch.org" not in res.out
     assert not any(path.endswith("paradiff-torch-build") for path in res.writes)
-    assert len(res.commands("--upgrade", f"{REPO}[gui]")) == 1
+    assert len(res.commands("--upgrade", f"{REPO}")) == 1
 
 
 def test_bogus_choice_is_refused_with_the_allowed_values(sandbox: dict[str, Path]) -> None:
@@ -348,7 +348,7 @@ def test_installs_the_checkout_the_script_lives_in(sandbox: dict[str, Path], tmp
     script = _copy_checkout(checkout)
     res = run(sandbox, "--dry-run", script=script)
     assert res.rc == 0, res.err
-    assert len(res.commands("--upgrade", f"{checkout}[gui]")) == 1
+    assert len(res.commands("--upgrade", f"{checkout}")) == 1
     # this copy has no resources/: the entry is still written, just without an icon
     entry = res.writes[str(sandbox["xdg"] / "applications" / "paradiff.desktop")]
     assert not any(line.startswith("Icon=") for line in entry)
