@@ -179,7 +179,7 @@ class SDDenoiser:
         small = max(h, w) <= DECODE_THRESHOLD
         if not small and synced_decode_supported(self.vae) and \
                 synced_host_bytes(self.vae, h, w, self._vae_dtype) <= host_budget():
-            # Tiled, with every GroupNorm on whole-canvas statistics (engine/vae.py).
+            # Tiled, with every GroupNorm on whole-canvas statistics (vae.py).
             self.decode_method = "tiled, whole-canvas GroupNorm"
             z = latents.to(self.device, self._vae_dtype) / cfg.scaling_factor + shift
             return decode_synced(self.vae, z, on_progress)
