@@ -82,7 +82,7 @@ def test_a_given_plan_wins_and_a_foreign_image_has_none(tmp_path):
     Image.new("RGB", (200, 120)).save(tmp_path / "foreign.png")
     foreign = open_picture(tmp_path / "foreign.png")
     assert foreign.plan is None and foreign.request is None and foreign.tiles == []
-    with pytest.raises(RequestError, match="^plan: the image has no Paradiff metadata"):
+    with pytest.raises(RequestError, match=r"^plan: the image has no Paradiff metadata"):
         score(foreign)
 
 
