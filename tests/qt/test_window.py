@@ -43,7 +43,7 @@ def test_ctrl_enter_runs_and_the_result_lands_in_view_history_and_inspector(qtbo
     qtbot.waitUntil(lambda: result.report is not None, timeout=20000)
     assert window.seams.table.rowCount() == len(result.report.seams) > 0
     assert "Seam score" in window.seams.summary.text()
-    assert window.stats["outcome"] == "finished" and window.stats["stall_ms_max"] >= 0
+    assert window.stats["outcome"] == "finished" and window.stats["stall_ticks"] > 0  # the monitor ran
 
 
 def test_the_canvas_shows_previews_and_steps_while_running(qtbot, window, fake):
@@ -358,27 +358,6 @@ def test_zoom_shortcuts_and_a_real_drop_event(qtbot, window, tmp_path):
                       Qt.KeyboardModifier.NoModifier)
     window.dropEvent(drop)
     assert window.panel.request() == req
-
-
-def test_twenty_generate_cancel_cycles_leave_no_threads_or_stuck_state(qtbot, window, fake):
-    import threading
-
-    fake.batch_seconds = 0.02
-    window.panel.set_request(window.panel.request().replace(steps=100))
-    before = threading.active_count()
-    for _ in range(20):
-        fake.batch_seen.clear()
-        assert window.generate()
-        assert fake.batch_seen.wait(5)
-        with qtbot.waitSignal(window.run_ended, timeout=5000) as ended:
-            qtbot.keyClick(window, Qt.Key.Key_Escape)
-        assert ended.args == ["cancelled"]
-        qtbot.waitUntil(lambda: not window.bridge.running and window.generate_button.isEnabled(), timeout=5000)
-    assert window.bridge._worker is None and not window.stall.active
-    assert threading.active_count() <= before + 1  # the job pool may have started one thread
-    fake.batch_seconds = 0.0
-    window.panel.set_request(window.panel.request().replace(steps=2))
-    run_to_result(qtbot, window)
 
 
 def test_every_result_is_autosaved_until_exported_and_offered_back_after_a_crash(qtbot, make_window, fake,
