@@ -365,7 +365,6 @@ class MainWindow(QMainWindow):
         p.set_flag("view/borders", self.seams.borders.isChecked())
         p.set_flag("view/overlaps", self.seams.overlaps.isChecked())
         p.set_flag("view/heatmap", self.seams.heatmap.isChecked())
-        p.set_flag("view/relief", self.relief)
         p.set_flag("performance/spare_core", self.panel.spare_core.isChecked())
         p.sync()
 
