@@ -122,6 +122,15 @@ async def _scripted(window, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    size = None
+    if args.size:
+        from ..engine.core.request import RequestError, parse_size
+
+        try:
+            size = parse_size(args.size)
+        except RequestError as exc:
+            print(f"paradiff-gui: --size: {exc.message}", file=sys.stderr)
+            return 2
     log_path = setup_logging()
     try:
         import qasync
@@ -135,13 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
     scripted = args.autorun and args.quit_when_done
     window = MainWindow(interactive=not scripted)
-    if args.size:
-        try:
-            w, h = (int(v) for v in args.size.lower().split("x"))
-        except ValueError:
-            print(f"paradiff-gui: --size: must be WxH, got {args.size!r}", file=sys.stderr)
-            return 2
-        window.resize(w, h)
+    if size is not None:
+        window.resize(*size)
     if args.model:
         window.panel.add_model(args.model)
     if args.request and not window.load_request(args.request):
@@ -162,10 +166,24 @@ def main(argv: list[str] | None = None) -> int:
             if args.quit_when_done:
                 code = loop.run_until_complete(task)
                 window.close()
-                return code
+                return _exit(code)
         closed = asyncio.Event()
         app.aboutToQuit.connect(closed.set)
         loop.run_until_complete(closed.wait())
+    return _exit(code)
+
+
+def _exit(code: int) -> int:
+    """``code``, or leave at once when a generation thread ignored its cancel (the window closed
+    without it): tearing Qt down would destroy that running QThread and abort the process."""
+    from .bridge import workers_running
+
+    if workers_running():
+        logging.getLogger(__name__).warning("a generation did not stop; leaving without waiting for it")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 

@@ -4,7 +4,9 @@ The engine calls ``on_event`` from the worker thread. Every event except preview
 at once as a queued signal. Previews are many (one per tile per step) and only the newest one
 of each tile matters, so the worker drops them in a dict keyed by tile and a GUI-thread timer
 takes the whole dict at most ``PREVIEW_HZ`` times a second; before a terminal event the dict is
-always drained, so the last previews are never lost and never arrive after ``finished``.
+always drained, so the last previews are never lost and never arrive after ``finished``. The
+terminal signal itself (``finished``, ``cancelled``, ``failed``) is held until the worker thread
+has ended, so a receiver sees ``running`` False and may start the next run at once.
 
 The worker never touches a widget: it hands over numpy arrays; QImages are built on the GUI
 thread by the receivers.
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 
 PREVIEW_HZ = 20
 Engine = Callable[[GenerationRequest, Callable[[Any], None], CancelToken], Any]
+PreviewFilter = Callable[[ev.TilePreview], ev.TilePreview]
 
 
 def default_engine(request: GenerationRequest, on_event: Callable[[Any], None], cancel: CancelToken) -> Any:
@@ -42,14 +45,19 @@ class _Worker(QThread):
     event = Signal(object)
 
     def __init__(self, engine: Engine, request: GenerationRequest, cancel: CancelToken,
-                 previews: dict[int, ev.TilePreview], lock: threading.Lock) -> None:
+                 previews: dict[int, ev.TilePreview], lock: threading.Lock,
+                 preview_filter: PreviewFilter | None = None) -> None:
         super().__init__()
         self.engine, self.request, self.cancel = engine, request, cancel
         self._previews, self._lock = previews, lock
+        self._filter = preview_filter
         self._terminal_sent = False
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, ev.TilePreview):
+            if self._filter is not None:
+                # Pixel work (e.g. shaded relief) here, on the worker, never on the GUI thread.
+                event = self._filter(event)
             with self._lock:
                 # Keyed by tile: a newer preview replaces an unshown older one. Each carries
                 # its own rect, so with jitter (the grid moves) it still lands in the right place.
@@ -77,6 +85,12 @@ class _Worker(QThread):
 # QThread object is destroyed while its thread runs, which happened when a bridge was garbage-
 # collected mid-run. A worker whose bridge is gone first stays here (a finished thread: bytes).
 _LIVE_WORKERS: set[_Worker] = set()
+
+
+def workers_running() -> bool:
+    """A generation thread still runs (one that ignored a cancel): the process must not tear
+    Qt down normally, or destroying its QThread aborts."""
+    return any(w.isRunning() for w in _LIVE_WORKERS)
 
 
 class EngineBridge(QObject):
@@ -111,6 +125,8 @@ class EngineBridge(QObject):
         self.preview_flushes = 0  # signals sent (for the rate figure)
         self.preview_count = 0  # previews handed over in them
         self.cancel_requested_at: float | None = None
+        self.preview_filter: PreviewFilter | None = None  # applied on the worker thread, per run
+        self._terminal: Any = None  # held until the thread has ended
 
     @property
     def running(self) -> bool:
@@ -124,7 +140,8 @@ class EngineBridge(QObject):
             self._pending.clear()
         self.preview_flushes = self.preview_count = 0
         self.cancel_requested_at = None
-        worker = _Worker(self.engine, request, self._cancel, self._pending, self._lock)
+        self._terminal = None
+        worker = _Worker(self.engine, request, self._cancel, self._pending, self._lock, self.preview_filter)
         worker.event.connect(self._dispatch)
         worker.finished.connect(self._thread_done)
         self._worker = worker
@@ -160,6 +177,12 @@ class EngineBridge(QObject):
         if isinstance(event, ev.TERMINAL):
             self.flush_previews()
             self._timer.stop()
+            if self._worker is not None:
+                self._terminal = event  # sent by _thread_done, once `running` is False
+                return
+        self._emit(event)
+
+    def _emit(self, event: Any) -> None:
         match event:
             case ev.Planned():
                 self.planned.emit(event)
@@ -186,7 +209,12 @@ class EngineBridge(QObject):
         worker, self._worker = self._worker, None
         self._cancel = None
         if worker is not None:
+            worker.wait()  # `finished` comes just before the thread's very end: let it end
             _LIVE_WORKERS.discard(worker)
             worker.deleteLater()
         self._timer.stop()
+        self.flush_previews()
         self.running_changed.emit(False)
+        terminal, self._terminal = self._terminal, None
+        if terminal is not None:
+            self._emit(terminal)

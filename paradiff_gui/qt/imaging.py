@@ -6,10 +6,12 @@ only wraps the finished buffers in QImages, which copies nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PySide6.QtGui import QImage
+
+from ..engine.core.events import TilePreview
 
 SMALLEST_LEVEL = 256  # px; the pyramid stops once a level's long side is at most this
 
@@ -45,6 +47,16 @@ def to_display(image: np.ndarray, relief: bool = False) -> np.ndarray:
     out[..., 0:3] = rgb[..., ::-1]
     out[..., 3] = 255
     return out
+
+
+def relief_preview(preview: TilePreview) -> TilePreview:
+    """A heightmap model's grey tile preview as shaded relief, on one tint scale for all tiles
+    (the preview's 0–255 is the model's fixed height range). Runs on the generation's worker."""
+    from ..engine.analysis.relief import shaded_relief
+
+    rgb = preview.rgb
+    grey = rgb[..., 0] if rgb.ndim == 3 else rgb
+    return replace(preview, rgb=shaded_relief(grey, span=(0.0, 255.0)))
 
 
 def downsample(level: np.ndarray) -> np.ndarray:

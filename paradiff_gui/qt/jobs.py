@@ -26,12 +26,19 @@ class Jobs(QObject):
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="paradiff-job")
         self._done.connect(self._deliver, Qt.ConnectionType.QueuedConnection)
         self.pending = 0
+        self.closed = False
 
     def submit(self, fn: Callable[[], Any], on_done: Callable[[Any], None],
-               on_error: Callable[[BaseException], None] | None = None) -> Future:
+               on_error: Callable[[BaseException], None] | None = None) -> Future | None:
+        if self.closed:
+            # The window is closing: a timer (plan summary, debounce) that fires now finds nobody
+            # to show its result to.
+            return None
         self.pending += 1
 
         def finished(fut: Future) -> None:
+            if fut.cancelled():  # dropped by shutdown(): nobody is waiting for it
+                return
             exc = fut.exception()
             self._done.emit((on_done, on_error), None if exc else fut.result(), exc)
 
@@ -50,6 +57,7 @@ class Jobs(QObject):
             log.error("background job failed", exc_info=error)
 
     def shutdown(self) -> None:
+        self.closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 

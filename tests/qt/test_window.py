@@ -43,11 +43,12 @@ def test_ctrl_enter_runs_and_the_result_lands_in_view_history_and_inspector(qtbo
     qtbot.waitUntil(lambda: result.report is not None, timeout=20000)
     assert window.seams.table.rowCount() == len(result.report.seams) > 0
     assert "Seam score" in window.seams.summary.text()
-    assert window.stats["outcome"] == "finished" and window.stats["stall_ms_max"] >= 0
+    assert window.stats["outcome"] == "finished" and window.stats["stall_ticks"] > 0  # the monitor ran
 
 
 def test_the_canvas_shows_previews_and_steps_while_running(qtbot, window, fake):
     fake.batch_seconds = 0.05
+    window.act_relief.setChecked(False)  # grey levels: each tile's preview keeps the fake's colour
     window.panel.set_request(window.panel.request().replace(steps=20))
     window.generate()
     qtbot.waitUntil(lambda: len(window.canvas.tile_steps) == 9, timeout=10000)
@@ -98,7 +99,8 @@ def test_an_engine_error_shows_the_message_in_a_dialog_and_the_log(qtbot, window
 
 def test_a_bad_request_is_refused_before_starting_with_the_field_named(qtbot, window, fake):
     window.panel.by_grid.setEnabled(True)
-    window.panel.overlap.setValue(128)  # = the terrain tile: not allowed
+    with qtbot.waitSignal(window.plan_summary.ready):
+        window.panel.overlap.setValue(128)  # = the terrain tile: not allowed
     assert "overlap" in window.panel.plan_info.text()
     assert window.generate() is False
     assert fake.calls == []
@@ -106,14 +108,16 @@ def test_a_bad_request_is_refused_before_starting_with_the_field_named(qtbot, wi
     window.error_box.close()
 
 
-def test_the_plan_is_drawn_before_generation_and_follows_the_editor(window):
+def test_the_plan_is_drawn_before_generation_and_follows_the_editor(qtbot, window):
     p = window.panel
-    assert len(window.canvas.tiles) == 9 and "9 tiles" in p.plan_info.text()
-    p.width_.setValue(512)
+    qtbot.waitUntil(lambda: len(window.canvas.tiles) == 9 and "9 tiles" in p.plan_info.text())
+    with qtbot.waitSignal(window.plan_summary.ready):  # built off the GUI thread, once the edits pause
+        p.width_.setValue(512)
     assert len(window.canvas.tiles) == 7 * 3 and "21 tiles" in p.plan_info.text()
     assert (p.rows.value(), p.cols.value()) == (3, 7)  # the derived grid is shown
     assert (window.canvas.image_w, window.canvas.image_h) == (512, 256)
-    p.overlap.setValue(32)
+    with qtbot.waitSignal(window.plan_summary.ready):
+        p.overlap.setValue(32)
     # Tiles are spread evenly: the 256 px side needs 3 rows, so they overlap by 64, not 32.
     plan = describe_model("builtin:terrain").plan(p.request())
     assert plan.actual_overlap == (64, 32) and "overlap x 32 · y 64 px" in p.plan_info.text()
@@ -325,9 +329,7 @@ def test_keeping_a_core_free_limits_the_cpu_pools_and_persists(qtbot, window, se
 
 
 def test_history_keeps_full_pictures_within_its_memory_budget(qtbot, window, monkeypatch):
-    from paradiff_gui.qt import window as window_module
-
-    monkeypatch.setattr(window_module, "HISTORY_BYTES", 2 * 256 * 256 * 2)  # two 256² 16-bit maps
+    window.session.budget = 2 * 256 * 256 * 2  # two 256² 16-bit maps
     results = [run_to_result(qtbot, window) for _ in range(3)]
     assert [r.image is not None for r in results] == [False, True, True]
     assert window.history.list.item(2).text().endswith("(not in memory)")
@@ -341,6 +343,7 @@ def test_history_keeps_full_pictures_within_its_memory_budget(qtbot, window, mon
 def test_zoom_shortcuts_and_a_real_drop_event(qtbot, window, tmp_path):
     from PySide6.QtGui import QDropEvent
 
+    qtbot.waitUntil(lambda: window.canvas.image_w == 256)  # the plan (and canvas size) are built off-thread
     window.canvas.setFocus()
     qtbot.keyClick(window.canvas, Qt.Key.Key_1, Qt.KeyboardModifier.ControlModifier)
     assert window.canvas.device_scale() == pytest.approx(1.0)
@@ -355,27 +358,6 @@ def test_zoom_shortcuts_and_a_real_drop_event(qtbot, window, tmp_path):
                       Qt.KeyboardModifier.NoModifier)
     window.dropEvent(drop)
     assert window.panel.request() == req
-
-
-def test_twenty_generate_cancel_cycles_leave_no_threads_or_stuck_state(qtbot, window, fake):
-    import threading
-
-    fake.batch_seconds = 0.02
-    window.panel.set_request(window.panel.request().replace(steps=100))
-    before = threading.active_count()
-    for _ in range(20):
-        fake.batch_seen.clear()
-        assert window.generate()
-        assert fake.batch_seen.wait(5)
-        with qtbot.waitSignal(window.run_ended, timeout=5000) as ended:
-            qtbot.keyClick(window, Qt.Key.Key_Escape)
-        assert ended.args == ["cancelled"]
-        qtbot.waitUntil(lambda: not window.bridge.running and window.generate_button.isEnabled(), timeout=5000)
-    assert window.bridge._worker is None and not window.stall.active
-    assert threading.active_count() <= before + 1  # the job pool may have started one thread
-    fake.batch_seconds = 0.0
-    window.panel.set_request(window.panel.request().replace(steps=2))
-    run_to_result(qtbot, window)
 
 
 def test_every_result_is_autosaved_until_exported_and_offered_back_after_a_crash(qtbot, make_window, fake,

@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
 from ...engine.api.requests import request_for
 from ...engine.core import request as rq
 from ...engine.core.modelinfo import ModelInfo
+from ...engine.core.plan import TilePlan
 from ...engine.core.request import SAMPLER_LABELS
 from ...engine.models.catalogue import list_models
 from ...engine.models.info import describe_model
@@ -445,6 +446,16 @@ class GenerationPanel(QWidget):
             spin.blockSignals(True)
             spin.setValue(value)
             spin.blockSignals(False)
+
+    def editor_plan(self, width: int, height: int) -> TilePlan | None:
+        """The tile editor's plan (grid or tile size, and overlap) laid on a ``width`` × ``height``
+        picture that has no recipe of its own; None when the editor's values do not fit it."""
+        grid = (self.rows.value(), self.cols.value()) if self.by_grid.isChecked() else None
+        try:
+            return TilePlan.create(height, width, overlap=self.overlap.value(), grid=grid,
+                                   tile=None if grid else self.tile.value())
+        except (rq.RequestError, ValueError):
+            return None
 
     def randomise_seed(self) -> None:
         self.seed.setValue(random.randrange(0, rq.MAX_SEED + 1))

@@ -1,0 +1,105 @@
+"""The app's persisted settings (QSettings): window geometry and docks, the last request, view
+and performance preferences, and the speed learnt from earlier runs.
+
+Keys live here and nowhere else, so a renamed key cannot leave a reader and a writer apart.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import QByteArray, QSettings, QSize
+from PySide6.QtWidgets import QMainWindow
+
+from ..engine.core import request as rq
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIZE = (1400, 900)  # px, a first start
+
+
+class AppSettings:
+    """Typed access to the app's QSettings (tests pass their own file)."""
+
+    def __init__(self, qsettings: QSettings | None = None) -> None:
+        self.q = qsettings or QSettings()
+
+    # -- window --------------------------------------------------------------------------------
+
+    def restore_window(self, window: QMainWindow, minimum: QSize) -> None:
+        """Geometry and dock layout as last saved, never smaller than ``minimum``: a window
+        saved tiny (or on a smaller screen) would otherwise open with its panel squeezed."""
+        geometry = self.q.value("window/geometry")
+        if isinstance(geometry, QByteArray):
+            window.restoreGeometry(geometry)
+        else:
+            window.resize(*DEFAULT_SIZE)
+        state = self.q.value("window/state")
+        if isinstance(state, QByteArray):
+            window.restoreState(state)
+        size = window.size()
+        if size.width() < minimum.width() or size.height() < minimum.height():
+            window.resize(max(size.width(), minimum.width()), max(size.height(), minimum.height()))
+
+    def save_window(self, window: QMainWindow) -> None:
+        self.q.setValue("window/geometry", window.saveGeometry())
+        self.q.setValue("window/state", window.saveState())
+
+    # -- request and models --------------------------------------------------------------------
+
+    def added_models(self) -> list[str]:
+        """Models the person added (folders, files) that still exist."""
+        return [m for m in self.q.value("models/added", []) or [] if isinstance(m, str) and Path(m).exists()]
+
+    def set_added_models(self, models: list[str]) -> None:
+        self.q.setValue("models/added", models)
+
+    def last_request(self) -> rq.GenerationRequest | None:
+        text = self.q.value("request/last")
+        if not isinstance(text, str):
+            return None
+        try:
+            return rq.GenerationRequest.from_json(text)
+        except rq.RequestError as exc:
+            log.warning("saved settings ignored: %s", exc)
+            return None
+
+    def set_last_request(self, request: rq.GenerationRequest) -> None:
+        self.q.setValue("request/last", request.to_json(indent=None))
+
+    def flag(self, key: str, default: bool) -> bool:
+        """A yes/no preference: ``view/borders``, ``view/relief``, ``performance/spare_core``…"""
+        return bool(self.q.value(key, default, type=bool))
+
+    def set_flag(self, key: str, on: bool) -> None:
+        self.q.setValue(key, bool(on))
+
+    # -- speed priors --------------------------------------------------------------------------
+
+    @staticmethod
+    def _speed_key(model: str, device: str) -> str:
+        return f"speed/{model.replace('/', '|')}/{device}"
+
+    def seconds_per_view(self, model: str, device: str) -> float | None:
+        """The steady time of one model call measured on the last run of ``model`` on ``device``."""
+        v = self.q.value(self._speed_key(model, device))
+        try:
+            return float(v) if v is not None else None
+        except (TypeError, ValueError):
+            return None
+
+    def set_seconds_per_view(self, model: str, device: str, seconds: float) -> None:
+        self.q.setValue(self._speed_key(model, device), seconds)
+
+    def speeds_for(self, model: str) -> dict[str, float]:
+        """``model``'s learnt speed per device type, read here so a worker never touches QSettings."""
+        out = {}
+        for device in ("cpu", "cuda", "mps"):
+            v = self.seconds_per_view(model, device)
+            if v is not None:
+                out[device] = v
+        return out
+
+    def sync(self) -> None:
+        self.q.sync()

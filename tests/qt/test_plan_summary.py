@@ -1,0 +1,67 @@
+"""The plan summary: built once per pause in the edits, off the GUI thread, newest only."""
+
+from __future__ import annotations
+
+import threading
+
+from paradiff_gui.engine.api.requests import request_for
+from paradiff_gui.engine.models.info import describe_model
+from paradiff_gui.qt import plan_summary as ps
+from paradiff_gui.qt.jobs import Jobs
+
+INFO = describe_model("builtin:terrain")
+
+
+def test_a_burst_of_edits_builds_one_summary_on_a_worker(qtbot, monkeypatch):
+    jobs = Jobs()
+    summary = ps.PlanSummary(jobs, debounce_ms=40)
+    builds: list[tuple[int, bool]] = []
+    real = ps.summarise
+
+    def counted(token, request, info, speeds):
+        builds.append((request.width, threading.current_thread() is threading.main_thread()))
+        return real(token, request, info, speeds)
+
+    monkeypatch.setattr(ps, "summarise", counted)
+    try:
+        with qtbot.waitSignal(summary.ready, timeout=5000) as got:
+            for w in range(256, 1024 + 1, 64):  # a held arrow key
+                summary.request_update(request_for("builtin:terrain", width=w, height=256), INFO, {})
+        qtbot.wait(150)
+        assert builds == [(1024, False)]
+        assert got.args[0].request.width == 1024 and "tiles" in got.args[0].html
+        assert not summary.pending
+    finally:
+        jobs.shutdown()
+
+
+def test_a_build_overtaken_by_an_edit_is_not_shown(qtbot, monkeypatch):
+    jobs = Jobs()
+    summary = ps.PlanSummary(jobs, debounce_ms=0)
+    gate = threading.Event()
+    real = ps.summarise
+
+    def slow_first(token, request, info, speeds):
+        if request.width == 256:
+            gate.wait(5)
+        return real(token, request, info, speeds)
+
+    monkeypatch.setattr(ps, "summarise", slow_first)
+    shown: list[int] = []
+    summary.ready.connect(lambda s: shown.append(s.request.width))
+    try:
+        summary.request_update(request_for("builtin:terrain", width=256, height=256), INFO, {}, now=True)
+        with qtbot.waitSignal(summary.ready, timeout=5000):
+            summary.request_update(request_for("builtin:terrain", width=512, height=256), INFO, {}, now=True)
+        gate.set()
+        qtbot.waitUntil(lambda: jobs.pending == 0, timeout=5000)
+        assert shown == [512] and summary.latest.request.width == 512
+    finally:
+        gate.set()
+        jobs.shutdown()
+
+
+def test_a_request_that_cannot_be_tiled_says_why(qapp):
+    req = request_for("builtin:terrain", width=256, height=256).replace(grid=(40, 40), tile=None, overlap=0)
+    s = ps.summarise(1, req, INFO, {})
+    assert s.plan is None and s.error is not None and s.error.startswith("grid:")
