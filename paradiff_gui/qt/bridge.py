@@ -25,6 +25,7 @@ from PySide6.QtCore import QObject, QThread, QTimer, Signal
 from ..engine.core import events as ev
 from ..engine.core.cancel import Cancelled, CancelToken
 from ..engine.core.request import GenerationRequest
+from ..engine.runtime.devices import lower_pool_priority
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,14 @@ def default_engine(request: GenerationRequest, on_event: Callable[[Any], None], 
     return generate(request, on_event, cancel)
 
 
+# On a CPU the model's thread pool takes every core and the interface waits for a time slice.
+# Each step, the pool threads of the run (not the run thread: it holds the GIL between ops) get a
+# lower OS priority (runtime.devices.lower_pool_priority; measured in docs/PERFORMANCE.md). A
+# switch for benchmarks/bench_gui.py --pool-priority same.
+LOWER_POOL_PRIORITY = True
+WORKER_NAME = "paradiff-run"  # the OS name of the run thread, and so of the pool threads it starts
+
+
 class _Worker(QThread):
     """Runs one generation; ``event`` carries every non-preview event to the GUI thread."""
 
@@ -48,6 +57,7 @@ class _Worker(QThread):
                  previews: dict[int, ev.TilePreview], lock: threading.Lock,
                  preview_filter: PreviewFilter | None = None) -> None:
         super().__init__()
+        self.setObjectName(WORKER_NAME)  # Qt names the OS thread after it when it starts
         self.engine, self.request, self.cancel = engine, request, cancel
         self._previews, self._lock = previews, lock
         self._filter = preview_filter
@@ -63,6 +73,9 @@ class _Worker(QThread):
                 # its own rect, so with jitter (the grid moves) it still lands in the right place.
                 self._previews[event.tile] = event
             return
+        if isinstance(event, ev.StepFinished) and LOWER_POOL_PRIORITY:
+            # Every step: a pool may start threads late (a first parallel op, a larger batch).
+            lower_pool_priority()
         if isinstance(event, ev.TERMINAL):
             self._terminal_sent = True
         self.event.emit(event)

@@ -107,3 +107,39 @@ def test_a_bridge_dropped_mid_run_does_not_take_the_process_down(qtbot):
     del bridge
     gc.collect()
     qtbot.wait(500)  # the worker ends on its own; reaching the next line is the test
+
+
+def test_the_runs_pool_threads_yield_to_the_interface_and_the_run_thread_does_not(qtbot):
+    # A real OpenMP pool, started by the run thread: after a step its threads run at nice 10, so
+    # the interface gets a core when it needs one; the run thread itself keeps its priority.
+    import os
+
+    import torch
+
+    from paradiff_gui.engine import events as ev
+    from paradiff_gui.engine.runtime.devices import _comm
+    from paradiff_gui.qt.bridge import WORKER_NAME
+
+    seen: dict = {}
+
+    def engine(request, on_event, cancel):
+        me = threading.get_native_id()
+        torch.set_num_threads(2)
+        a = torch.randn(512, 512)
+        for _ in range(20):
+            a = torch.tanh(a @ a)
+        on_event(ev.StepFinished(0, 1, 0.1))
+        pool = [int(t) for t in os.listdir("/proc/self/task") if int(t) != me and _comm(int(t)) == WORKER_NAME]
+        seen.update(name=_comm(me), pool=[os.getpriority(os.PRIO_PROCESS, t) for t in pool],
+                    own=os.getpriority(os.PRIO_PROCESS, me))
+        on_event(ev.Failed("done", "runtime"))
+
+    threads = torch.get_num_threads()
+    bridge = EngineBridge(engine)
+    with qtbot.waitSignal(bridge.failed, timeout=20000):
+        bridge.start(REQ)
+    qtbot.waitUntil(lambda: not bridge.running)
+    torch.set_num_threads(threads)
+    assert seen["name"] == WORKER_NAME
+    assert seen["pool"] and all(n == 10 for n in seen["pool"])
+    assert seen["own"] == os.getpriority(os.PRIO_PROCESS, os.getpid())
