@@ -37,7 +37,6 @@ from ..engine.analysis.seams import Seam, analyse, heatmap
 from ..engine.core import events as ev
 from ..engine.core import request as rq
 from ..engine.core.modelinfo import ModelInfo
-from ..engine.core.plan import TilePlan
 from ..engine.models.info import describe_model
 from ..engine.runtime.devices import set_cpu_threads
 from ..engine.runtime.estimate import estimate
@@ -305,9 +304,8 @@ class MainWindow(QMainWindow):
         state = s.value("window/state")
         if isinstance(state, QByteArray):
             self.restoreState(state)
-        for m in s.value("models/added", []) or []:
-            if isinstance(m, str) and Path(m).exists():
-                self.panel._fill_models([*self.panel.added_models(), m])
+        added = [m for m in s.value("models/added", []) or [] if isinstance(m, str) and Path(m).exists()]
+        self.panel.refresh_models(added)  # the scan runs off the GUI thread
         text = s.value("request/last")
         if isinstance(text, str):
             try:
@@ -716,14 +714,8 @@ class MainWindow(QMainWindow):
         self.result_ready.emit(result)
 
     def _editor_plan_tiles(self, width: int, height: int) -> list[tuple[int, int, int, int]]:
-        p = self.panel
-        try:
-            grid = (p.rows.value(), p.cols.value()) if p.by_grid.isChecked() else None
-            plan = TilePlan.create(height, width, overlap=p.overlap.value(), grid=grid,
-                                   tile=None if grid else p.tile.value())
-        except (rq.RequestError, ValueError):
-            return []
-        return [plan.image_rect(t) for t in plan.tiles]
+        plan = self.panel.editor_plan(width, height)
+        return [] if plan is None else [plan.image_rect(t) for t in plan.tiles]
 
     def open_request_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open a request", "",
