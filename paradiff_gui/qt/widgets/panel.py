@@ -35,7 +35,6 @@ class GenerationPanel(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self._updating = False
         self.model_form = ModelForm()
         self.prompt_form = PromptForm()  # text models
         self.options_form = OptionsForm()  # the model's own controls
@@ -58,16 +57,12 @@ class GenerationPanel(QWidget):
         self.spare_core = self.performance_form.spare_core
 
         for form in self._value_forms:
-            form.changed.connect(self._emit_changed)
+            form.changed.connect(self.changed)  # forms are quiet while showing a request: one change each
         self.model_form.chosen.connect(lambda m: self.select_model(m, apply_defaults=True))
         self.model_form.listed.connect(self.models_listed)
         self.info: ModelInfo = self.model_form.info_for(rq.DEFAULT_MODEL)
         self.set_request(request_for(rq.DEFAULT_MODEL))
         self.refresh_models()
-
-    def _emit_changed(self) -> None:
-        if not self._updating:
-            self.changed.emit()
 
     # -- models ------------------------------------------------------------------------------------
 
@@ -94,7 +89,7 @@ class GenerationPanel(QWidget):
                 "prompt": current.prompt, "negative_prompt": current.negative_prompt, "seed": current.seed}
             self.set_request(base.replace(**keep), lock_seed=self.seed_lock.isChecked())
         self.model_changed.emit(self.info)
-        self._emit_changed()
+        self.changed.emit()
 
     def _use_model(self, info: ModelInfo) -> None:
         for form in (self.prompt_form, self.options_form, self.sampling_form, self.tiles_form):
@@ -140,14 +135,10 @@ class GenerationPanel(QWidget):
 
     def set_request(self, request: rq.GenerationRequest, lock_seed: bool = True) -> None:
         """Show ``request`` in the forms (a loaded request keeps its seed: the lock goes on)."""
-        self._updating = True
-        try:
-            self.info = self.model_form.show_model(request.model)
-            self._use_model(self.info)
-            values = from_request(self.info, request)
-            for form in self._value_forms:
-                form.show_values(values)
-            self.seed_lock.setChecked(lock_seed)
-        finally:
-            self._updating = False
+        self.info = self.model_form.show_model(request.model)
+        self._use_model(self.info)
+        values = from_request(self.info, request)
+        for form in self._value_forms:
+            form.show_values(values)
+        self.seed_lock.setChecked(lock_seed)
         self.changed.emit()
