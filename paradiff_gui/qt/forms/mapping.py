@@ -37,7 +37,7 @@ class FormValues:
     # sampling.py
     steps: int
     guidance: float
-    sampler: str
+    sampler: str | None  # None: the model has no samplers listed yet (its first one is used)
     seed: int
     # coherence.py
     fusion: str
