@@ -336,15 +336,7 @@ class MainWindow(QMainWindow):
         p = self.prefs
         p.restore_window(self, self._minimum_restored_size())
         extra = p.added_models()
-        if extra:
-            refresh = getattr(self.panel, "refresh_models", None)
-            if refresh is not None:
-                refresh(extra)  # scans the catalogue off the GUI thread
-            else:
-                # TODO(panel branch): GenerationPanel.refresh_models(extra) scans the hub cache and
-                # describes the models off the GUI thread; until it is merged, this one scan (it was
-                # one per added model) still runs here, at start-up.
-                self.panel._fill_models(extra)
+        self.panel.refresh_models(extra)  # the catalogue scan runs off the GUI thread
         request = p.last_request()
         if request is not None:
             self.panel.set_request(request, lock_seed=p.flag("request/seed_locked", False))

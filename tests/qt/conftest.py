@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 from fake_engine import FakeEngine
 from PySide6.QtCore import QSettings
@@ -44,3 +46,16 @@ def window(make_window, fake):
     w = make_window(fake)
     w.panel.set_request(request_for("builtin:terrain", width=256, height=256, steps=3, seed=11))
     return w
+
+
+@pytest.fixture
+def sd_like(tmp_path):
+    """A diffusers folder with configs only: described like SD 1.x (text, guidance, 512 px tiles)
+    without any weights, so forms tests stay fast."""
+    folder = tmp_path / "sd-like"
+    for part, config in (("unet", {"sample_size": 64, "block_out_channels": [320, 640, 1280, 1280]}),
+                         ("vae", {"block_out_channels": [128, 256, 512, 512]})):
+        (folder / part).mkdir(parents=True)
+        (folder / part / "config.json").write_text(json.dumps(config))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return str(folder)

@@ -49,8 +49,9 @@ def test_editing_generating_and_finishing_keep_device_catalogue_and_plans_off_th
     p = window.panel
     qtbot.waitUntil(lambda: window.plan_summary.latest is not None)
     gui_thread_calls.clear()  # construction (the panel's own model list) is the panel's business
-    for edit in (lambda: p.width_.setValue(512), lambda: p.height_.setValue(384), lambda: p.overlap.setValue(32),
-                 lambda: p.device.setCurrentText("cpu"), lambda: p.device.setCurrentText("auto")):
+    s, t, f = p.size_form, p.tiles_form, p.performance_form
+    for edit in (lambda: s.width_.setValue(512), lambda: s.height_.setValue(384), lambda: t.overlap.setValue(32),
+                 lambda: f.device.setCurrentText("cpu"), lambda: f.device.setCurrentText("auto")):
         with qtbot.waitSignal(window.plan_summary.ready, timeout=10000):
             edit()
     assert "tiles" in p.plan_info.text()
@@ -64,7 +65,7 @@ def test_the_recorder_sees_a_call_on_the_gui_thread(qtbot, window, gui_thread_ca
     """The test above can fail: the summary built on the GUI thread is caught."""
     monkeypatch.setattr(window.plan_summary, "jobs", _Inline())
     with qtbot.waitSignal(window.plan_summary.ready, timeout=10000):
-        window.panel.width_.setValue(512)
+        window.panel.size_form.width_.setValue(512)
     assert "TilePlan.create" in gui_thread_calls and "torch.cuda.is_available" in gui_thread_calls
 
 

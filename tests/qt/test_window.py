@@ -98,9 +98,9 @@ def test_an_engine_error_shows_the_message_in_a_dialog_and_the_log(qtbot, window
 
 
 def test_a_bad_request_is_refused_before_starting_with_the_field_named(qtbot, window, fake):
-    window.panel.by_grid.setEnabled(True)
+    window.panel.tiles_form.by_grid.setEnabled(True)
     with qtbot.waitSignal(window.plan_summary.ready):
-        window.panel.overlap.setValue(128)  # = the terrain tile: not allowed
+        window.panel.tiles_form.overlap.setValue(128)  # = the terrain tile: not allowed
     assert "overlap" in window.panel.plan_info.text()
     assert window.generate() is False
     assert fake.calls == []
@@ -109,15 +109,15 @@ def test_a_bad_request_is_refused_before_starting_with_the_field_named(qtbot, wi
 
 
 def test_the_plan_is_drawn_before_generation_and_follows_the_editor(qtbot, window):
-    p = window.panel
+    p, t = window.panel, window.panel.tiles_form
     qtbot.waitUntil(lambda: len(window.canvas.tiles) == 9 and "9 tiles" in p.plan_info.text())
     with qtbot.waitSignal(window.plan_summary.ready):  # built off the GUI thread, once the edits pause
-        p.width_.setValue(512)
+        p.size_form.width_.setValue(512)
     assert len(window.canvas.tiles) == 7 * 3 and "21 tiles" in p.plan_info.text()
-    assert (p.rows.value(), p.cols.value()) == (3, 7)  # the derived grid is shown
+    assert (t.rows.value(), t.cols.value()) == (3, 7)  # the derived grid is shown
     assert (window.canvas.image_w, window.canvas.image_h) == (512, 256)
     with qtbot.waitSignal(window.plan_summary.ready):
-        p.overlap.setValue(32)
+        t.overlap.setValue(32)
     # Tiles are spread evenly: the 256 px side needs 3 rows, so they overlap by 64, not 32.
     plan = describe_model("builtin:terrain").plan(p.request())
     assert plan.actual_overlap == (64, 32) and "overlap x 32 · y 64 px" in p.plan_info.text()
@@ -130,19 +130,19 @@ def test_panel_round_trips_a_request_and_shows_the_right_controls(qtbot, window,
                                           extra={"terrain_difficulty": 70}, jitter=True)
     p.set_request(terrain)
     assert p.request() == terrain
-    assert not p.prompt_box.isVisibleTo(window) and p.options_box.isVisibleTo(window)
-    assert not p.by_grid.isEnabled()  # the terrain model's tiles are fixed
+    assert not p.prompt_form.isVisibleTo(window) and p.options_form.isVisibleTo(window)
+    assert not p.tiles_form.by_grid.isEnabled()  # the terrain model's tiles are fixed
     sd = GenerationRequest(model=str(sd_folder), prompt="a castle", negative_prompt="blur", width=1024, height=512,
                            grid=(2, 3), overlap=64, steps=7, guidance=5.5, sampler="euler_a", seed=9,
                            fusion="gaussian", global_context=0.5, tile_batch=3, device="cpu", dtype="fp32")
     p.set_request(sd)
     assert p.request() == sd
-    assert p.prompt_box.isVisibleTo(window) and not p.options_box.isVisibleTo(window)
+    assert p.prompt_form.isVisibleTo(window) and not p.options_form.isVisibleTo(window)
     assert describe_model(str(sd_folder)).scale == 8
 
 
 def test_size_presets_keep_the_aspect_and_the_lock_links_width_and_height(window):
-    p = window.panel
+    p = window.panel.size_form
     p.width_.setValue(1024)
     p.height_.setValue(512)
     p.preset.setCurrentIndex(p.preset.findData(4096))
@@ -247,7 +247,7 @@ def test_open_image_takes_the_plan_from_metadata_or_from_the_editor(qtbot, windo
     assert opened.request == req and opened.tiles == [plan.image_rect(t) for t in plan.tiles]
     assert "Paradiff metadata" in window.status_text.text()
     Image.fromarray(np.zeros((200, 300, 3), np.uint8)).save(tmp_path / "plain.png")
-    window.panel.overlap.setValue(32)
+    window.panel.tiles_form.overlap.setValue(32)
     with qtbot.waitSignal(window.result_ready, timeout=20000) as blocker:
         window.open_image(str(tmp_path / "plain.png"))
     plain = blocker.args[0]

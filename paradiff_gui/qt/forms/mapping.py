@@ -1,0 +1,131 @@
+"""Form values ↔ :class:`GenerationRequest`, with no Qt: the one place that knows how the panel's
+fields become a request and back.
+
+A request is built like the CLI builds one (``engine.api.requests``): the model's defaults under
+the fields (:func:`request_for`) and the model's options checked against its controls
+(:func:`model_controls`). ``build_request`` itself is not used because it describes the model
+again (file reads on every keystroke for a folder model); the panel passes the description it
+already holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...engine.api.requests import model_controls, request_for
+from ...engine.core.modelinfo import ModelInfo
+from ...engine.core.request import GenerationRequest, RequestError
+
+
+@dataclass
+class FormValues:
+    """What the forms show, in the forms' terms (each form reads and writes its own fields)."""
+
+    # prompt.py
+    prompt: str
+    negative_prompt: str
+    # size.py; image px
+    width: int
+    height: int
+    # tiles.py; image px. rows/cols None: unknown (a tile-size plan that does not fit), left as shown.
+    by_grid: bool
+    tile: int
+    rows: int | None
+    cols: int | None
+    overlap: int
+    # sampling.py
+    steps: int
+    guidance: float
+    sampler: str | None  # None: the model has no samplers listed yet (its first one is used)
+    seed: int
+    # coherence.py
+    fusion: str
+    jitter: bool
+    global_context: float
+    # performance.py
+    tile_batch: int  # 0 = auto
+    device: str
+    dtype: str
+    compile: bool
+    # options.py: the model's controls by key; ``given`` ones are kept even at their default (the
+    # shown request named them), ``carried`` extras have no control and pass through untouched.
+    controls: dict[str, int] = field(default_factory=dict)
+    given: frozenset[str] = frozenset()
+    carried: dict[str, Any] = field(default_factory=dict)
+
+
+def to_request(info: ModelInfo, v: FormValues) -> GenerationRequest:
+    """The request the forms describe for model ``info``; raises RequestError naming the bad field."""
+    grid = (v.rows, v.cols) if v.by_grid else None
+    defaults = {c[0]: c[4] for c in info.controls}
+    # An option at its default is left out unless the shown request named it, so a loaded
+    # request comes back exactly as it was.
+    named = {k: x for k, x in v.controls.items() if k in v.given or x != defaults.get(k)}
+    return request_for(
+        info.id,
+        prompt=v.prompt if info.text else "",
+        negative_prompt=v.negative_prompt if info.text else "",
+        width=v.width,
+        height=v.height,
+        grid=grid,
+        tile=None if grid else v.tile,
+        overlap=v.overlap,
+        steps=v.steps,
+        guidance=v.guidance if info.guidance else 1.0,
+        sampler=v.sampler or info.samplers[0],
+        seed=int(v.seed),
+        fusion=v.fusion,
+        jitter=v.jitter,
+        global_context=round(v.global_context, 2),  # the field shows two decimals
+        tile_batch=v.tile_batch or "auto",
+        device=v.device.strip(),
+        dtype=v.dtype,
+        compile=v.compile,
+        extra={**v.carried, **model_controls(info, named)},
+    )
+
+
+def from_request(info: ModelInfo, request: GenerationRequest) -> FormValues:
+    """What the forms show for ``request`` (``info`` describes ``request.model``)."""
+    tile = request.tile if request.tile is not None else info.native_tile
+    rows = cols = None
+    if request.grid is not None:
+        rows, cols = request.grid
+    else:
+        try:
+            plan = info.plan(request)
+            rows, cols = plan.rows, plan.cols  # shown greyed: what the tile size gives
+        except RequestError:
+            pass  # still shown; the plan summary says what is wrong
+    controls: dict[str, int] = {}
+    for key, _label, lo, hi, default in info.controls:
+        raw = request.extra.get(key, default)
+        ok = isinstance(raw, int) and not isinstance(raw, bool)
+        controls[key] = min(hi, max(lo, raw)) if ok else default  # a spin box can only hold lo..hi
+    keys = set(controls)
+    return FormValues(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        width=request.width,
+        height=request.height,
+        by_grid=request.grid is not None,
+        tile=tile,
+        rows=rows,
+        cols=cols,
+        overlap=request.overlap if request.overlap is not None else tile // 4,
+        steps=request.steps,
+        guidance=request.guidance,
+        sampler=request.sampler,
+        seed=request.seed,
+        fusion=request.fusion,
+        jitter=request.jitter,
+        global_context=request.global_context,
+        tile_batch=0 if request.tile_batch == "auto" else int(request.tile_batch),
+        device=request.device,
+        dtype=request.dtype,
+        compile=request.compile,
+        controls=controls,
+        given=frozenset(k for k in request.extra if k in keys),
+        carried={k: x for k, x in request.extra.items() if k not in keys},
+    )

@@ -1,0 +1,62 @@
+"""The performance form: tile batch, device, precision, compilation — speed only, never the
+picture — and the "keep a CPU core free" preference, which is an app setting, not a request field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtWidgets import QCheckBox, QComboBox, QFormLayout
+
+from ...engine.core import request as rq
+from .base import Form, spin
+from .mapping import FormValues
+
+
+class PerformanceForm(Form):
+    def __init__(self) -> None:
+        super().__init__("Performance")
+        layout = QFormLayout(self)
+        self.tile_batch = spin(0, rq.MAX_TILE_BATCH, 1, "", "tile_batch")
+        self.tile_batch.setSpecialValueText("Auto")  # 0 = auto: the most that fit in memory
+        self.tile_batch.setToolTip("Tiles sent to the model at once: higher is faster until memory runs out. "
+                                   "Auto picks the most that fit on the GPU (a few on a CPU).")
+        layout.addRow("Tile batch", self.tile_batch)
+        self.device = QComboBox()
+        self.device.setObjectName("device")
+        self.device.setEditable(True)  # cuda:N too
+        for d in ("auto", "cpu", "cuda", "mps"):
+            self.device.addItem(d)
+        layout.addRow("Device", self.device)
+        self.dtype = QComboBox()
+        self.dtype.setObjectName("dtype")
+        for d in rq.DTYPES:
+            self.dtype.addItem(d)
+        layout.addRow("Precision", self.dtype)
+        self.compile = QCheckBox("Compile the model (torch.compile)")
+        self.compile.setObjectName("compile")
+        self.compile.setToolTip("Faster steps after a slow first one (a minute or more); the picture is the same. "
+                                "SD models only.")
+        layout.addRow(self.compile)
+        # Not part of the request (it changes speed, never the picture): the window stores it as
+        # a setting and applies it when a run starts, so it does not emit ``changed``.
+        self.spare_core = QCheckBox("Keep a CPU core free for the interface")
+        self.spare_core.setObjectName("spare_core")
+        self.spare_core.setToolTip(
+            "For models running on the CPU: the interface stays fluid (longest stall 33-45 ms instead of 55-131 ms "
+            "on 2 cores) but generation is slower (1.4-1.8x on 2 cores, less with more cores). No effect on GPU runs.")
+        layout.addRow(self.spare_core)
+        self.tile_batch.valueChanged.connect(self._changed)
+        self.device.currentTextChanged.connect(self._changed)
+        self.dtype.currentIndexChanged.connect(self._changed)
+        self.compile.toggled.connect(self._changed)
+
+    def values(self) -> dict[str, Any]:
+        return {"tile_batch": self.tile_batch.value(), "device": self.device.currentText(),
+                "dtype": self.dtype.currentText(), "compile": self.compile.isChecked()}
+
+    def show_values(self, v: FormValues) -> None:
+        with self.showing():
+            self.tile_batch.setValue(v.tile_batch)
+            self.device.setCurrentText(v.device)
+            self.dtype.setCurrentIndex(max(0, self.dtype.findText(v.dtype)))
+            self.compile.setChecked(v.compile)
