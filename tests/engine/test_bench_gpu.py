@@ -22,9 +22,12 @@ def test_bench_gpu_smoke_run_writes_every_section(tmp_path):
     # The ratios are the recorded times divided (bookkeeping, not speed: tiny models on a CPU).
     u, p = r["unet_vs_paradiff"], r["panorama_vs_paradiff"]
     assert u["bare_ms_per_view"] > 0 and u["paradiff_ms_per_view"] > 0
-    assert abs(u["ratio"] - u["paradiff_ms_per_view"] / u["bare_ms_per_view"]) < 0.01 * u["ratio"] + 2e-3
+    # Within what rounding the recorded figures (3 decimals; times of 2) can explain.
+    a, b = u["paradiff_ms_per_view"], u["bare_ms_per_view"]
+    assert abs(u["ratio"] - a / b) <= (a / b) * (5e-4 / a + 5e-4 / b) * 1.01 + 5e-4
     best = p["diffusers_s"][str(p["diffusers_best_view_batch"])]
     assert best == min(p["diffusers_s"].values()) and p["paradiff_denoise_s"] > 0
-    assert abs(p["speedup"] - best / p["paradiff_denoise_s"]) < 0.01 * p["speedup"] + 2e-3
+    a, b = best, p["paradiff_denoise_s"]
+    assert abs(p["speedup"] - a / b) <= (a / b) * (5e-3 / a + 5e-3 / b) * 1.01 + 5e-4
     assert set(r["vram_8192"]) == {"sd15", "sdxl"}
     assert {"card", "torch", "diffusers", "date"} <= set(r)
