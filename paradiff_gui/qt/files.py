@@ -83,10 +83,11 @@ class FileActions(QObject):
             self.load_request(path)
 
     def load_request(self, path: str) -> bool:
+        from ..engine.api.requests import check_options
         from ..engine.io.metadata import load_request
 
         try:
-            request = load_request(path)
+            request = check_options(load_request(path))
         except rq.RequestError as exc:
             self.error.emit("Cannot load the request", str(exc))
             return False
@@ -175,10 +176,11 @@ class FileActions(QObject):
 
     def drop_file(self, path: str) -> None:
         """A dropped request or Paradiff image restores its settings; an image is also opened."""
+        from ..engine.api.requests import check_options
         from ..engine.io.metadata import load_request
 
         try:
-            request = load_request(path)
+            request = check_options(load_request(path))
         except rq.RequestError as exc:
             request = None
             if Path(path).suffix.lower() == ".json":

@@ -59,8 +59,10 @@ class AppSettings:
         text = self.q.value("request/last")
         if not isinstance(text, str):
             return None
+        from ..engine.api.requests import check_options
+
         try:
-            return rq.GenerationRequest.from_json(text)
+            return check_options(rq.GenerationRequest.from_json(text))
         except rq.RequestError as exc:
             log.warning("saved settings ignored: %s", exc)
             return None

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from paradiff_gui.cli import main
+from paradiff_gui.engine.core.request import GenerationRequest
 from paradiff_gui.engine.io.metadata import load_request, read_recipe
 
 FAST = ["--prompt", "a red castle", "--size", "256x192", "--grid", "2x2", "--overlap", "16", "--steps", "2",
@@ -293,10 +294,17 @@ def test_the_engine_package_still_offers_its_names():
         (["--set", "terrain_difficulty=rough"], "terrain_difficulty: must be a whole number from 1 to 100"),
         (["--terrain-difficulty", "101"], "terrain_difficulty: must be from 1 to 100, got 101"),
         (["--set", "roughness=3"], "roughness: is not an option of builtin:terrain (its options: terrain_difficulty)"),
+        (["--request", "rough.json"], "terrain_difficulty: must be from 1 to 100, got 500"),
     ],
 )
 def test_model_options_are_checked_against_the_models_own_controls(args, needle, capsys, tmp_path, monkeypatch):
+    # A replayed request is checked too: refused by name, never clamped or found out mid-run.
+    replay = tmp_path.parent / f"{tmp_path.name}-in"
+    replay.mkdir()
+    (replay / "rough.json").write_text(
+        GenerationRequest(model="builtin:terrain", extra={"terrain_difficulty": 500}).to_json())
     monkeypatch.chdir(tmp_path)
+    args = [str(replay / a) if a == "rough.json" else a for a in args]
     assert exit_code(["generate", "--model", "builtin:terrain", *args]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err

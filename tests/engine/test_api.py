@@ -46,6 +46,17 @@ def test_model_controls_follow_the_models_own_table():
     assert parse_settings(["a=1", " b = 2 "]) == {"a": "1", "b": "2"}
 
 
+def test_a_stored_requests_options_are_checked_strictly():
+    from paradiff_gui.engine.api.requests import check_options
+
+    ok = request_for(TERRAIN, extra={"terrain_difficulty": 60, "other_backend_option": "x"})
+    assert check_options(ok) is ok
+    for bad, needle in ((500, "must be from 1 to 100, got 500"), ("60", "must be a whole number from 1 to 100"),
+                        (True, "must be a whole number")):
+        with pytest.raises(RequestError, match=f"^terrain_difficulty: {needle}"):
+            check_options(request_for(TERRAIN, extra={"terrain_difficulty": bad}))
+
+
 def test_draw_seed_ignores_the_global_random_state():
     import random
 

@@ -84,9 +84,12 @@ def test_model_options_are_checked_against_the_model_like_the_cli_does():
         to_request(info, v)
 
 
-def test_a_loaded_option_out_of_range_is_shown_at_the_nearest_limit():
+def test_a_loaded_option_out_of_range_is_refused_not_clamped():
+    # Shown at the nearest limit, it would silently make another picture than the recipe's.
     info = describe_model(TERRAIN)
-    assert from_request(info, request_for(TERRAIN, extra={"terrain_difficulty": 500})).controls == {
+    with pytest.raises(rq.RequestError, match=r"terrain_difficulty: must be from 1 to 100, got 500"):
+        from_request(info, request_for(TERRAIN, extra={"terrain_difficulty": 500}))
+    assert from_request(info, request_for(TERRAIN, extra={"terrain_difficulty": 100})).controls == {
         "terrain_difficulty": 100}
 
 

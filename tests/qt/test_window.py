@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fake_engine import tile_colour
 from PIL import Image
-from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent
 from PySide6.QtWidgets import QMessageBox
 
@@ -277,7 +277,7 @@ def test_save_and_load_request_and_drop_a_paradiff_png(qtbot, window, tmp_path):
     save_png(tmp_path / "d.png", np.zeros((384, 256), np.uint16), req, describe_model(req.model).plan(req), {})
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(tmp_path / "d.png"))])
-    enter = QDragEnterEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
+    enter = QDragEnterEvent(QPoint(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.NoButton,
                             Qt.KeyboardModifier.NoModifier)
     window.dragEnterEvent(enter)
     assert enter.isAccepted()
@@ -288,6 +288,12 @@ def test_save_and_load_request_and_drop_a_paradiff_png(qtbot, window, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"width": "wide"}))
     assert not window.load_request(str(tmp_path / "bad.json"))
     assert window.error_box.text().startswith("width:")
+    assert window.panel.request() == req
+    # A model option out of its range is refused by name, not shown clamped.
+    window.error_box.close()
+    (tmp_path / "rough.json").write_text(req.replace(extra={"terrain_difficulty": 500}).to_json())
+    assert not window.load_request(str(tmp_path / "rough.json"))
+    assert window.error_box.text().startswith("terrain_difficulty: must be from 1 to 100, got 500")
     assert window.panel.request() == req
 
 

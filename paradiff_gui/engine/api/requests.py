@@ -62,6 +62,20 @@ def model_controls(info: ModelInfo, values: Mapping[str, Any]) -> dict[str, int]
     return out
 
 
+def check_options(request: GenerationRequest, info: ModelInfo | None = None) -> GenerationRequest:
+    """``request`` unchanged if the options it names that are model controls are in range; else a
+    RequestError naming the option (a replayed or hand-edited request is refused, never clamped).
+    Options that are not controls (a backend's own, or another model's) pass through."""
+    info = info or describe_model(request.model)
+    for key, _label, lo, hi, _default in info.controls:
+        value = request.extra.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise RequestError(key, f"must be a whole number from {lo} to {hi}, got {value!r}")
+    keys = {c[0] for c in info.controls}
+    model_controls(info, {k: v for k, v in request.extra.items() if k in keys})
+    return request
+
+
 def build_request(fields: Mapping[str, Any], controls: Mapping[str, Any] | None = None,
                   base: GenerationRequest | None = None, model: str | None = None) -> GenerationRequest:
     """The request a front end asks for.
@@ -73,9 +87,9 @@ def build_request(fields: Mapping[str, Any], controls: Mapping[str, Any] | None 
     """
     fields = dict(fields)
     if base is not None:
-        model = fields.get("model", base.model)
-        extra = {**base.extra, **model_controls(describe_model(model), controls or {})}
-        return base.replace(**fields, extra=extra)
+        info = describe_model(fields.get("model", base.model))
+        extra = {**base.extra, **model_controls(info, controls or {})}
+        return check_options(base.replace(**fields, extra=extra), info)
     model = fields.pop("model") if "model" in fields else model or DEFAULT_MODEL
     if fields.get("seed") is None:
         fields["seed"] = draw_seed()

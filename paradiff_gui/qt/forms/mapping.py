@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...engine.api.requests import model_controls, request_for
+from ...engine.api.requests import check_options, model_controls, request_for
 from ...engine.core.modelinfo import ModelInfo
 from ...engine.core.request import GenerationRequest, RequestError
 
@@ -87,7 +87,10 @@ def to_request(info: ModelInfo, v: FormValues) -> GenerationRequest:
 
 
 def from_request(info: ModelInfo, request: GenerationRequest) -> FormValues:
-    """What the forms show for ``request`` (``info`` describes ``request.model``)."""
+    """What the forms show for ``request`` (``info`` describes ``request.model``). An option out of
+    its control's range raises RequestError naming it: shown at a limit, it would change the picture
+    silently."""
+    check_options(request, info)
     tile = request.tile if request.tile is not None else info.native_tile
     rows = cols = None
     if request.grid is not None:
@@ -98,11 +101,7 @@ def from_request(info: ModelInfo, request: GenerationRequest) -> FormValues:
             rows, cols = plan.rows, plan.cols  # shown greyed: what the tile size gives
         except RequestError:
             pass  # still shown; the plan summary says what is wrong
-    controls: dict[str, int] = {}
-    for key, _label, lo, hi, default in info.controls:
-        raw = request.extra.get(key, default)
-        ok = isinstance(raw, int) and not isinstance(raw, bool)
-        controls[key] = min(hi, max(lo, raw)) if ok else default  # a spin box can only hold lo..hi
+    controls = {c[0]: int(request.extra.get(c[0], c[4])) for c in info.controls}  # in range: checked above
     keys = set(controls)
     return FormValues(
         prompt=request.prompt,
