@@ -363,8 +363,7 @@ class MainWindow(QMainWindow):
     # -- plan summary ---------------------------------------------------------------------------------
 
     def _update_plan(self, now: bool = False) -> None:
-        if self.runner.active:
-            return
+        # Also during a run: the panel's summary follows the edits (the canvas waits, see below).
         try:
             request = self.panel.request()
         except rq.RequestError as exc:
@@ -375,17 +374,18 @@ class MainWindow(QMainWindow):
 
     def _show_plan_error(self, message: str) -> None:
         self.panel.plan_info.setText(f"<span style='color:#e5534b'>{message}</span>")
-        self.act_generate.setEnabled(True)  # Generate explains the problem in a dialog
+        if not self.runner.active:
+            self.act_generate.setEnabled(True)  # Generate explains the problem in a dialog
 
     def _show_summary(self, summary: Summary) -> None:
-        if self.runner.active:
-            return  # the canvas shows the run now
         if summary.error is not None or summary.request is None:
             self._show_plan_error(summary.error or "")
         else:
             self.panel.show_plan(summary.plan)
             self.panel.plan_info.setText(summary.html)
             self.panel.plan_info.setToolTip(TOOLTIP)
+            if self.runner.active:
+                return  # the canvas shows the run now; the panel's summary is up to date
             request = summary.request
             if self.current is None or (request.width, request.height) != (self.canvas.image_w,
                                                                            self.canvas.image_h):

@@ -65,3 +65,19 @@ def test_a_request_that_cannot_be_tiled_says_why(qapp):
     req = request_for("builtin:terrain", width=256, height=256).replace(grid=(40, 40), tile=None, overlap=0)
     s = ps.summarise(1, req, INFO, {})
     assert s.plan is None and s.error is not None and s.error.startswith("grid:")
+
+
+def test_the_summary_follows_edits_made_during_a_run_and_one_started_at_once(qtbot, make_window, fake):
+    # Generate before the first summary arrived (scripted --autorun does): the panel still gets
+    # its summary, and an edit made while the run goes on is summarised too.
+    fake.batch_seconds = 0.05
+    w = make_window(fake)
+    w.panel.plan_info.setText("")
+    w.panel.set_request(request_for("builtin:terrain", width=256, height=256, steps=4, seed=11))
+    assert w.generate()
+    qtbot.waitUntil(lambda: "9 tiles" in w.panel.plan_info.text(), timeout=5000)
+    with qtbot.waitSignal(w.plan_summary.ready, timeout=5000):
+        w.panel.size_form.width_.setValue(384)
+    assert w.runner.active and "15 tiles" in w.panel.plan_info.text()
+    assert not w.act_generate.isEnabled()  # the summary never re-enables Generate during a run
+    qtbot.waitUntil(lambda: not w.runner.active, timeout=20000)
