@@ -97,6 +97,21 @@ def test_a_given_plan_wins_and_a_foreign_image_has_none(tmp_path):
         score(foreign)
 
 
+def test_a_recipe_from_another_version_still_gives_its_plan(tmp_path):
+    import json
+
+    from PIL import PngImagePlugin
+
+    req = request_for(TERRAIN, width=256, height=256, seed=1)
+    plan = describe_model(TERRAIN).plan(req)
+    data = {"version": "9.0", "request": {**req.to_dict(), "a_future_field": 1}, "plan": plan.to_dict(), "info": {}}
+    meta = PngImagePlugin.PngInfo()
+    meta.add_itxt("paradiff", json.dumps(data))
+    Image.new("L", (256, 256)).save(tmp_path / "future.png", pnginfo=meta)
+    picture = open_picture(tmp_path / "future.png")
+    assert picture.request is None and picture.plan == plan and picture.source == "metadata"
+
+
 @pytest.mark.parametrize(
     ("data", "needle"),
     [

@@ -7,6 +7,7 @@ defaults, which may have changed since the picture was made.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,14 +59,15 @@ def open_picture(path: str | os.PathLike[str], grid: tuple[int, int] | None = No
     except RequestError:
         recipe = None
     if recipe is not None:
-        picture.request = GenerationRequest.from_dict(recipe["request"])
+        with contextlib.suppress(RequestError):  # a recipe of another version: its plan still counts
+            picture.request = GenerationRequest.from_dict(recipe["request"])
         picture.info = recipe.get("info") if isinstance(recipe.get("info"), dict) else {}
-        if isinstance(recipe.get("plan"), dict):
-            picture.plan = TilePlan.from_dict(recipe["plan"], *picture.size)
-            picture.source = "metadata"
     if grid is not None or tile is not None:
         picture.plan = given_plan(*picture.size, grid=grid, tile=tile, overlap=overlap)
         picture.source = "given"
+    elif recipe is not None and isinstance(recipe.get("plan"), dict):
+        picture.plan = TilePlan.from_dict(recipe["plan"], *picture.size)
+        picture.source = "metadata"
     return picture
 
 
