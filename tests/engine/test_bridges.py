@@ -66,3 +66,60 @@ def test_the_modules_are_restored_after_the_run_and_after_an_error(unet):
         with bridge.installed():
             same = unet(x, torch.full((2,), 5.0), torch.full((2,), 0.3))
     assert torch.equal(plain, same)
+
+
+def _run(unet, bridge, x, plan, batch, fresh=None):
+    """One step of tile calls in batches of ``batch`` tiles; the tiles' outputs in plan order."""
+    tiles = list(plan.tiles)
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(tiles), batch):
+            part = tiles[i:i + batch]
+            crops = torch.cat([x[..., t.y0:t.y1, t.x0:t.x1] for t in part])
+            with bridge.tiles(part, fresh=fresh):
+                outs.append(unet(crops, torch.full((len(part),), 5.0), torch.full((len(part),), 0.3)))
+    bridge.end_step()
+    return torch.cat(outs)
+
+
+def test_previous_step_values_reproduce_the_fresh_call_when_the_canvas_did_not_change(unet):
+    # A filling pass (fresh, all tiles) at step 0 leaves exact values; at step 1 every other
+    # tile's values are step 0's — with the same canvas they equal this step's, so the call in
+    # small batches equals the fresh one (= the whole-canvas call at overlap 0).
+    x = torch.randn(1, 1, CANVAS, CANVAS, generator=torch.Generator().manual_seed(2))
+    plan = TilePlan.create(CANVAS, CANVAS, overlap=0, tile=TILE)
+    fresh = _tiled(unet, x, plan, BridgeConfig())
+    bridge = Bridge(unet, plan, BridgeConfig(fresh=False))
+    with bridge.installed():
+        unbridged = _run(unet, bridge, x, plan, batch=4)  # nothing from a previous step yet
+        _run(unet, bridge, x, plan, batch=len(plan.tiles), fresh=True)  # the filling pass
+        step1 = _run(unet, bridge, x, plan, batch=4)
+    with torch.inference_mode():
+        alone = unet(torch.cat([x[..., t.y0:t.y1, t.x0:t.x1] for t in plan.tiles]), torch.full((9,), 5.0),
+                     torch.full((9,), 0.3))
+    assert torch.allclose(unbridged, alone, atol=1e-5)
+    stitched = torch.zeros_like(x)
+    for i, t in enumerate(plan.tiles):
+        stitched[..., t.y0:t.y1, t.x0:t.x1] = step1[i]
+    assert (stitched - fresh).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("overlap", [0, 16])
+def test_previous_step_bridges_do_not_depend_on_the_tile_batch(unet, overlap):
+    # The project invariant: the same picture for any tile_batch (and so any number of GPUs).
+    plan = TilePlan.create(CANVAS + 32 if overlap else CANVAS, CANVAS, overlap=overlap, tile=TILE)
+    gen = torch.Generator().manual_seed(3)
+    xs = [torch.randn(1, 1, plan.height, plan.width, generator=gen) for _ in range(3)]
+    results = []
+    for batch in (1, 4, len(plan.tiles)):
+        bridge = Bridge(unet, plan, BridgeConfig(fresh=False))
+        with bridge.installed():
+            results.append([_run(unet, bridge, x, plan, batch) for x in xs])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert (a - b).abs().max().item() < 1e-5
+    # …and the bridges did change the tiles from step 1 on.
+    with torch.inference_mode():
+        alone = unet(torch.cat([xs[2][..., t.y0:t.y1, t.x0:t.x1] for t in plan.tiles]),
+                     torch.full((len(plan.tiles),), 5.0), torch.full((len(plan.tiles),), 0.3))
+    assert (results[0][2] - alone).abs().max().item() > 1e-3
