@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shift the tile grid by a seeded offset every step")
     g.add_argument("--global-context", dest="global_context", type=_float_arg(0.0, 1.0), metavar="0..1",
                    help="first denoise a small whole-canvas version and let it guide the layout (0 = off)")
+    g.add_argument("--bridges", choices=rq.BRIDGES,
+                   help="tiles that compute as one model while they denoise: convolution halos, shared GroupNorm "
+                        "statistics, attention to the other tiles (from the previous step); one alone, or full")
     g.add_argument("--tile-batch", dest="tile_batch", type=_tile_batch_arg, metavar="auto|N",
                    help="tiles per model call; auto (the default) picks the most that fit in memory")
     g.add_argument("--device", metavar="auto|cpu|cuda|cuda:N|mps")
@@ -155,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _OVERRIDES = ("model", "prompt", "negative_prompt", "overlap", "steps", "guidance", "sampler", "seed",
-              "fusion", "jitter", "global_context", "tile_batch", "device", "dtype", "compile")
+              "fusion", "jitter", "global_context", "bridges", "tile_batch", "device", "dtype", "compile")
 
 
 def request_from_args(args: argparse.Namespace) -> rq.GenerationRequest:

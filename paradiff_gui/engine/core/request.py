@@ -27,6 +27,9 @@ SAMPLER_LABELS = {
     "lcm": "LCM",
 }
 FUSIONS = ("independent", "none", "uniform", "gaussian", "cosine")
+# Tiles that compute as one model while they denoise (sampling/bridges.py): convolution halos,
+# shared GroupNorm statistics, attention to the other tiles — one channel alone, or all three.
+BRIDGES = ("off", "halos", "norms", "attention", "full")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 
 # Limits in image pixels. Sizes and tiles are multiples of 8 so that they map to whole latent
@@ -124,6 +127,7 @@ class GenerationRequest:
     fusion: str = "cosine"
     jitter: bool = False
     global_context: float = 0.0
+    bridges: str = "off"
     tile_batch: int | str = "auto"  # tiles per model call, or "auto": the most that fit (engine.memory)
     device: str = "auto"
     compile: bool = False  # torch.compile the UNet (CUDA: channels-last too); speed only, same picture
@@ -167,6 +171,10 @@ class GenerationRequest:
         _check_choice("sampler", self.sampler, SAMPLERS)
         _check_int("seed", self.seed, 0, MAX_SEED)
         _check_choice("fusion", self.fusion, FUSIONS)
+        _check_choice("bridges", self.bridges, BRIDGES)
+        if self.bridges != "off" and self.fusion == "independent":
+            raise RequestError("bridges", "connect tiles denoised together at every step; fusion independent denoises "
+                                          "them one by one: use another fusion or bridges off")
         if not isinstance(self.jitter, bool):
             raise RequestError("jitter", f"must be true or false, got {self.jitter!r}")
         if isinstance(self.global_context, bool) or not isinstance(self.global_context, (int, float)) \

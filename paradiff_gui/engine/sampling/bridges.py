@@ -54,6 +54,19 @@ class BridgeConfig:
             raise ValueError(f"norms must be one of {NORM_MODES}, got {self.norms!r}")
 
 
+_CHANNELS = {
+    "halos": BridgeConfig(halos=True, norms="off", attention=False, fresh=False),
+    "norms": BridgeConfig(halos=False, norms="canvas", attention=False, fresh=False),
+    "attention": BridgeConfig(halos=False, norms="off", attention=True, fresh=False),
+    "full": BridgeConfig(fresh=False),
+}
+
+
+def config_for(bridges: str) -> BridgeConfig:
+    """The previous-step configuration of a request's ``bridges`` value (not ``off``)."""
+    return _CHANNELS[bridges]
+
+
 class Bridge:
     """Connects the tiles of a model call; install with :meth:`installed`, then run the model
     inside :meth:`tiles` for each batch."""
@@ -140,17 +153,21 @@ class Bridge:
             raise ValueError(f"{rows} rows are not whole halves of {len(tiles)} tiles")
         return f, [(t.y0 // f, t.x0 // f, t.y0 // f + h, t.x0 // f + w) for t in tiles], rows // len(tiles)
 
-    def _placed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum and count canvases (halves, C, H, W) / (1, 1, H, W) of this call's activations."""
+    def _place(self, x: torch.Tensor, into: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Add this call's activations, tile by tile in batch order, to ``into``'s sum and count
+        canvases ((halves, C, H, W) and (1, 1, H, W)), made on first use. Tile by tile, so the
+        sums come out the same however the step's tiles were batched."""
         f, rects, halves = self._layout(x)
         n, c = len(rects), x.shape[1]
-        height, width = -(-self.plan.height // f), -(-self.plan.width // f)
-        total = x.new_zeros(halves, c, height, width, dtype=torch.float32)
-        count = x.new_zeros(1, 1, height, width, dtype=torch.float32)
+        if into is None or "total" not in into:
+            height, width = -(-self.plan.height // f), -(-self.plan.width // f)
+            into = {} if into is None else into
+            into["total"] = x.new_zeros(halves, c, height, width, dtype=torch.float32)
+            into["count"] = x.new_zeros(1, 1, height, width, dtype=torch.float32)
         for i, (y0, x0, y1, x1) in enumerate(rects):
-            total[:, :, y0:y1, x0:x1] += x[i::n].float()
-            count[..., y0:y1, x0:x1] += 1
-        return total, count
+            into["total"][:, :, y0:y1, x0:x1] += x[i::n].float()
+            into["count"][..., y0:y1, x0:x1] += 1
+        return into
 
     def _accumulate(self, key: tuple[int, str], values: dict[Any, Any]) -> None:
         if not self.config.fresh:  # a fresh-only bridge (the exactness mode) keeps nothing
@@ -169,15 +186,10 @@ class Bridge:
             if self._tiles is None:
                 return plain(x)
             rects = self._layout(x)[1]
-            total, count = self._placed(x)
-            if not self.config.fresh:
-                cur = self._cur.setdefault(key, {})
-                if "total" in cur:
-                    cur["total"] += total
-                    cur["count"] += count
-                else:
-                    cur.update(total=total, count=count)
-            if not self._fresh:
+            here = self._place(x, self._cur.setdefault(key, {}) if not self.config.fresh else None)
+            if self._fresh:
+                total, count = here["total"], here["count"]  # (a fresh call holds every tile)
+            else:
                 prev = self._prev.get(key)
                 if prev is None:
                     return plain(x)  # step 0: no neighbour values yet

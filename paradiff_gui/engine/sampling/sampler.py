@@ -23,6 +23,7 @@ Sections:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import time
@@ -56,6 +57,7 @@ from ..models.info import describe_model
 from ..models.registry import load_denoiser
 from ..runtime import distributed, memory
 from ..runtime.devices import dtype_name, resolve_device, resolve_dtype
+from .bridges import Bridge, config_for
 
 EventSink = Callable[[Event], None]
 
@@ -252,7 +254,8 @@ def _context_weights(steps: int, strength: float, power: float = 3.0) -> list[fl
 
 
 def _synchronized(run: _Denoise, plan: TilePlan, noise: torch.Tensor, generator: torch.Generator, *,
-                  jitter: bool = False, guide: torch.Tensor | None = None) -> torch.Tensor:
+                  jitter: bool = False, guide: torch.Tensor | None = None,
+                  bridge: Bridge | None = None) -> torch.Tensor:
     """4. All tiles, every step, one canvas, one scheduler.
 
     ``jitter`` shifts the tile grid by a seeded offset every step, so seams never sit in the same
@@ -286,6 +289,8 @@ def _synchronized(run: _Denoise, plan: TilePlan, noise: torch.Tensor, generator:
         pred, consensus = predict_canvas(run, step_plan, x_in, t, weights[step_plan])
         # 4.3 One scheduler step on the whole canvas.
         latents = scheduler.step(pred, t, latents, **kwargs, return_dict=False)[0]
+        if bridge is not None:  # 4.4 this step's values are the neighbours' values of the next
+            bridge.end_step()
         run.flush_previews()  # the one host wait of the step, after the step is queued
         run.emit(StepFinished(run.step, run.total_steps, time.perf_counter() - started,
                               None if consensus is None else float(consensus), _device_memory(den.device)))
@@ -357,6 +362,33 @@ def _independent(run: _Denoise, noise: torch.Tensor, seed: int) -> torch.Tensor:
         region = canvas[..., tl.y0 : tl.y1, tl.x0 : tl.x1]
         region[..., mask] = states[tl.index].float()[..., mask]
     return run.shard.all_reduce(canvas)
+
+
+@contextlib.contextmanager
+def _bridged(den: Denoiser, plan: TilePlan, request: GenerationRequest, shard: Any,
+             emit: EventSink) -> Iterator[Bridge | None]:
+    """4b. Bridges for the full-size pass: installed on the model's layers, always removed (a
+    loaded model is kept for the next run). At step 0 nothing from a previous step exists yet,
+    so the tiles run unbridged (a filling pass would need every tile in one batch)."""
+    module = getattr(den, "bridge_module", None)
+    if request.bridges == "off":
+        yield None
+        return
+    if module is None:
+        emit(Notice(f"bridges: {den.name} does not expose its layers to bridges; running without them"))
+        yield None
+        return
+    if shard.active:
+        raise RequestError("bridges", "not available with several processes yet; use one device or bridges off")
+    if request.compile:
+        raise RequestError("bridges", "not available with --compile yet; use one of them")
+    bridge = Bridge(module, plan, config_for(request.bridges))
+    with bridge.installed():
+        den.bridge = bridge
+        try:
+            yield bridge
+        finally:
+            den.bridge = None
 
 
 def _tile_batch(request: GenerationRequest, den: Denoiser, plan: TilePlan, emit: EventSink) -> int:
@@ -453,7 +485,9 @@ def generate(
                 latents = _independent(run, noise, request.seed)
             else:
                 guide = _global_context(run, plan, generator) if request.global_context > 0 else None
-                latents = _synchronized(run, plan, noise, generator, jitter=request.jitter, guide=guide)
+                with _bridged(den, plan, request, shard, emit) as bridge:
+                    latents = _synchronized(run, plan, noise, generator, jitter=request.jitter, guide=guide,
+                                            bridge=bridge)
 
             # 5. Decode (never after a cancel) and finish; with several ranks rank 0 alone decodes.
             cancel.check()

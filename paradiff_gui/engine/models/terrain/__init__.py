@@ -16,6 +16,7 @@ Samplers, on a geometric σ schedule from 80 down to ``SIGMA_END``:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -118,6 +119,10 @@ class TerrainDenoiser:
         self.device = device
         self.dtype = dtype
         self.compiled = compile
+        # The layers bridges reach into (sampling/bridges.py), and the bridge of the run when
+        # the loop installs one: each model call then tells it which tiles the call holds.
+        self.bridge_module = unet
+        self.bridge: Any = None
         if compile:
             # fullgraph: a graph break would silently run part of the model uncompiled.
             self.unet = torch.compile(self.unet, fullgraph=True, dynamic=False, backend=COMPILE_BACKEND)
@@ -133,8 +138,12 @@ class TerrainDenoiser:
         # On a CPU, activations of more than a few tiles fall out of the caches and the
         # elementwise passes become memory-bound (49 tiles at once: 1.5x slower per tile).
         chunk = CPU_CHUNK if self.device.type == "cpu" else b
-        return torch.cat([self.unet(xs, ss, ls) for xs, ss, ls in
-                          zip(x.split(chunk), sigma.split(chunk), label.split(chunk))]).float()
+        outs = []
+        for i in range(0, b, chunk):
+            part = slice(i, i + chunk)
+            with self.bridge.tiles(tiles[part]) if self.bridge is not None else contextlib.nullcontext():
+                outs.append(self.unet(x[part], sigma[part], label[part]))
+        return torch.cat(outs).float()
 
     def notices(self, request: GenerationRequest) -> list[str]:
         out = []
