@@ -330,3 +330,14 @@ def test_models_lists_each_models_options(capsys):
     terrain = next(m for m in json.loads(out) if m["id"] == "builtin:terrain")
     assert terrain["options"] == [{"key": "terrain_difficulty", "label": "Difficulty", "min": 1, "max": 100,
                                    "default": 35}]
+
+
+def test_bridges_flag_reaches_the_request_and_is_refused_with_independent_fusion(capsys, tmp_path, monkeypatch):
+    from paradiff_gui.cli import build_parser, request_from_args
+
+    args = build_parser().parse_args(["generate", "--model", "builtin:terrain", "--seed", "1", "--bridges", "full"])
+    assert request_from_args(args).bridges == "full"
+    monkeypatch.chdir(tmp_path)
+    assert exit_code(["generate", "--bridges", "full", "--fusion", "independent"]) == 2
+    assert "bridges: connect tiles denoised together" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
