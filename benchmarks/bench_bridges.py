@@ -2,6 +2,11 @@
 
     python benchmarks/bench_bridges.py                                   # 384², overlap 32, seeds 1-3
     python benchmarks/bench_bridges.py --size 512 --overlaps 0 16 32 64 --seeds 1 2 3 4 5
+    python benchmarks/bench_bridges.py --variants off attention-tile norms-window   # chosen variants
+
+A *variant* is a request's ``bridges`` value with the bridge configured as named (norms over the
+canvas or a window, attention's reach, logit rescaling): the request values run as the app runs
+them, the others set the sampler's configuration (``sampler.config_for``) for the run.
 
 For every overlap × bridges setting and seed: the seam ratio (1.0 = no trace of the grid), the
 heights' standard deviation and mean |∇| inside the tiles (bridges must not win by flattening or
@@ -30,7 +35,34 @@ from paradiff_gui import __version__  # noqa: E402
 from paradiff_gui.engine import generate  # noqa: E402
 from paradiff_gui.engine.analysis.seams import analyse  # noqa: E402
 from paradiff_gui.engine.api.requests import request_for  # noqa: E402
-from paradiff_gui.engine.core.request import BRIDGES  # noqa: E402
+from paradiff_gui.engine.sampling import sampler  # noqa: E402
+from paradiff_gui.engine.sampling.bridges import BridgeConfig, config_for  # noqa: E402
+
+PREV = dict(fresh=False)
+# name: (the request's bridges value, the bridge configuration; None = the request's own)
+VARIANTS: dict[str, tuple[str, BridgeConfig | None]] = {
+    "off": ("off", None),
+    "halos": ("halos", None),
+    "norms-canvas": ("norms", BridgeConfig(halos=False, norms="canvas", attention=False, **PREV)),
+    "norms-window": ("norms", None),  # the request's: a tent one tile wide on each side
+    "norms-window2": ("norms", BridgeConfig(halos=False, norms="window", window=2.0, attention=False, **PREV)),
+    "attention-canvas": ("attention", BridgeConfig(halos=False, norms="off", reach=None, **PREV)),
+    "attention-tile": ("attention", None),  # the request's: whole neighbour tiles
+    "attention-tile-rescale": ("attention", BridgeConfig(halos=False, norms="off", reach=128, rescale=True,
+                                                         **PREV)),
+    "attention-strip32": ("attention", BridgeConfig(halos=False, norms="off", reach=32, **PREV)),
+    "attention+norms": ("full", BridgeConfig(halos=False, norms="window", reach=128, **PREV)),
+    "attention+halos": ("full", BridgeConfig(norms="off", reach=128, **PREV)),
+    "full": ("full", None),
+}
+
+
+def spectrum_high_share(image: np.ndarray, cutoff: float = 1 / 16) -> float:
+    """The share of the heights' power (mean removed) above ``cutoff`` cycles per px."""
+    z = image.astype(np.float64)
+    p = np.abs(np.fft.fft2(z - z.mean())) ** 2
+    fy, fx = np.fft.fftfreq(z.shape[0])[:, None], np.fft.fftfreq(z.shape[1])[None]
+    return float(p[np.hypot(fy, fx) > cutoff].sum() / p.sum())
 
 
 def interior_gradient(image: np.ndarray, rects: list[tuple[int, int, int, int]], margin: int = 8) -> float:
@@ -44,17 +76,23 @@ def interior_gradient(image: np.ndarray, rects: list[tuple[int, int, int, int]],
     return float(mag[inside].mean())
 
 
-def run(size: int, overlap: int, bridges: str, seed: int) -> dict:
+def run(size: int, overlap: int, variant: str, seed: int) -> dict:
+    bridges, config = VARIANTS[variant]
     req = request_for("builtin:terrain", width=size, height=size, seed=seed, overlap=overlap, device="cpu",
                       bridges=bridges)
-    started = time.perf_counter()
-    res = generate(req, previews=False)
-    seconds = time.perf_counter() - started
+    sampler.config_for = (lambda *_: config) if config is not None else config_for
+    try:
+        started = time.perf_counter()
+        res = generate(req, previews=False)
+        seconds = time.perf_counter() - started
+    finally:
+        sampler.config_for = config_for
     rects = [res.plan.image_rect(t) for t in res.plan.tiles]
-    return {"overlap": overlap, "bridges": bridges, "seed": seed, "tiles": len(rects),
-            "seam_ratio": round(analyse(res.image, rects).seam_ratio, 4),
+    return {"overlap": overlap, "variant": variant, "seed": seed, "tiles": len(rects),
+            "seam_ratio": round(analyse(res.image, rects).seam_ratio, 4) if len(rects) > 1 else None,
             "height_std": round(float(res.image.std()), 1),
             "interior_gradient": round(interior_gradient(res.image, rects), 2),
+            "high_share": round(spectrum_high_share(res.image), 5),
             "seconds": round(seconds, 2)}
 
 
@@ -62,14 +100,16 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=384)
     ap.add_argument("--overlaps", type=int, nargs="+", default=[32])
-    ap.add_argument("--bridges", nargs="+", default=list(BRIDGES), choices=BRIDGES)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--baseline", type=int, default=64, help="today's default overlap, bridges off")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     generate(request_for("builtin:terrain", width=128, height=128, steps=1, device="cpu"), previews=False)  # load
     rows = []
-    settings = [(o, b) for o in args.overlaps for b in args.bridges]
+    # The model's own outputs: one 128² tile per seed (what it makes without tiling).
+    own = [run(128, 0, "off", seed) for seed in args.seeds]
+    settings = [(o, b) for o in args.overlaps for b in args.variants]
     if args.baseline not in args.overlaps:
         settings.append((args.baseline, "off"))
     for overlap, bridges in settings:
@@ -78,20 +118,28 @@ def main() -> int:
             print(json.dumps(rows[-1]), flush=True)
     table = []
     for overlap, bridges in settings:
-        mine = [r for r in rows if r["overlap"] == overlap and r["bridges"] == bridges]
-        table.append({"overlap": overlap, "bridges": bridges, "tiles": mine[0]["tiles"],
-                      **{k: round(st.mean(r[k] for r in mine), 3) for k in
-                         ("seam_ratio", "height_std", "interior_gradient", "seconds")}})
-    print(f"{'overlap':>7} {'bridges':>9} {'tiles':>5} {'seam':>6} {'std':>7} {'|grad|':>7} {'s':>6}")
+        mine = [r for r in rows if r["overlap"] == overlap and r["variant"] == bridges]
+        seams = [r["seam_ratio"] for r in mine]
+        table.append({"overlap": overlap, "variant": bridges, "tiles": mine[0]["tiles"],
+                      "seam_ratio_sd": round(st.stdev(seams), 3) if len(seams) > 1 else 0.0,
+                      **{k: round(st.mean(r[k] for r in mine), 5 if k == "high_share" else 3) for k in
+                         ("seam_ratio", "height_std", "interior_gradient", "high_share", "seconds")}})
+    reference = {k: round(st.mean(r[k] for r in own), 5) for k in ("height_std", "interior_gradient", "high_share")}
+    print(f"the model's own 128² outputs: {reference}")
+    print(f"{'overlap':>7} {'variant':>22} {'tiles':>5} {'seam':>6} {'±':>5} {'std':>7} {'|grad|':>7} "
+          f"{'hf':>7} {'s':>6}")
     for t in table:
-        print(f"{t['overlap']:>7} {t['bridges']:>9} {t['tiles']:>5} {t['seam_ratio']:>6.3f} {t['height_std']:>7.1f} "
-              f"{t['interior_gradient']:>7.2f} {t['seconds']:>6.1f}")
+        print(f"{t['overlap']:>7} {t['variant']:>22} {t['tiles']:>5} {t['seam_ratio']:>6.3f} "
+              f"{t['seam_ratio_sd']:>5.2f} {t['height_std']:>7.1f} {t['interior_gradient']:>7.2f} "
+              f"{t['high_share']:>7.4f} {t['seconds']:>6.1f}")
     out = args.out or ROOT / "benchmarks" / "results" / f"bridges-{args.size}.json"
     out.write_text(json.dumps({
         "date": time.strftime("%Y-%m-%d"), "paradiff": __version__, "torch": torch.__version__,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, CPU",
         "timed": "generate() from request to image, model already loaded, previews off",
-        "size": args.size, "seeds": args.seeds, "table": table, "runs": rows}, indent=2) + "\n")
+        "size": args.size, "seeds": args.seeds, "model_own_128": reference, "table": table, "runs": rows,
+        "variants": {k: {"bridges": b, "config": None if c is None else c.__dict__}
+                     for k, (b, c) in VARIANTS.items()}}, indent=2) + "\n")
     return 0
 
 

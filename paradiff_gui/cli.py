@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bridges", choices=rq.BRIDGES,
                    help="tiles that compute as one model while they denoise: convolution halos, shared GroupNorm "
                         "statistics, attention to the other tiles (from the previous step); one alone, or full")
+    g.add_argument("--bridge-width", dest="bridge_width", type=_int_arg(0, rq.MAX_TILE // 2), metavar="PX",
+                   help="attention bridges see a strip this wide along each tile border (0, the default: the "
+                        "whole neighbour tiles); at most half a tile")
     g.add_argument("--tile-batch", dest="tile_batch", type=_tile_batch_arg, metavar="auto|N",
                    help="tiles per model call; auto (the default) picks the most that fit in memory")
     g.add_argument("--device", metavar="auto|cpu|cuda|cuda:N|mps")
@@ -158,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _OVERRIDES = ("model", "prompt", "negative_prompt", "overlap", "steps", "guidance", "sampler", "seed",
-              "fusion", "jitter", "global_context", "bridges", "tile_batch", "device", "dtype", "compile")
+              "fusion", "jitter", "global_context", "bridges", "bridge_width", "tile_batch", "device", "dtype",
+              "compile")
 
 
 def request_from_args(args: argparse.Namespace) -> rq.GenerationRequest:

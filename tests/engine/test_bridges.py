@@ -128,12 +128,13 @@ def test_previous_step_bridges_do_not_depend_on_the_tile_batch(unet, overlap):
 
 # -- in generation, on the real terrain weights --------------------------------------------------
 
-def _generate(**fields):
+def _generate(on_event=None, **fields):
     from paradiff_gui.engine import generate
     from paradiff_gui.engine.api.requests import request_for
 
-    req = request_for("builtin:terrain", width=192, height=192, steps=3, seed=1, overlap=64, device="cpu", **fields)
-    return generate(req, previews=False)
+    fields = {"width": 192, "height": 192, "steps": 3, "seed": 1, "overlap": 64, "device": "cpu", **fields}
+    req = request_for("builtin:terrain", **fields)
+    return generate(req, on_event, previews=False)
 
 
 def test_bridged_generation_does_not_depend_on_the_tile_batch_and_changes_the_picture():
@@ -182,3 +183,92 @@ def test_bridges_are_refused_where_they_cannot_apply():
         request_for("builtin:terrain", bridges="full", fusion="independent")
     with pytest.raises(RequestError, match=r"^bridges: must be one of off, halos, norms, attention, full"):
         request_for("builtin:terrain", bridges="some")
+
+
+def test_two_gloo_ranks_give_the_bridged_picture_of_one_process(tmp_path):
+    # Each rank adds its own tiles' values; the step's one exchange sums them (engine.runtime.
+    # distributed). The same picture as one process, up to float summation order.
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    args = ["generate", "--model", "builtin:terrain", "--size", "192x192", "--overlap", "64", "--steps", "3",
+            "--seed", "4", "--bridges", "full", "--quiet"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    runs = {}
+    for name, extra in (("one", ["--device", "cpu"]), ("two", ["--devices", "cpu,cpu"])):
+        out = tmp_path / f"{name}.png"
+        done = subprocess.run([sys.executable, "-m", "paradiff_gui", *args, *extra, "-o", str(out)],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        with Image.open(out) as im:
+            runs[name] = np.asarray(im).astype(np.int64)
+    diff = np.abs(runs["one"] - runs["two"])
+    assert diff.max() <= 32 and diff.mean() < 0.5, (diff.max(), diff.mean())  # of 65535; see the tile_batch test
+    plain = _generate(bridges="off", tile_batch=4, seed=4)
+    assert np.abs(runs["two"] - plain.image.astype(np.int64)).mean() > 20  # the ranks did bridge
+
+
+def test_bridge_refusals_in_the_plan_and_with_jitter():
+    from paradiff_gui.engine.api.requests import request_for
+    from paradiff_gui.engine.core.plan import TilePlan
+    from paradiff_gui.engine.core.request import RequestError
+
+    with pytest.raises(RequestError, match=r"^bridges: .* jitter moves the grid"):
+        request_for("builtin:terrain", bridges="full", jitter=True)
+    with pytest.raises(RequestError, match=r"^bridges: .* a compiled model hides"):
+        request_for("builtin:terrain", bridges="attention", compile=True)
+    with pytest.raises(RequestError, match=r"^bridge_width: sets the strip .* \(bridges is norms\)"):
+        request_for("builtin:terrain", bridges="norms", bridge_width=16)
+    with pytest.raises(RequestError, match=r"^bridge_width: must be from 0 to half a tile \(64 px for these "
+                                           r"128x128 px tiles\), got 72"):
+        TilePlan.for_request(request_for("builtin:terrain", bridges="full", bridge_width=72, width=256, height=256),
+                             1, 128)
+
+
+def test_a_failed_call_adds_nothing_so_its_retry_in_halves_counts_each_tile_once(unet):
+    # An out-of-memory batch is retried in halves (sampler._predict); values it had reached by
+    # then must not be kept twice.
+    plan = TilePlan.create(CANVAS, CANVAS, overlap=0, tile=TILE)
+    x = torch.randn(1, 1, CANVAS, CANVAS, generator=torch.Generator().manual_seed(5))
+    tiles = list(plan.tiles)
+    sums = []
+    for fail in (False, True):
+        bridge = Bridge(unet, plan, BridgeConfig(fresh=False))
+        with bridge.installed(), torch.inference_mode():
+            if fail:
+                with pytest.raises(RuntimeError, match="out of memory"), bridge.tiles(tiles[:4]):
+                    unet(torch.cat([x[..., t.y0:t.y1, t.x0:t.x1] for t in tiles[:4]]), torch.full((4,), 5.0),
+                         torch.full((4,), 0.3))
+                    raise RuntimeError("CUDA out of memory")
+                # (GroupNorm statistics are set per tile, not added: a retry overwrites them)
+                assert not any("sum" in store for store in bridge._cur.values())
+            _run(unet, bridge, x, plan, batch=2)
+        sums.append(torch.cat([v.flatten() for s in bridge._prev.values() for v in s.values()]))
+    assert torch.equal(sums[0], sums[1])
+
+
+def test_the_memory_planner_counts_what_bridges_keep():
+    # The run says up front what its bridge keeps (measured on one tile); the same bridge after
+    # two steps holds exactly that.
+    from paradiff_gui.engine import events
+    from paradiff_gui.engine.models.registry import _CACHE
+    from paradiff_gui.engine.sampling.bridges import config_for
+
+    notices = []
+    _generate(bridges="full", on_event=lambda e: notices.append(e.message) if isinstance(e, events.Notice) else None)
+    (said,) = [m for m in notices if m.startswith("bridges keep")]
+    (den,) = _CACHE.values()
+    plan = TilePlan.create(192, 192, overlap=64, tile=128)
+    bridge = Bridge(den.bridge_module, plan, config_for("full", 128))
+    x = torch.randn(1, 1, 192, 192)
+    tiles = list(plan.tiles)
+    with bridge.installed():
+        for _ in range(2):
+            _run(den.bridge_module, bridge, x, plan, batch=4)
+        with torch.inference_mode(), bridge.tiles(tiles[:1]):  # mid-step: the previous step's and this one's
+            den.bridge_module(x[..., :128, :128], torch.full((1,), 5.0), torch.full((1,), 0.3))
+    assert said.startswith(f"bridges keep {bridge.kept_bytes() / 2**20:.1f} MiB"), (said, bridge.kept_bytes())
+    assert bridge.kept_bytes() > 0

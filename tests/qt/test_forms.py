@@ -36,7 +36,7 @@ def requests(sd_like: str) -> list[rq.GenerationRequest]:
                     extra={"terrain_difficulty": 70, "from_elsewhere": "kept"}),
         request_for(sd_like, prompt="a castle", negative_prompt="blur", width=1024, height=512, grid=(2, 3),
                     overlap=64, steps=7, guidance=5.5, sampler="euler_a", seed=9, fusion="uniform",
-                    compile=True, dtype="fp16", device="cuda:1"),
+                    dtype="fp16", device="cuda:1", bridges="full", bridge_width=64),
         request_for(sd_like, prompt="a harbour", width=1536, height=768, tile=640, overlap=160, guidance=9.0,
                     sampler="unipc", seed=0, fusion="independent", global_context=1.0),
     ]
@@ -226,3 +226,16 @@ def test_keeping_a_core_free_is_a_preference_not_part_of_the_request(panel, qtbo
     assert panel.request() == before
     panel.set_request(before)
     assert panel.spare_core.isChecked()  # a shown request leaves it as it was
+
+
+def test_the_bridge_width_is_offered_only_to_attention_bridges(panel, sd_like):
+    panel.set_request(request_for(sd_like, width=1024, height=1024))
+    c = panel.coherence_form
+    assert c.bridges.currentData() == "off" and not c.bridge_width.isEnabled()
+    c.bridges.setCurrentIndex(c.bridges.findData("attention"))
+    assert c.bridge_width.isEnabled()
+    c.bridge_width.setValue(48)
+    assert (panel.request().bridges, panel.request().bridge_width) == ("attention", 48)
+    c.bridges.setCurrentIndex(c.bridges.findData("norms"))  # greyed: the width is not sent
+    assert not c.bridge_width.isEnabled() and panel.request().bridge_width == 0
+    assert [c.bridges.itemData(i) for i in range(c.bridges.count())] == list(rq.BRIDGES)

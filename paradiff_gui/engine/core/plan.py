@@ -141,10 +141,11 @@ class TilePlan:
             if value % scale:
                 raise RequestError(name, f"must be a multiple of {scale} px for this model, got {value}")
         if request.grid is not None:
-            return cls.create(
+            plan = cls.create(
                 request.height // scale, request.width // scale,
                 overlap=overlap_px // scale, grid=request.grid, scale=scale,
             )
+            return plan._check_bridge_width(request)
         if tile_px % scale:
             raise RequestError("tile", f"must be a multiple of {scale} px for this model, got {tile_px}")
         if overlap_px >= tile_px:
@@ -152,7 +153,19 @@ class TilePlan:
         return cls.create(
             request.height // scale, request.width // scale,
             overlap=overlap_px // scale, tile=tile_px // scale, scale=scale,
-        )
+        )._check_bridge_width(request)
+
+    def _check_bridge_width(self, request: GenerationRequest) -> TilePlan:
+        """A strip of attention bridges reaches at most half a tile past the border."""
+        limit = min(self.tile_h, self.tile_w) * self.scale // 2
+        width = getattr(request, "bridge_width", 0)
+        if width > limit:
+            tiles = f"{self.tile_w * self.scale}x{self.tile_h * self.scale} px tiles"
+            raise RequestError("bridge_width", f"must be from 0 to half a tile ({limit} px for these {tiles}), "
+                                               f"got {width}")
+        if width % self.scale:
+            raise RequestError("bridge_width", f"must be a multiple of {self.scale} px for this model, got {width}")
+        return self
 
     def shifted(self, dy: int, dx: int) -> TilePlan:
         """The same tiles on a grid moved up/left by (dy, dx) latent px (each below one stride).

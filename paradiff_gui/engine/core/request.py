@@ -128,6 +128,7 @@ class GenerationRequest:
     jitter: bool = False
     global_context: float = 0.0
     bridges: str = "off"
+    bridge_width: int = 0  # attention bridges: a strip this wide (px) along each border; 0 = whole neighbour tiles
     tile_batch: int | str = "auto"  # tiles per model call, or "auto": the most that fit (engine.memory)
     device: str = "auto"
     compile: bool = False  # torch.compile the UNet (CUDA: channels-last too); speed only, same picture
@@ -175,6 +176,16 @@ class GenerationRequest:
         if self.bridges != "off" and self.fusion == "independent":
             raise RequestError("bridges", "connect tiles denoised together at every step; fusion independent denoises "
                                           "them one by one: use another fusion or bridges off")
+        if self.bridges != "off" and self.jitter is True:
+            raise RequestError("bridges", "pass values between tiles that keep their place from step to step; "
+                                          "jitter moves the grid every step: use bridges off or no jitter")
+        if self.bridges != "off" and self.compile is True:
+            raise RequestError("bridges", "reach into the model's layers, which a compiled model hides: use bridges "
+                                          "off or no compile")
+        _check_int("bridge_width", self.bridge_width, 0, MAX_TILE // 2, SIZE_MULTIPLE)
+        if self.bridge_width and self.bridges not in ("attention", "full"):
+            raise RequestError("bridge_width", "sets the strip that attention bridges reach into: use bridges "
+                                               f"attention or full, or bridge_width 0 (bridges is {self.bridges})")
         if not isinstance(self.jitter, bool):
             raise RequestError("jitter", f"must be true or false, got {self.jitter!r}")
         if isinstance(self.global_context, bool) or not isinstance(self.global_context, (int, float)) \

@@ -52,9 +52,10 @@ class Footprint:
     views_per_tile: int  # 2 with classifier-free guidance
     decode: int  # one decode tile's activations
     tiles: int
+    bridges: int = 0  # what bridges keep between calls (two steps of neighbour values), measured
 
     def denoise_peak(self, tile_batch: int) -> int:
-        return self.weights + self.canvas + tile_batch * self.views_per_tile * self.per_view
+        return self.weights + self.canvas + self.bridges + tile_batch * self.views_per_tile * self.per_view
 
     def decode_peak(self) -> int:
         return self.weights + self.canvas // CANVASES + self.decode
@@ -63,8 +64,9 @@ class Footprint:
         return max(self.denoise_peak(tile_batch), self.decode_peak())
 
     def describe(self, tile_batch: int) -> str:
+        bridges = f", bridges {self.bridges / GiB:.2f}" if self.bridges else ""
         return (f"≈ {self.peak(tile_batch) / GiB:.1f} GiB (weights {self.weights / GiB:.1f}, canvas "
-                f"{self.canvas / GiB:.2f}, {tile_batch} tile(s) x {self.views_per_tile} view(s) "
+                f"{self.canvas / GiB:.2f}{bridges}, {tile_batch} tile(s) x {self.views_per_tile} view(s) "
                 f"{tile_batch * self.views_per_tile * self.per_view / GiB:.1f}, decode tile {self.decode / GiB:.1f})")
 
 
@@ -95,7 +97,7 @@ def choose_tile_batch(fp: Footprint, free_bytes: int | None, device_type: str) -
     if device_type != "cuda" or free_bytes is None:
         return max(1, min(fp.tiles, CPU_AUTO_BATCH))
     check_fits(fp, 1, free_bytes, device_type)
-    budget = free_bytes * MARGIN - fp.weights - fp.canvas
+    budget = free_bytes * MARGIN - fp.weights - fp.canvas - fp.bridges
     per_batch = fp.views_per_tile * fp.per_view
     return max(1, min(fp.tiles, MAX_TILE_BATCH, int(budget // per_batch)))
 

@@ -6,40 +6,55 @@ own tokens only. A :class:`Bridge` is installed on a model's modules for a run a
 tiles through three channels, each switchable:
 
 - **halos** — a padded convolution takes the pixels past a tile edge from the neighbours'
-  activations at that layer (a layer canvas: every tile's activation placed at its position,
-  averaged where tiles overlap), zeros only past the canvas edge;
-- **norms** — GroupNorm statistics over the whole canvas (``"canvas"``) instead of per tile;
-- **attention** — each self-attention layer's queries also attend to the other tiles' keys and
-  values.
+  activations at that layer (averaged where tiles overlap), zeros only past the canvas edge;
+- **norms** — GroupNorm statistics shared between tiles: over the whole canvas (``"canvas"``)
+  or over a window around each tile (``"window"``: every tile's statistics weighted by a tent
+  on the distance between tile centres, ``window`` tiles wide on each side), so statistics vary
+  smoothly from tile to tile;
+- **attention** — each self-attention layer's queries also attend to the tokens of the layer
+  that lie outside the tile but within ``reach`` px of its border (``None``: the whole canvas),
+  optionally with the logits rescaled for the larger token count (``rescale``: the factor
+  sqrt(log N / log n) of Jin et al. 2023, n the tile's own tokens, N the tokens attended).
+
+Geometry: at a layer ``f`` times smaller than the model's input, a tile covers the rect
+(y0/f, x0/f)…; a start that is not a multiple of ``f`` is rounded (the neighbours' values are
+then up to f/2 px off at that layer; ``TilePlan`` starts are whole latent pixels). What a tile
+receives is kept compactly: only the layer pixels that some tile reads (for a 3×3 convolution
+a one-pixel ring around each tile), summed over the tiles that cover them and divided by how
+many do.
 
 ``fresh=True`` takes the neighbours' values from the same call (all tiles must be in one batch):
-with overlap 0 and every channel on, the tiled call then equals one call of the model on the
-whole canvas — the proof that the bridges carry everything a tile border cuts
-(``tests/engine/test_bridges.py``). ``fresh=False`` (the mode for generation) takes the
-neighbours' values from the **previous step** (DistriFusion, Li et al. 2024): a tile's own values
-are always current, every other tile's come from step t−1, so the picture does not depend on
-how tiles are batched or which GPU runs them; :meth:`Bridge.end_step` closes a step. At step 0
-there is nothing from a previous step and the tiles run unbridged.
+with overlap 0 and every channel on (``norms="canvas"``, ``reach=None``), the tiled call equals
+one call of the model on the whole canvas — the proof that the bridges carry everything a tile
+border cuts (``tests/engine/test_bridges.py``). ``fresh=False`` (the mode for generation) takes
+the neighbours' values from the **previous step** (DistriFusion, Li et al. 2024): a tile's own
+values are always current, every other tile's come from step t−1, so the picture does not
+depend on how tiles are batched or which GPU runs them; :meth:`Bridge.end_step` closes a step
+(and, with several processes, sums what every rank saw: ``reduce``). At step 0 there is nothing
+from a previous step and the tiles run unbridged.
 
 A model opts in by exposing its pieces as modules: ``nn.Conv2d`` with zero padding,
-``nn.GroupNorm``, and attention modules with an ``attend(q, k, v)`` method (q, k, v of shape
-(batch, heads, tokens, head_dim); see ``models/terrain/unet.py``).
+``nn.GroupNorm``, and self-attention modules with an ``attend(q, k, v, mask=None)`` method
+(q, k, v of shape (batch, heads, tokens, head_dim), tokens row-major over the layer's grid;
+``mask`` as ``F.scaled_dot_product_attention``'s ``attn_mask``; see ``models/terrain/unet.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..core.plan import Tile, TilePlan
 
-NORM_MODES = ("off", "canvas")
+NORM_MODES = ("off", "canvas", "window")
 
 
 @dataclass(frozen=True)
@@ -48,39 +63,99 @@ class BridgeConfig:
     norms: str = "canvas"  # one of NORM_MODES
     attention: bool = True
     fresh: bool = True  # neighbours' values from this call (all tiles in one batch)
+    reach: int | None = None  # attention: model-input px past the tile edge; None = whole canvas
+    rescale: bool = False  # attention: logits × sqrt(log N / log n) (Jin et al. 2023)
+    window: float = 1.0  # norms="window": tent half-width, in tiles (its area: one tile's)
 
     def __post_init__(self) -> None:
         if self.norms not in NORM_MODES:
             raise ValueError(f"norms must be one of {NORM_MODES}, got {self.norms!r}")
+        if self.reach is not None and self.reach < 1:
+            raise ValueError(f"reach must be at least 1 px (or None for the whole canvas), got {self.reach}")
+        if self.window <= 0:
+            raise ValueError(f"window must be above 0 tiles, got {self.window}")
 
 
-_CHANNELS = {
-    "halos": BridgeConfig(halos=True, norms="off", attention=False, fresh=False),
-    "norms": BridgeConfig(halos=False, norms="canvas", attention=False, fresh=False),
-    "attention": BridgeConfig(halos=False, norms="off", attention=True, fresh=False),
-    "full": BridgeConfig(fresh=False),
-}
+class _Ring:
+    """The layer pixels each tile reads from its neighbours at one layer: those outside the
+    tile's rect and within (rh, rw) px of it, clipped to the canvas — kept as slots of one
+    compact store shared by all tiles."""
+
+    def __init__(self, plan: TilePlan, f: int, h: int, w: int, rh: int, rw: int, device: torch.device) -> None:
+        H, W = -(-plan.height // f), -(-plan.width // f)
+        self.rects = []
+        for t in plan.tiles:
+            y0, x0 = min(round(t.y0 / f), H - h), min(round(t.x0 / f), W - w)
+            self.rects.append((y0, x0, y0 + h, x0 + w))
+        rings = []
+        for y0, x0, y1, x1 in self.rects:
+            ys, xs = np.mgrid[max(y0 - rh, 0):min(y1 + rh, H), max(x0 - rw, 0):min(x1 + rw, W)]
+            outside = ~((ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1))
+            rings.append((ys[outside], xs[outside]))
+        flat = [ys * W + xs for ys, xs in rings]
+        union = np.unique(np.concatenate(flat)) if flat else np.zeros(0, np.int64)
+        slot_of = np.full(H * W, -1, np.int64)
+        slot_of[union] = np.arange(len(union))
+        self.size = len(union)
+        # Where each tile's own pixels feed the store: (tile-local flat index, slot).
+        self.feeds = []
+        covered = np.zeros(self.size, np.float32)
+        for y0, x0, y1, x1 in self.rects:
+            block = slot_of.reshape(H, W)[y0:y1, x0:x1].reshape(-1)
+            local = np.nonzero(block >= 0)[0]
+            covered[block[local]] += 1
+            self.feeds.append((torch.from_numpy(local).to(device), torch.from_numpy(block[local]).to(device)))
+        self.coverage = torch.from_numpy(covered).clamp_min(1).to(device)
+        # What each tile reads, padded to the longest ring: slots, validity, and (for halos) the
+        # position in the tile's padded crop.
+        self.longest = max((len(f_) for f_ in flat), default=0)
+        n = len(rings)
+        slots = np.zeros((n, self.longest), np.int64)
+        valid = np.zeros((n, self.longest), bool)
+        crop = np.full((n, self.longest), (h + 2 * rh) * (w + 2 * rw), np.int64)  # pad: a spare column
+        for i, ((ys, xs), (y0, x0, _, _)) in enumerate(zip(rings, self.rects)):
+            k = len(ys)
+            slots[i, :k] = slot_of[ys * W + xs]
+            valid[i, :k] = True
+            crop[i, :k] = (ys - y0 + rh) * (w + 2 * rw) + (xs - x0 + rw)
+        self.slots = torch.from_numpy(slots).to(device)
+        self.valid = torch.from_numpy(valid).to(device)
+        self.crop = torch.from_numpy(crop).to(device)
+        self.counts = torch.from_numpy(valid.sum(1)).to(device)
 
 
-def config_for(bridges: str) -> BridgeConfig:
-    """The previous-step configuration of a request's ``bridges`` value (not ``off``)."""
-    return _CHANNELS[bridges]
+def config_for(bridges: str, reach: int | None = None) -> BridgeConfig:
+    """The previous-step configuration of a request's ``bridges`` value (not ``off``);
+    ``reach`` in model-input px (the attention's strip along each border)."""
+    return {
+        "halos": BridgeConfig(halos=True, norms="off", attention=False, fresh=False),
+        "norms": BridgeConfig(halos=False, norms="window", attention=False, fresh=False),
+        "attention": BridgeConfig(halos=False, norms="off", attention=True, fresh=False, reach=reach),
+        "full": BridgeConfig(norms="window", fresh=False, reach=reach),
+    }[bridges]
 
 
 class Bridge:
     """Connects the tiles of a model call; install with :meth:`installed`, then run the model
     inside :meth:`tiles` for each batch."""
 
-    def __init__(self, model: nn.Module, plan: TilePlan, config: BridgeConfig | None = None) -> None:
+    def __init__(self, model: nn.Module, plan: TilePlan, config: BridgeConfig | None = None,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.model = model
         self.plan = plan
         self.config = config or BridgeConfig()
+        self.reduce = reduce
         self._tiles: Sequence[Tile] | None = None
         self._fresh = self.config.fresh
         self._patched: list[tuple[nn.Module, str, Any]] = []
+        self._rings: dict[tuple[int, int, int, int, int], _Ring] = {}
+        self._weights: torch.Tensor | None = None
         # Previous-step mode: what this step's calls saw (per layer), and the step before's.
-        self._cur: dict[tuple[int, str], dict[Any, Any]] = {}
-        self._prev: dict[tuple[int, str], dict[Any, Any]] = {}
+        self._cur: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+        self._prev: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+        self.bytes_per_step = 0  # what end_step hands over (and, with several ranks, sums)
+        self._sizes: dict[tuple[int, str], int] = {}
+        self._pending = []
 
     # -- installation ------------------------------------------------------------------------
 
@@ -105,10 +180,19 @@ class Bridge:
         if self._fresh and len(tiles) != len(self.plan.tiles):
             raise ValueError("a fresh call needs every tile of the plan in one batch")
         self._tiles = tiles
+        self._pending: list[tuple[tuple[int, str], torch.Tensor, torch.Tensor]] = []
         try:
             yield
+            # Kept only once the call went through: a call that failed (out of memory) and is
+            # retried in halves must not add its tiles twice.
+            for key, slots, values in self._pending:
+                here = self._cur.get(key)
+                if here is None:
+                    here = self._cur[key] = {"sum": values.new_zeros(*values.shape[:2], self._sizes[key])}
+                here["sum"][:, :, slots] += values
         finally:
             self._tiles = None
+            self._pending = []
 
     def _install(self) -> None:
         c = self.config
@@ -119,7 +203,7 @@ class Bridge:
             elif c.norms != "off" and isinstance(module, nn.GroupNorm):
                 self._patch(module, "forward", self._norm(module))
             elif c.attention and callable(getattr(module, "attend", None)):
-                self._patch(module, "attend", self._attend(module.attend))
+                self._patch(module, "attend", self._attend(module, module.attend))
 
     def _patch(self, module: nn.Module, name: str, fn: Any) -> None:
         self._patched.append((module, name, module.__dict__.get(name)))
@@ -133,45 +217,78 @@ class Bridge:
                 setattr(module, name, before)
         self._patched.clear()
 
+    def kept_bytes(self) -> int:
+        """What the bridge holds between calls: this step's values and the previous step's."""
+        return sum(t.numel() * t.element_size() for d in (self._cur, self._prev) for s in d.values()
+                   for t in s.values())
+
     def end_step(self) -> None:
-        """The step's values become the neighbours' values for the next step (previous-step mode)."""
+        """The step's values become the neighbours' values for the next step (previous-step
+        mode); with several processes each rank saw its own tiles, and ``reduce`` sums them."""
+        parts = [(store, name) for store in self._cur.values() for name in store]
+        if self.reduce is not None and parts:
+            # One exchange per step: every store flattened into one buffer, summed over the ranks
+            # (each rank added its own tiles; the layers were met in the same order everywhere).
+            packed = self.reduce(torch.cat([store[name].flatten() for store, name in parts]))
+            at = 0
+            for store, name in parts:
+                size = store[name].numel()
+                store[name] = packed[at:at + size].view_as(store[name])
+                at += size
+        self.bytes_per_step = sum(store[name].numel() * store[name].element_size() for store, name in parts)
         self._prev, self._cur = self._cur, {}
 
     # -- geometry ----------------------------------------------------------------------------
 
-    def _layout(self, x: torch.Tensor) -> tuple[int, list[tuple[int, int, int, int]], int]:
-        """The layer's downsampling factor, every tile's rect at the layer's resolution, and how
-        many halves the batch holds (2 with classifier-free guidance: all unconditional rows,
-        then all conditional ones)."""
+    def _layout(self, rows: int, h: int, w: int) -> tuple[int, int]:
+        """The layer's downsampling factor and how many halves the batch holds (2 with
+        classifier-free guidance: all unconditional rows, then all conditional ones)."""
         tiles = self._tiles
         assert tiles is not None, "run the model inside bridge.tiles(...)"
-        rows, _, h, w = x.shape
         f = tiles[0].height // h
         if f < 1 or tiles[0].height != h * f or tiles[0].width != w * f:
             raise ValueError(f"a {h}x{w} layer does not divide the {tiles[0].height}x{tiles[0].width} tile")
         if rows % len(tiles):
             raise ValueError(f"{rows} rows are not whole halves of {len(tiles)} tiles")
-        return f, [(t.y0 // f, t.x0 // f, t.y0 // f + h, t.x0 // f + w) for t in tiles], rows // len(tiles)
+        return f, rows // len(tiles)
 
-    def _place(self, x: torch.Tensor, into: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Add this call's activations, tile by tile in batch order, to ``into``'s sum and count
-        canvases ((halves, C, H, W) and (1, 1, H, W)), made on first use. Tile by tile, so the
-        sums come out the same however the step's tiles were batched."""
-        f, rects, halves = self._layout(x)
-        n, c = len(rects), x.shape[1]
-        if into is None or "total" not in into:
-            height, width = -(-self.plan.height // f), -(-self.plan.width // f)
-            into = {} if into is None else into
-            into["total"] = x.new_zeros(halves, c, height, width, dtype=torch.float32)
-            into["count"] = x.new_zeros(1, 1, height, width, dtype=torch.float32)
-        for i, (y0, x0, y1, x1) in enumerate(rects):
-            into["total"][:, :, y0:y1, x0:x1] += x[i::n].float()
-            into["count"][..., y0:y1, x0:x1] += 1
-        return into
+    def _ring(self, f: int, h: int, w: int, rh: int, rw: int, device: torch.device) -> _Ring:
+        key = (f, h, w, rh, rw)
+        if key not in self._rings:
+            self._rings[key] = _Ring(self.plan, f, h, w, rh, rw, device)
+        return self._rings[key]
 
-    def _accumulate(self, key: tuple[int, str], values: dict[Any, Any]) -> None:
-        if not self.config.fresh:  # a fresh-only bridge (the exactness mode) keeps nothing
-            self._cur.setdefault(key, {}).update(values)
+    def _index(self, device: torch.device) -> torch.Tensor:
+        assert self._tiles is not None
+        return torch.tensor([t.index for t in self._tiles], device=device)
+
+    def _store(self, key: tuple[int, str], ring: _Ring, x: torch.Tensor, halves: int) -> torch.Tensor | None:
+        """Add this call's layer values (rows, C, h, w), tile by tile in batch order, to the
+        step's store for ``key``; return the store the neighbours' values come from (this
+        call's when fresh, the previous step's otherwise; None at step 0)."""
+        assert self._tiles is not None
+        n, c = len(self._tiles), x.shape[1]
+        flat = x.reshape(x.shape[0], c, -1)
+        if not self.config.fresh:  # kept for the next step (added when the call has gone through)
+            self._sizes[key] = ring.size
+            for i, t in enumerate(self._tiles):  # tile by tile: the same sums however tiles are batched
+                local, slots = ring.feeds[t.index]
+                self._pending.append((key, slots, flat[i::n][:, :, local].float()))
+        if self._fresh:
+            here = x.new_zeros(halves, c, ring.size, dtype=torch.float32)
+            for i, t in enumerate(self._tiles):
+                local, slots = ring.feeds[t.index]
+                here[:, :, slots] += flat[i::n][:, :, local].float()
+            return here
+        prev = self._prev.get(key)
+        return None if prev is None else prev["sum"]
+
+    def _read(self, store: torch.Tensor, ring: _Ring, halves: int, dtype: torch.dtype) -> torch.Tensor:
+        """Each row's ring values, (rows, C, longest): the store averaged where tiles overlap."""
+        idx = self._index(store.device)
+        mean = (store / ring.coverage).to(dtype)  # (halves, C, size)
+        got = mean[:, :, ring.slots[idx]]  # (halves, C, n, longest)
+        return got.permute(0, 2, 1, 3).reshape(halves * len(idx), store.shape[1], ring.longest)
 
     # -- the three channels --------------------------------------------------------------------
 
@@ -179,62 +296,81 @@ class Bridge:
         ph, pw = _pair(conv.padding)
         key = (id(conv), "halo")
 
-        def plain(x: torch.Tensor) -> torch.Tensor:
-            return conv._conv_forward(x, conv.weight, conv.bias)
-
         def forward(x: torch.Tensor) -> torch.Tensor:
             if self._tiles is None:
-                return plain(x)
-            rects = self._layout(x)[1]
-            here = self._place(x, self._cur.setdefault(key, {}) if not self.config.fresh else None)
-            if self._fresh:
-                total, count = here["total"], here["count"]  # (a fresh call holds every tile)
-            else:
-                prev = self._prev.get(key)
-                if prev is None:
-                    return plain(x)  # step 0: no neighbour values yet
-                total, count = prev["total"], prev["count"]
-            source = F.pad((total / count.clamp_min(1)).to(x.dtype), (pw, pw, ph, ph))
-            n = len(rects)
-            crops = torch.empty(x.shape[0], x.shape[1], x.shape[2] + 2 * ph, x.shape[3] + 2 * pw,
-                                dtype=x.dtype, device=x.device)
-            for r in range(x.shape[0]):
-                y0, x0, y1, x1 = rects[r % n]
-                crops[r] = source[r // n, :, y0:y1 + 2 * ph, x0:x1 + 2 * pw]
-            crops[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]] = x  # its own values inside
+                return conv._conv_forward(x, conv.weight, conv.bias)
+            rows, c, h, w = x.shape
+            f, halves = self._layout(rows, h, w)
+            ring = self._ring(f, h, w, ph, pw, x.device)
+            store = self._store(key, ring, x, halves)
+            if store is None:
+                return conv._conv_forward(x, conv.weight, conv.bias)  # step 0: no neighbour values yet
+            size = (h + 2 * ph) * (w + 2 * pw)
+            crops = x.new_zeros(rows, c, size + 1)  # + a spare column for the rings' padding
+            crops[:, :, :size].view(rows, c, h + 2 * ph, w + 2 * pw)[:, :, ph:ph + h, pw:pw + w] = x
+            where = ring.crop[self._index(x.device)].repeat(halves, 1)[:, None].expand(-1, c, -1)
+            crops.scatter_(2, where, self._read(store, ring, halves, x.dtype))
+            crops = crops[:, :, :size].view(rows, c, h + 2 * ph, w + 2 * pw)
             return F.conv2d(crops, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
 
         return forward
+
+    def _tile_weights(self, device: torch.device) -> torch.Tensor:
+        """(tiles, tiles): how much each tile's statistics count in each tile's GroupNorms."""
+        if self._weights is None:
+            tiles = self.plan.tiles
+            if self.config.norms == "canvas":
+                wts = np.ones((len(tiles), len(tiles)), np.float64)
+            else:
+                cy = np.array([(t.y0 + t.y1) / 2 for t in tiles])
+                cx = np.array([(t.x0 + t.x1) / 2 for t in tiles])
+                sy = self.config.window * tiles[0].height
+                sx = self.config.window * tiles[0].width
+                wts = np.clip(1 - np.abs(cy[:, None] - cy[None]) / sy, 0, None) \
+                    * np.clip(1 - np.abs(cx[:, None] - cx[None]) / sx, 0, None)
+            self._weights = torch.from_numpy(wts).float().to(device)
+        return self._weights
 
     def _norm(self, norm: nn.GroupNorm) -> Any:
         key = (id(norm), "norm")
 
         def forward(x: torch.Tensor) -> torch.Tensor:
-            if self._tiles is None:
+            if self._tiles is None or x.ndim != 4:  # (a norm over tokens, (B, C, T), has no grid)
                 return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
             rows, c, h, w = x.shape
-            _, rects, halves = self._layout(x)
-            n = len(rects)
+            _, halves = self._layout(rows, h, w)
+            n = len(self._tiles)
+            idx = self._index(x.device)
+            wts = self._tile_weights(x.device)
             xs = x.float().reshape(rows, norm.num_groups, -1)
-            own = torch.stack([xs.sum(-1), (xs * xs).sum(-1)])  # (2, rows, groups)
             size = xs.shape[-1]
-            tiles = self._tiles
-            self._accumulate(key, {t.index: own[:, i::n] for i, t in enumerate(tiles)})  # (2, halves, groups)
+            own = torch.stack([xs.sum(-1), (xs * xs).sum(-1)]).view(2, halves, n, -1)  # (2, halves, n, groups)
+            if not self.config.fresh:
+                here = self._cur.get(key)
+                if here is None:
+                    here = self._cur[key] = {
+                        "stats": own.new_zeros(2, halves, len(self.plan.tiles), own.shape[-1]),
+                        "seen": own.new_zeros(len(self.plan.tiles))}
+                here["stats"][:, :, idx] = own
+                here["seen"][idx] = 1
             if self._fresh:
-                # One set of statistics per half over all tiles (each tile's pixels once).
-                stats = own.view(2, halves, n, -1).sum(2, keepdim=True).expand(-1, -1, n, -1).reshape(2, rows, -1)
-                count = torch.full((rows, 1), size * n, device=x.device)
+                # Every tile's statistics (each tile's pixels once), weighted for each tile.
+                sub = wts[idx][:, idx]  # (n, n)
+                stats = torch.einsum("ij,shjg->shig", sub, own)
+                count = sub.sum(1) * size
             else:
                 prev = self._prev.get(key)
                 if prev is None:  # step 0: no neighbour values yet
                     return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
                 # Own statistics fresh, every other tile's from the previous step.
-                total = sum(prev.values())
-                zero = torch.zeros_like(total)
-                stale_own = torch.stack([prev.get(t.index, zero) for t in tiles], dim=2)  # (2, halves, n, groups)
-                stats = own + (total[:, :, None] - stale_own).reshape(2, rows, -1)
-                tiles_counted = torch.tensor([len(prev) + (t.index not in prev) for t in tiles], device=x.device)
-                count = (size * tiles_counted).repeat(halves)[:, None]  # (rows, 1)
+                others = wts[idx] * prev["seen"][None]
+                others[torch.arange(n, device=x.device), idx] = 0
+                mine = wts[idx, idx]
+                theirs = prev["stats"][:, :, None].expand(-1, -1, n, -1, -1) / size  # E[x], E[x²]
+                stats = mine[:, None] * own + size * torch.einsum("ij,shijg->shig", others, theirs)
+                count = (mine + others.sum(1)) * size
+            stats = stats.reshape(2, rows, -1)
+            count = count.repeat(halves)[:, None]
             mean = stats[0] / count
             var = (stats[1] / count - mean * mean).clamp_min(0)
             out = ((xs - mean[..., None]) * torch.rsqrt(var[..., None] + norm.eps)).reshape(rows, c, h, w)
@@ -244,35 +380,42 @@ class Bridge:
 
         return forward
 
-    def _attend(self, attend: Any) -> Any:
-        key = (id(attend), "attention")
+    def _attend(self, module: nn.Module, attend: Any) -> Any:
+        key = (id(module), "attention")
 
-        def bridged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            if self._tiles is None:
-                return attend(q, k, v)
+        def bridged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
+            if self._tiles is None or mask is not None:
+                return attend(q, k, v, mask)
             rows, heads, t, d = k.shape
-            tiles = self._tiles
-            n = len(tiles)
-            halves = rows // n
-            self._accumulate(key, {tile.index: (k[i::n], v[i::n]) for i, tile in enumerate(tiles)})
-            if self._fresh:
-                # Every tile's queries over all tiles' keys and values (of its half).
-                kh = k.view(halves, n, heads, t, d).transpose(1, 2).reshape(halves, 1, heads, n * t, d)
-                vh = v.view(halves, n, heads, t, d).transpose(1, 2).reshape(halves, 1, heads, n * t, d)
-                k_all = kh.expand(-1, n, -1, -1, -1).reshape(rows, heads, n * t, d)
-                v_all = vh.expand(-1, n, -1, -1, -1).reshape(rows, heads, n * t, d)
-                return attend(q, k_all, v_all)
-            prev = self._prev.get(key)
-            if prev is None:
-                return attend(q, k, v)
-            out = torch.empty_like(q)
-            for r in range(rows):
-                half, tile = r // n, tiles[r % n]
-                # Own keys and values fresh, every other tile's from the previous step.
-                ks = [k[r]] + [kv[0][half] for idx, kv in prev.items() if idx != tile.index]
-                vs = [v[r]] + [kv[1][half] for idx, kv in prev.items() if idx != tile.index]
-                out[r] = attend(q[r:r + 1], torch.cat(ks, dim=1)[None], torch.cat(vs, dim=1)[None])[0]
-            return out
+            tile = self._tiles[0]
+            f = math.isqrt(tile.height * tile.width // t)
+            h, w = tile.height // f, tile.width // f
+            if h * w != t:
+                raise ValueError(f"{t} tokens are not a {tile.height}x{tile.width} tile's grid")
+            _, halves = self._layout(rows, h, w)
+            if self.config.reach is None:
+                rh, rw = -(-self.plan.height // f), -(-self.plan.width // f)
+            else:
+                rh = rw = -(-self.config.reach // f)
+            ring = self._ring(f, h, w, rh, rw, k.device)
+            # Keys and values as one layer of 2·heads·d channels over the tile's grid.
+            kv = torch.cat([k, v], dim=1).transpose(2, 3).reshape(rows, 2 * heads * d, h, w)
+            store = self._store(key, ring, kv, halves)
+            if store is None or ring.longest == 0:
+                return attend(q, k, v)  # step 0: no neighbour values yet (or nothing in reach)
+            extra = self._read(store, ring, halves, k.dtype).view(rows, 2 * heads, d, ring.longest).transpose(2, 3)
+            k_all = torch.cat([k, extra[:, :heads]], dim=2)
+            v_all = torch.cat([v, extra[:, heads:]], dim=2)
+            idx = self._index(k.device)
+            counts = ring.counts[idx].repeat(halves)  # neighbour tokens per row
+            if self.config.rescale:
+                q = q * torch.sqrt(torch.log((t + counts).float()) / math.log(t)).to(q.dtype)[:, None, None, None]
+            attn_mask = None
+            if not bool(ring.valid[idx].all()):
+                own = torch.ones(len(idx), t, dtype=torch.bool, device=k.device)
+                attn_mask = torch.cat([own, ring.valid[idx]], dim=1).repeat(halves, 1)[:, None, None, :]
+            return attend(q, k_all, v_all, attn_mask)
 
         return bridged
 

@@ -141,9 +141,14 @@ class _Denoise:
         tl = tiles[0]
         if len(tiles) == 1:
             s = self.plan.scale
+            bridge = getattr(self.den, "bridge", None)
+            kept = "" if bridge is None else (
+                f" next to the {bridge.kept_bytes() / 2**30:.2f} GiB that bridges keep (use bridges off, attention "
+                "with a --bridge-width, or fewer, larger tiles)")
             raise RequestError(
                 "tile", f"one tile ({tl.width * s}x{tl.height * s} px) does not fit in the memory of "
-                f"{self.den.device}: use smaller tiles (--tile), --dtype fp16, or close what else uses the device")
+                f"{self.den.device}{kept}: use smaller tiles (--tile), --dtype fp16, or close what else uses the "
+                "device")
         half = len(tiles) // 2
         if half < self.batch:  # said once per new size, not once per retried batch
             self.batch = half
@@ -378,12 +383,14 @@ def _bridged(den: Denoiser, plan: TilePlan, request: GenerationRequest, shard: A
         emit(Notice(f"bridges: {den.name} does not expose its layers to bridges; running without them"))
         yield None
         return
-    if shard.active:
-        raise RequestError("bridges", "not available with several processes yet; use one device or bridges off")
-    if request.compile:
-        raise RequestError("bridges", "not available with --compile yet; use one of them")
-    bridge = Bridge(module, plan, config_for(request.bridges))
-    with bridge.installed():
+    if shard.active and len(plan.tiles) < shard.world:
+        raise RequestError("bridges", f"need a tile for every process: {len(plan.tiles)} tiles for {shard.world} "
+                                      "processes; use fewer devices, smaller tiles or bridges off")
+    bridge = Bridge(module, plan, config_for(request.bridges, _reach(request, plan)),
+                    reduce=shard.all_reduce if shard.active else None)
+    # The denoiser opens its layers for the run first (SD: self-attention gets `attend`) and
+    # closes them last, after the bridge is removed.
+    with den.bridgeable(), bridge.installed():
         den.bridge = bridge
         try:
             yield bridge
@@ -391,13 +398,46 @@ def _bridged(den: Denoiser, plan: TilePlan, request: GenerationRequest, shard: A
             den.bridge = None
 
 
-def _tile_batch(request: GenerationRequest, den: Denoiser, plan: TilePlan, emit: EventSink) -> int:
+def _bridge_cost(den: Denoiser, plan: TilePlan, request: GenerationRequest, cond: Any, emit: EventSink) -> int:
+    """Bytes the run's bridge will keep on the device (this step's neighbour values and the
+    previous step's), found by running one tile through a bridge: its stores are made whole on
+    first use, so one tile shows them all. 0 without bridges."""
+    module = getattr(den, "bridge_module", None)
+    if request.bridges == "off" or module is None or request.compile:
+        return 0
+    config = dataclasses.replace(config_for(request.bridges, _reach(request, plan)), fresh=False)
+    survey = Bridge(module, plan, config)
+    tile = plan.tiles[0]
+    scheduler = den.make_scheduler(request.sampler)
+    scheduler.set_timesteps(request.steps, device=den.device)
+    x = torch.zeros(1, den.channels, tile.height, tile.width, device=den.device, dtype=den.dtype)
+    with torch.inference_mode(), den.bridgeable(), survey.installed():
+        den.bridge = survey
+        try:
+            den.predict(x, scheduler.timesteps[0], [tile], cond)
+        finally:
+            den.bridge = None
+    kept = 2 * survey.kept_bytes()
+    emit(Notice(f"bridges keep {kept / 2**20:.1f} MiB of neighbour values on {den.device} "
+                f"({kept // 2 / 2**20:.1f} MiB exchanged per step)"))
+    return kept
+
+
+def _reach(request: GenerationRequest, plan: TilePlan) -> int:
+    """Attention bridges reach a strip of bridge_width px, or with 0 the whole neighbour tiles
+    (latent px)."""
+    return request.bridge_width // plan.scale or max(plan.tile_h, plan.tile_w)
+
+
+def _tile_batch(request: GenerationRequest, den: Denoiser, plan: TilePlan, emit: EventSink,
+                bridge_bytes: int = 0) -> int:
     """The request's tile batch, or for ``auto`` the largest that fits (engine.memory); on a GPU a
     batch whose estimated peak exceeds the free memory is refused here, before any denoising."""
     device = torch.device(den.device)
     info = _loaded_info(request, den, plan)
     fp = memory.footprint(request, info, dtype_name(den.dtype))
-    fp = dataclasses.replace(fp, weights=0)  # loaded already: the free memory below excludes them
+    # Weights loaded already (the free memory below excludes them); the bridges' kept values.
+    fp = dataclasses.replace(fp, weights=0, bridges=bridge_bytes)
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
     if request.tile_batch == "auto":
         batch = memory.choose_tile_batch(fp, free, device.type)
@@ -472,7 +512,7 @@ def generate(
         cond = den.prepare(request, plan)
         run = _Denoise(den, request, plan, cond, emit, cancel, previews)
         run.total_steps = total_steps
-        run.batch = _tile_batch(request, den, plan, emit)
+        run.batch = _tile_batch(request, den, plan, emit, _bridge_cost(den, plan, request, cond, emit))
 
         # 3. Noise for the whole canvas from one CPU generator: the image depends on the seed
         #    alone, not on tile_batch, the device or the number of devices.

@@ -1,11 +1,12 @@
-"""The coherence form: how tiles are fused, whether the grid moves each step, and the weight of
-a first pass at the model's native size (global context)."""
+"""The coherence form: how tiles are fused, whether the grid moves each step, the weight of a
+first pass at the model's native size (global context), and the bridges between tiles inside the
+model (engine.sampling.bridges)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout
+from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QSpinBox
 
 from ...engine.core import request as rq
 from .base import Form
@@ -18,6 +19,16 @@ FUSION_LABELS = {
     "none": "None (nearest tile)",
     "independent": "Independent tiles (baseline)",
 }
+
+BRIDGE_LABELS = {
+    "off": "Off",
+    "attention": "Attention to neighbours",
+    "halos": "Convolution halos",
+    "norms": "Shared GroupNorm statistics",
+    "full": "Full (all three)",
+}
+# Only attention bridges reach into a strip.
+WIDTH_BRIDGES = ("attention", "full")
 
 
 class CoherenceForm(Form):
@@ -39,16 +50,42 @@ class CoherenceForm(Form):
         self.global_context.setDecimals(2)
         self.global_context.setSpecialValueText("Off")
         layout.addRow("Global context", self.global_context)
+        self.bridges = QComboBox()
+        self.bridges.setObjectName("bridges")
+        self.bridges.setToolTip("Tiles that compute as one model while they denoise, with values from their "
+                                "neighbours' previous step")
+        for b in rq.BRIDGES:
+            self.bridges.addItem(BRIDGE_LABELS[b], b)
+        layout.addRow("Bridges", self.bridges)
+        self.bridge_width = QSpinBox()
+        self.bridge_width.setObjectName("bridge_width")
+        self.bridge_width.setRange(0, rq.MAX_TILE // 2)  # the request's range; the plan checks half a tile
+        self.bridge_width.setSingleStep(rq.SIZE_MULTIPLE)
+        self.bridge_width.setSuffix(" px")
+        self.bridge_width.setSpecialValueText("Whole neighbour tiles")
+        self.bridge_width.setToolTip("Attention bridges see a strip this wide along each tile border")
+        layout.addRow("Bridge width", self.bridge_width)
+        self.bridges.currentIndexChanged.connect(self._bridges_changed)
+        self.bridge_width.valueChanged.connect(self._changed)
+        self._bridges_changed()
         self.fusion.currentIndexChanged.connect(self._changed)
         self.jitter.toggled.connect(self._changed)
         self.global_context.valueChanged.connect(self._changed)
 
+    def _bridges_changed(self) -> None:
+        self.bridge_width.setEnabled(self.bridges.currentData() in WIDTH_BRIDGES)
+        self._changed()
+
     def values(self) -> dict[str, Any]:
         return {"fusion": self.fusion.currentData(), "jitter": self.jitter.isChecked(),
-                "global_context": self.global_context.value()}
+                "global_context": self.global_context.value(), "bridges": self.bridges.currentData(),
+                "bridge_width": self.bridge_width.value()}
 
     def show_values(self, v: FormValues) -> None:
         with self.showing():
             self.fusion.setCurrentIndex(max(0, self.fusion.findData(v.fusion)))
             self.jitter.setChecked(v.jitter)
             self.global_context.setValue(v.global_context)
+            self.bridges.setCurrentIndex(max(0, self.bridges.findData(v.bridges)))
+            self.bridge_width.setValue(v.bridge_width)
+            self.bridge_width.setEnabled(v.bridges in WIDTH_BRIDGES)

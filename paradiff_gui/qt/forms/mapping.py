@@ -43,6 +43,8 @@ class FormValues:
     fusion: str
     jitter: bool
     global_context: float
+    bridges: str
+    bridge_width: int  # image px; used by attention bridges only (greyed otherwise)
     # performance.py
     tile_batch: int  # 0 = auto
     device: str
@@ -78,6 +80,8 @@ def to_request(info: ModelInfo, v: FormValues) -> GenerationRequest:
         fusion=v.fusion,
         jitter=v.jitter,
         global_context=round(v.global_context, 2),  # the field shows two decimals
+        bridges=v.bridges,
+        bridge_width=v.bridge_width if v.bridges in ("attention", "full") else 0,  # greyed: not sent
         tile_batch=v.tile_batch or "auto",
         device=v.device.strip(),
         dtype=v.dtype,
@@ -120,6 +124,8 @@ def from_request(info: ModelInfo, request: GenerationRequest) -> FormValues:
         fusion=request.fusion,
         jitter=request.jitter,
         global_context=request.global_context,
+        bridges=request.bridges,
+        bridge_width=request.bridge_width,
         tile_batch=0 if request.tile_batch == "auto" else int(request.tile_batch),
         device=request.device,
         dtype=request.dtype,

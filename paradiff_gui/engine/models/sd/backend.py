@@ -8,10 +8,11 @@ and SDXL's micro-conditioning per tile (crop coordinates = the tile's position o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ finally:
 from ...core.plan import Tile, TilePlan
 from ...core.request import GenerationRequest
 from ..base import ModelUnavailable
+from . import bridging
 from . import preview as previews
 from .schedulers import make_scheduler
 from .vae import (
@@ -84,6 +86,10 @@ class SDDenoiser:
         self._rgb: torch.Tensor | None = None
         self.decode_method = ""  # how the last decode ran (recorded in the run's info)
         self.compiled = False
+        # The layers bridges reach into (sampling/bridges.py), and the bridge of the run when
+        # the loop installs one: each UNet call then tells it which tiles the call holds.
+        self.bridge_module = pipe.unet
+        self.bridge: Any = None
         # SDXL's VAE overflows in fp16; diffusers marks such VAEs with force_upcast.
         self._vae_dtype = torch.float32 if getattr(self.vae.config, "force_upcast", False) else dtype
         if self.vae.dtype != self._vae_dtype:
@@ -136,6 +142,13 @@ class SDDenoiser:
         self.unet = torch.compile(self.unet, mode="max-autotune-no-cudagraphs")
         self.compiled = True
 
+    @contextlib.contextmanager
+    def bridgeable(self) -> Iterator[None]:
+        """For a bridged run: the UNet's self-attention layers get ``attend`` (bridging.py); their
+        own processors come back afterwards, also after errors and cancels."""
+        with bridging.bridgeable(self.bridge_module):
+            yield
+
     def predict(self, x: torch.Tensor, t: torch.Tensor, tiles: Sequence[Tile], cond: SDConditioning) -> torch.Tensor:
         b = len(tiles)
         halves = 2 if cond.cfg else 1
@@ -153,9 +166,12 @@ class SDDenoiser:
             ).repeat(halves, 1)
             added = {"text_embeds": cond.pooled.repeat_interleave(b, dim=0), "time_ids": time_ids}
         tcond = None if cond.timestep_cond is None else cond.timestep_cond.expand(len(x_in), -1)
-        out = self.unet(
-            x_in, t, encoder_hidden_states=ehs, timestep_cond=tcond, added_cond_kwargs=added, return_dict=False
-        )[0]
+        # The batch is [unconditional rows; conditional rows], each half the tiles in order: the
+        # layout a bridge expects.
+        with self.bridge.tiles(tiles) if self.bridge is not None else contextlib.nullcontext():
+            out = self.unet(
+                x_in, t, encoder_hidden_states=ehs, timestep_cond=tcond, added_cond_kwargs=added, return_dict=False
+            )[0]
         if cond.cfg:
             uncond, text = out.chunk(2)
             out = uncond + cond.guidance * (text - uncond)

@@ -99,8 +99,10 @@ class Attention(nn.Module):
         out = F.linear(out, self.proj_out.weight.flatten(1), self.proj_out.bias)
         return x + out.view(b, h, w, c).permute(0, 3, 1, 2)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The bridges' hook (sampling/bridges.py): they may pass more keys than queries and a mask."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class Block(nn.ModuleList):
