@@ -186,7 +186,7 @@ def test_bridges_are_refused_where_they_cannot_apply():
 
 
 def test_two_gloo_ranks_give_the_bridged_picture_of_one_process(tmp_path):
-    # Each rank adds its own tiles' values; the step's one exchange sums them (engine.runtime.
+    # Each rank adds its own tiles' values; the step's end sums them over the ranks (engine.runtime.
     # distributed). The same picture as one process, up to float summation order.
     import os
     import subprocess
@@ -272,3 +272,27 @@ def test_the_memory_planner_counts_what_bridges_keep():
             den.bridge_module(x[..., :128, :128], torch.full((1,), 5.0), torch.full((1,), 0.3))
     assert said.startswith(f"bridges keep {bridge.kept_bytes() / 2**20:.1f} MiB"), (said, bridge.kept_bytes())
     assert bridge.kept_bytes() > 0
+
+
+def test_out_of_memory_with_bridges_halves_the_batch_then_names_bridges_as_the_cost(monkeypatch):
+    from paradiff_gui.engine import events
+    from paradiff_gui.engine.core.request import RequestError
+    from paradiff_gui.engine.models.registry import _CACHE
+
+    _generate(bridges="off", steps=1)  # the model, loaded and kept
+    (den,) = _CACHE.values()
+    plain = den.predict
+
+    def tight(x, t, tiles, cond):  # from step 1 on (the bridge holds values) nothing fits
+        if den.bridge is not None and den.bridge._prev:
+            raise torch.OutOfMemoryError("CUDA out of memory (fake)")
+        return plain(x, t, tiles, cond)
+
+    monkeypatch.setattr(den, "predict", tight)
+    notices = []
+    with pytest.raises(RequestError, match=r"^tile: one tile \(128x128 px\) does not fit in the memory of cpu next to "
+                                           r"the 0\.\d\d GiB that bridges keep \(use bridges off"):
+        _generate(bridges="attention", tile_batch=4,
+                  on_event=lambda e: notices.append(e.message) if isinstance(e, events.Notice) else None)
+    assert [n.split(":")[0] for n in notices if n.startswith("out of memory")] == [
+        "out of memory at a batch of 4 tiles", "out of memory at a batch of 2 tiles"]
