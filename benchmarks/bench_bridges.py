@@ -27,16 +27,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import paradiff_gui.engine.models.terrain as terrain  # noqa: E402
 from paradiff_gui import __version__  # noqa: E402
 from paradiff_gui.engine import generate  # noqa: E402
 from paradiff_gui.engine.analysis.seams import analyse  # noqa: E402
 from paradiff_gui.engine.api.requests import request_for  # noqa: E402
+from paradiff_gui.engine.core.request import MAX_TILE_BATCH  # noqa: E402
 from paradiff_gui.engine.sampling import sampler  # noqa: E402
 from paradiff_gui.engine.sampling.bridges import BridgeConfig, config_for  # noqa: E402
+
+CPU_CHUNK = terrain.CPU_CHUNK
 
 PREV = dict(fresh=False)
 # name: (the request's bridges value, the bridge configuration; None = the request's own)
@@ -52,8 +57,13 @@ VARIANTS: dict[str, tuple[str, BridgeConfig | None]] = {
                                                          **PREV)),
     "attention-strip32": ("attention", BridgeConfig(halos=False, norms="off", reach=32, **PREV)),
     "attention+norms": ("full", BridgeConfig(halos=False, norms="window", reach=128, **PREV)),
+    "attention-strip32+norms": ("full", BridgeConfig(halos=False, norms="window", reach=32, **PREV)),
     "attention+halos": ("full", BridgeConfig(norms="off", reach=128, **PREV)),
     "full": ("full", None),
+    # Current-step values (all tiles in one call): not a generation mode — the picture would
+    # depend on the batch — but what the model does when tiles compute exactly as one model.
+    "norms-window-fresh": ("norms", BridgeConfig(halos=False, norms="window", attention=False)),
+    "norms-canvas-fresh": ("norms", BridgeConfig(halos=False, norms="canvas", attention=False)),
 }
 
 
@@ -76,10 +86,28 @@ def interior_gradient(image: np.ndarray, rects: list[tuple[int, int, int, int]],
     return float(mag[inside].mean())
 
 
-def run(size: int, overlap: int, variant: str, seed: int) -> dict:
+def sheet(pictures: list[tuple[str, np.ndarray]], width: int = 256) -> Image.Image:
+    """The pictures as shaded relief, side by side (two rows when there are many), labelled."""
+    from paradiff_gui.engine.analysis.relief import shaded_relief
+
+    cols = -(-len(pictures) // (2 if len(pictures) > 4 else 1))
+    rows = -(-len(pictures) // cols)
+    pad, label = 6, 16
+    out = Image.new("RGB", (cols * (width + pad), rows * (width + label + pad)), "white")
+    draw = ImageDraw.Draw(out)
+    for i, (name, image) in enumerate(pictures):
+        x, y = (i % cols) * (width + pad), (i // cols) * (width + label + pad)
+        draw.text((x + 2, y + 2), name, fill="black")
+        out.paste(Image.fromarray(shaded_relief(image)).resize((width, width), Image.LANCZOS), (x, y + label))
+    return out
+
+
+def run(size: int, overlap: int, variant: str, seed: int, keep: list | None = None) -> dict:
     bridges, config = VARIANTS[variant]
+    fresh = config is not None and config.fresh
     req = request_for("builtin:terrain", width=size, height=size, seed=seed, overlap=overlap, device="cpu",
-                      bridges=bridges)
+                      bridges=bridges, tile_batch=MAX_TILE_BATCH if fresh else "auto")
+    terrain.CPU_CHUNK = MAX_TILE_BATCH if fresh else CPU_CHUNK  # a fresh bridge needs every tile in one call
     sampler.config_for = (lambda *_: config) if config is not None else config_for
     try:
         started = time.perf_counter()
@@ -88,6 +116,8 @@ def run(size: int, overlap: int, variant: str, seed: int) -> dict:
     finally:
         sampler.config_for = config_for
     rects = [res.plan.image_rect(t) for t in res.plan.tiles]
+    if keep is not None:
+        keep.append((f"overlap {overlap}, {variant}", res.image))
     return {"overlap": overlap, "variant": variant, "seed": seed, "tiles": len(rects),
             "seam_ratio": round(analyse(res.image, rects).seam_ratio, 4) if len(rects) > 1 else None,
             "height_std": round(float(res.image.std()), 1),
@@ -104,17 +134,19 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--baseline", type=int, default=64, help="today's default overlap, bridges off")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--sheet", type=Path, help="also write the first seed's pictures here, as shaded relief")
     args = ap.parse_args()
     generate(request_for("builtin:terrain", width=128, height=128, steps=1, device="cpu"), previews=False)  # load
     rows = []
     # The model's own outputs: one 128² tile per seed (what it makes without tiling).
     own = [run(128, 0, "off", seed) for seed in args.seeds]
     settings = [(o, b) for o in args.overlaps for b in args.variants]
+    pictures: list[tuple[str, np.ndarray]] = []
     if args.baseline not in args.overlaps:
         settings.append((args.baseline, "off"))
     for overlap, bridges in settings:
         for seed in args.seeds:
-            rows.append(run(args.size, overlap, bridges, seed))
+            rows.append(run(args.size, overlap, bridges, seed, pictures if seed == args.seeds[0] else None))
             print(json.dumps(rows[-1]), flush=True)
     table = []
     for overlap, bridges in settings:
@@ -132,6 +164,8 @@ def main() -> int:
         print(f"{t['overlap']:>7} {t['variant']:>22} {t['tiles']:>5} {t['seam_ratio']:>6.3f} "
               f"{t['seam_ratio_sd']:>5.2f} {t['height_std']:>7.1f} {t['interior_gradient']:>7.2f} "
               f"{t['high_share']:>7.4f} {t['seconds']:>6.1f}")
+    if args.sheet:
+        sheet(pictures).save(args.sheet, quality=85, optimize=True)
     out = args.out or ROOT / "benchmarks" / "results" / f"bridges-{args.size}.json"
     out.write_text(json.dumps({
         "date": time.strftime("%Y-%m-%d"), "paradiff": __version__, "torch": torch.__version__,

@@ -14,7 +14,9 @@ values; nothing is downloaded). Measures, on the same card in the same process:
 5. peak VRAM of an 8192² generation (one step, decode included) for SD1.5 and SDXL, fp16;
 6. the memory planner's estimate next to each measured peak;
 7. a 16384² SD1.5 generation (one step) to the end: peak VRAM, peak host memory, decode method;
-8. Paradiff at batch B again with ``--compile`` (torch.compile, channels-last).
+8. Paradiff at batch B again with ``--compile`` (torch.compile, channels-last);
+9. bridges (issue 12): ms per view at 2048² with full and attention bridges against bridges off,
+   the same request otherwise (target: full ≤ 1.15× off).
 
 Writes ``benchmarks/results/gpu-<card>.json`` (card, driver, torch, diffusers, date).
 """
@@ -43,6 +45,7 @@ from bench_engine import bare_unet_ms_per_view, sd15_random, sync  # noqa: E402
 from paradiff_gui.engine import GenerationRequest, generate  # noqa: E402
 from paradiff_gui.engine.core.events import StepFinished  # noqa: E402
 from paradiff_gui.engine.core.modelinfo import ModelInfo  # noqa: E402
+from paradiff_gui.engine.core.plan import TilePlan  # noqa: E402
 from paradiff_gui.engine.models.sd.backend import SDDenoiser  # noqa: E402
 from paradiff_gui.engine.runtime import memory as mem  # noqa: E402
 
@@ -246,6 +249,26 @@ def main() -> int:
     run16["host_peak_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20), 2)  # kB → GiB
     run16["decode"] = den.decode_method
     log("end_to_end_16384", run16)
+
+    # 9. Bridges (issue 12): ms/view at 2048² with full bridges against bridges off — the same
+    #    request otherwise (plan, batch B, sampler, steps, previews on); step times only (no
+    #    prompt encoding, no decode); step 0 runs unbridged in both and is left out.
+    size9 = 2048 // s
+    req9 = GenerationRequest(model=den.name, prompt="a red castle", width=size9, height=size9,
+                             tile=den.native_tile, steps=3 if args.smoke else 10, seed=1, sampler="euler",
+                             tile_batch=B)
+    per_view = {}
+    for bridges in ("off", "full", "attention"):
+        r = req9.replace(bridges=bridges)
+        generate(r.replace(steps=2), denoiser=den, previews=False)  # warm-up (ring geometry, kernels)
+        times9, _ = step_times(r, den)
+        tiles9 = len(TilePlan.for_request(r, den.scale, den.native_tile).tiles)
+        per_view[bridges] = statistics.median(times9[1:]) / tiles9 * 1000
+    log("bridges_2048", {"size": size9, "tile_batch": B, "steps": req9.steps,
+                         "ms_per_view": {k: round(v, 3) for k, v in per_view.items()},
+                         "full_to_off": round(per_view["full"] / per_view["off"], 3),
+                         "attention_to_off": round(per_view["attention"] / per_view["off"], 3),
+                         "timed": "median step time over steps 1.., divided by the plan's tiles; previews on"})
 
     # 8. torch.compile (and channels-last on CUDA): Paradiff ms/view at batch B again, compiled.
     if args.smoke:

@@ -17,7 +17,12 @@ def test_bench_gpu_smoke_run_writes_every_section(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
-    assert {"unet_vs_paradiff", "panorama_vs_paradiff", "end_to_end_4096", "vram_8192", "end_to_end_16384"} <= set(r)
+    assert {"unet_vs_paradiff", "panorama_vs_paradiff", "end_to_end_4096", "vram_8192", "end_to_end_16384",
+            "bridges_2048"} <= set(r)
+    br = r["bridges_2048"]
+    assert set(br["ms_per_view"]) == {"off", "full", "attention"} and all(v > 0 for v in br["ms_per_view"].values())
+    a, b = br["ms_per_view"]["full"], br["ms_per_view"]["off"]
+    assert abs(br["full_to_off"] - a / b) <= (a / b) * (5e-4 / a + 5e-4 / b) * 1.01 + 5e-4
     assert r["end_to_end_16384"]["size"] == [2048, 2048] and r["end_to_end_16384"]["decode"]
     # The ratios are the recorded times divided (bookkeeping, not speed: tiny models on a CPU).
     u, p = r["unet_vs_paradiff"], r["panorama_vs_paradiff"]

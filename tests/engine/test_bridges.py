@@ -195,7 +195,7 @@ def test_two_gloo_ranks_give_the_bridged_picture_of_one_process(tmp_path):
     from PIL import Image
 
     args = ["generate", "--model", "builtin:terrain", "--size", "192x192", "--overlap", "64", "--steps", "3",
-            "--seed", "4", "--bridges", "full", "--quiet"]
+            "--seed", "4", "--bridges", "full", "--bridge-width", "32", "--quiet"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     runs = {}
     for name, extra in (("one", ["--device", "cpu"]), ("two", ["--devices", "cpu,cpu"])):
@@ -209,6 +209,14 @@ def test_two_gloo_ranks_give_the_bridged_picture_of_one_process(tmp_path):
     assert diff.max() <= 32 and diff.mean() < 0.5, (diff.max(), diff.mean())  # of 65535; see the tile_batch test
     plain = _generate(bridges="off", tile_batch=4, seed=4)
     assert np.abs(runs["two"] - plain.image.astype(np.int64)).mean() > 20  # the ranks did bridge
+    # Recorded in the recipe, and replayed by --request.
+    from paradiff_gui.cli import build_parser, request_from_args
+    from paradiff_gui.engine.io.metadata import read_recipe
+
+    recipe = read_recipe(tmp_path / "two.png")["request"]
+    assert (recipe["bridges"], recipe["bridge_width"]) == ("full", 32)
+    replayed = request_from_args(build_parser().parse_args(["generate", "--request", str(tmp_path / "two.png")]))
+    assert (replayed.bridges, replayed.bridge_width) == ("full", 32)
 
 
 def test_bridge_refusals_in_the_plan_and_with_jitter():

@@ -405,10 +405,10 @@ class Bridge:
             v_all = torch.cat([v, extra[:, heads:]], dim=2)
             idx = self._index(k.device)
             counts = ring.counts[idx].repeat(halves)  # neighbour tokens per row
-            if self.config.rescale:
+            if self.config.rescale and t > 1:
                 q = q * torch.sqrt(torch.log((t + counts).float()) / math.log(t)).to(q.dtype)[:, None, None, None]
             attn_mask = None
-            if ring.ragged[[t.index for t in self._tiles]].any():
+            if ring.ragged[[tile.index for tile in self._tiles]].any():
                 own = torch.ones(len(idx), t, dtype=torch.bool, device=k.device)
                 attn_mask = torch.cat([own, ring.valid[idx]], dim=1).repeat(halves, 1)[:, None, None, :]
             return attend(q, k_all, v_all, attn_mask)

@@ -390,7 +390,7 @@ def _bridged(den: Denoiser, plan: TilePlan, request: GenerationRequest, shard: A
                     reduce=shard.all_reduce if shard.active else None)
     # The denoiser opens its layers for the run first (SD: self-attention gets `attend`) and
     # closes them last, after the bridge is removed.
-    with den.bridgeable(), bridge.installed():
+    with getattr(den, "bridgeable", contextlib.nullcontext)(), bridge.installed():
         den.bridge = bridge
         try:
             yield bridge
@@ -411,7 +411,7 @@ def _bridge_cost(den: Denoiser, plan: TilePlan, request: GenerationRequest, cond
     scheduler = den.make_scheduler(request.sampler)
     scheduler.set_timesteps(request.steps, device=den.device)
     x = torch.zeros(1, den.channels, tile.height, tile.width, device=den.device, dtype=den.dtype)
-    with torch.inference_mode(), den.bridgeable(), survey.installed():
+    with torch.inference_mode(), getattr(den, "bridgeable", contextlib.nullcontext)(), survey.installed():
         den.bridge = survey
         try:
             den.predict(x, scheduler.timesteps[0], [tile], cond)
