@@ -232,7 +232,10 @@ def _default_output(request: rq.GenerationRequest) -> Path:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from .engine.io import partials
     from .engine.io.metadata import save_request
+
+    partials.sweep()  # temporary files that a killed earlier run left behind
 
     try:
         request = request_from_args(args)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 # No test may reach the network or a real display.
@@ -9,6 +10,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("QT_API", "pyside6")
 os.environ.pop("PARADIFF_ALLOW_DOWNLOAD", None)
+# Notes of writes in progress (engine.io.partials) go to a folder of the test session's own.
+os.environ.setdefault("PARADIFF_PARTIALS_DIR", tempfile.mkdtemp(prefix="paradiff-partials-"))
 
 sys.path.insert(0, str(Path(__file__).parent))
 

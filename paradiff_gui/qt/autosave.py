@@ -11,6 +11,7 @@ from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QMessageBox, QWidget
 
 from ..engine.io import autosave as store
+from ..engine.io import partials
 from .dialogs import message_for
 from .jobs import Jobs
 from .widgets.inspector import Result
@@ -31,6 +32,9 @@ class Autosaver(QObject):
         self.folder = Path(folder) if folder is not None else store.autosave_dir()
         self.recoverable: list[Path] = store.pending(self.folder)
         self.box: QMessageBox | None = None
+        # Temporary files that a write killed mid-way (an earlier session) left behind.
+        jobs.submit(partials.sweep, lambda _removed: None,
+                    lambda exc: log.warning("cleaning up interrupted writes failed", exc_info=exc))
 
     def save(self, result: Result) -> None:
         """Write ``result`` off the GUI thread; ``result.autosave`` names the file once written."""

@@ -33,6 +33,7 @@ from PIL import Image, PngImagePlugin
 from ... import __version__
 from ..core.plan import TilePlan
 from ..core.request import SAMPLER_LABELS, GenerationRequest, RequestError
+from . import partials
 
 PARADIFF_KEY = "paradiff"
 PARAMETERS_KEY = "parameters"
@@ -139,20 +140,23 @@ def atomic_write(path: str | os.PathLike[str], write: Any) -> Path:
     """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it into place.
 
     A crash or Ctrl-C mid-write leaves the target untouched (an older file of that name
-    survives); the temporary file is removed on any error.
+    survives); the temporary file is removed on any error, and after a kill at the next start.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # A note in the journal while it writes: if the process is killed here, the next start
+    # removes the temporary file (partials.sweep).
+    with partials.noted(tmp):
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return target
 
 
