@@ -116,3 +116,21 @@ def test_compile_wraps_the_unet_and_keeps_the_picture(sd_folder, monkeypatch):
     clear_cache()
     assert compiled == [("UNet2DConditionModel", {"mode": "max-autotune-no-cudagraphs"})]
     assert np.array_equal(plain, fast)
+
+
+def test_loading_sdxl_says_nothing_about_low_cpu_memory_usage(sdxl_folder):
+    # accelerate is a dependency: diffusers loads with low host memory and does not warn.
+    import io
+    import logging
+
+    from paradiff_gui.engine.models.sd.backend import load_sd
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    logger = logging.getLogger("diffusers")
+    logger.addHandler(handler)
+    try:
+        load_sd(str(sdxl_folder), torch.device("cpu"), torch.float32)
+    finally:
+        logger.removeHandler(handler)
+    assert "low cpu memory usage" not in out.getvalue()
