@@ -54,7 +54,8 @@ with torch.no_grad():
             p.detach().float().sum()
 seconds_to_first_use = time.perf_counter() - t0
 peak = status_kb("VmHWM")  # this process's own peak (ru_maxrss would carry the parent's over fork)
-print(json.dumps({{"seconds": seconds, "seconds_to_first_use": seconds_to_first_use, "peak_rss_mb": peak / 1024, "added_peak_mb": (peak - before) / 1024,
+print(json.dumps({{"seconds": seconds, "seconds_to_first_use": seconds_to_first_use,
+                  "peak_rss_mb": peak / 1024, "added_peak_mb": (peak - before) / 1024,
                   "warned": "low cpu memory usage" in log.getvalue()}}))
 """
 
