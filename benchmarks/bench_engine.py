@@ -28,15 +28,22 @@ from paradiff_gui.engine import GenerationRequest, TilePlan, generate  # noqa: E
 from paradiff_gui.engine.models.sd.backend import SDDenoiser  # noqa: E402
 
 
+def sd15_unet():
+    """SD1.5's UNet configuration (diffusers' defaults are SD 1.x) with random weights."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
+
+
 def sd15_random(device: torch.device, dtype: torch.dtype):
     """StableDiffusionPipeline with SD1.5's real UNet/VAE/CLIP-L configs and random weights."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline
     from tiny import tiny_tokenizer
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
     with torch.device(device):
-        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # otherwise the defaults: SD1.x
+        unet = sd15_unet()
         vae = AutoencoderKL(
             block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
             up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2, sample_size=512,

@@ -59,16 +59,10 @@ print(json.dumps({{"seconds": seconds, "seconds_to_first_use": seconds_to_first_
                   "warned": "low cpu memory usage" in log.getvalue()}}))
 """
 
-SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-                 block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
-                 down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                 up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
-
-
 def folders(cache: Path) -> dict[str, Path]:
     sys.path.insert(0, str(ROOT / "tests"))
     import torch
-    from diffusers import UNet2DConditionModel
+    from bench_engine import sd15_unet
     from tiny import save, tiny_sdxl
 
     out = {"sdxl": cache / "tiny-sdxl", "unet15": cache / "unet-sd15"}
@@ -76,7 +70,7 @@ def folders(cache: Path) -> dict[str, Path]:
         save(tiny_sdxl(), out["sdxl"])
     if not (out["unet15"] / "config.json").is_file():
         torch.manual_seed(0)
-        UNet2DConditionModel(**SD15_UNET).half().save_pretrained(str(out["unet15"]), safe_serialization=True)
+        sd15_unet().half().save_pretrained(str(out["unet15"]), safe_serialization=True)
     return out
 
 

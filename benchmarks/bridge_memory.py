@@ -6,7 +6,7 @@ The SD 1.5 UNet (its published configuration, no weights: built on the ``meta`` 
 nothing is computed or allocated) runs one tile through a previous-step bridge of the request's
 plan — the bridge's stores are made whole on first use, exactly as in a run — and the stores'
 sizes are summed: the bytes one step hands to the next (and, with several GPUs, sums over the
-ranks in one all-reduce), and what a run keeps on the device (this step's and the previous
+ranks at the end of the step), and what a run keeps on the device (this step's and the previous
 step's). Classifier-free guidance doubles everything (two halves per tile); the model runs in
 fp16, as on a GPU, and the stores keep its dtype (GroupNorm statistics: float32).
 """
@@ -23,15 +23,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_engine import sd15_unet  # noqa: E402
+
 from paradiff_gui import __version__  # noqa: E402
 from paradiff_gui.engine.core.plan import TilePlan  # noqa: E402
 from paradiff_gui.engine.sampling.bridges import Bridge, BridgeConfig, config_for  # noqa: E402
 
-# runwayml/stable-diffusion-v1-5 unet/config.json (the fields that shape the network)
-SD15 = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-            block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
 GiB = 2**30
 
 
@@ -49,10 +46,8 @@ def survey(unet: torch.nn.Module, plan: TilePlan, config: BridgeConfig) -> int:
 
 
 def main() -> int:
-    from diffusers import UNet2DConditionModel
-
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**SD15).eval().half()
+        unet = sd15_unet().eval().half()
     rows = []
     for size in (4096, 8192):
         for bridges, width in (("full", 0), ("full", 64), ("attention", 0), ("attention", 64), ("halos", 0),

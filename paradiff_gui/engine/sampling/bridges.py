@@ -154,7 +154,6 @@ class Bridge:
         # Previous-step mode: what this step's calls saw (per layer), and the step before's.
         self._cur: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
         self._prev: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
-        self.bytes_per_step = 0  # what end_step hands over (and, with several ranks, sums)
         self._sizes: dict[tuple[int, str], int] = {}
         self._pending = []
 
@@ -232,7 +231,6 @@ class Bridge:
             # layers were met in the same order everywhere): no second copy of what is kept.
             for store, name in parts:
                 store[name] = self.reduce(store[name])
-        self.bytes_per_step = sum(store[name].numel() * store[name].element_size() for store, name in parts)
         self._prev, self._cur = self._cur, {}
 
     # -- geometry ----------------------------------------------------------------------------

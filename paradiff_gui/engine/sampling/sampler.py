@@ -403,7 +403,7 @@ def _bridge_cost(den: Denoiser, plan: TilePlan, request: GenerationRequest, cond
     previous step's), found by running one tile through a bridge: its stores are made whole on
     first use, so one tile shows them all. 0 without bridges."""
     module = getattr(den, "bridge_module", None)
-    if request.bridges == "off" or module is None or request.compile:
+    if request.bridges == "off" or module is None:  # (compile with bridges is refused by the request)
         return 0
     config = dataclasses.replace(config_for(request.bridges, _reach(request, plan)), fresh=False)
     survey = Bridge(module, plan, config)
