@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .regions import MAX_REGIONS, Region, RegionError, parse_region
+
 SCHEMA_VERSION = 1
 
 SAMPLERS = ("euler", "euler_a", "heun", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "unipc", "lcm")
@@ -31,6 +33,9 @@ FUSIONS = ("independent", "none", "uniform", "gaussian", "cosine")
 # shared GroupNorm statistics, attention to the other tiles — one channel alone, or all three.
 BRIDGES = ("off", "halos", "norms", "attention", "full")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+# Seamless canvases: the tile plan wraps across these canvas edges (a torus), so the picture tiles.
+WRAPS = ("none", "x", "y", "xy")
+DEFAULT_STRENGTH = 0.6  # image-to-image: how much of the init image is re-drawn when no strength is given
 
 # Limits in image pixels. Sizes and tiles are multiples of 8 so that they map to whole latent
 # pixels for the SD VAE (factor 8) and trivially for pixel-space models (factor 1).
@@ -129,6 +134,10 @@ class GenerationRequest:
     global_context: float = 0.0
     bridges: str = "off"
     bridge_width: int = 0  # attention bridges: a strip this wide (px) along each border; 0 = whole neighbour tiles
+    regions: tuple[Region, ...] = ()  # regional prompts over the main prompt (core/regions.py)
+    init_image: str | None = None  # image-to-image: the picture to start from (a file path)
+    strength: float | None = None  # 0 < S <= 1: how much of init_image is re-drawn (None: DEFAULT_STRENGTH)
+    wrap: str = "none"  # seamless: none, x, y or xy
     tile_batch: int | str = "auto"  # tiles per model call, or "auto": the most that fit (engine.memory)
     device: str = "auto"
     compile: bool = False  # torch.compile the UNet (CUDA: channels-last too); speed only, same picture
@@ -192,6 +201,7 @@ class GenerationRequest:
                 or not 0.0 <= float(self.global_context) <= 1.0:
             raise RequestError("global_context", f"must be a number from 0 (off) to 1, got {self.global_context!r}")
         object.__setattr__(self, "global_context", float(self.global_context))
+        self._check_compositions()
         tb = self.tile_batch
         if tb != "auto" and (isinstance(tb, bool) or not isinstance(tb, int) or not 1 <= tb <= MAX_TILE_BATCH):
             raise RequestError("tile_batch", f"must be auto or a whole number from 1 to {MAX_TILE_BATCH}, got {tb!r}")
@@ -202,6 +212,48 @@ class GenerationRequest:
             raise RequestError("compile", f"must be true or false, got {self.compile!r}")
         if not isinstance(self.extra, dict):
             raise RequestError("extra", "must be an object of backend options")
+
+    def _check_compositions(self) -> None:
+        if not isinstance(self.regions, (list, tuple)):
+            raise RequestError("regions", "must be a list of regions")
+        if len(self.regions) > MAX_REGIONS:
+            raise RequestError("regions", f"at most {MAX_REGIONS} regions; got {len(self.regions)}")
+        try:
+            regions = tuple(parse_region(r, i, self.width, self.height, MAX_PROMPT_CHARS)
+                            for i, r in enumerate(self.regions))
+        except RegionError as exc:
+            raise RequestError(exc.field, exc.message) from None
+        object.__setattr__(self, "regions", regions)
+        if regions and self.bridges != "off":
+            raise RequestError("regions", "run each tile once per region's prompt, which bridges cannot follow: use "
+                                          "bridges off with regions")
+        if self.init_image is not None and (not isinstance(self.init_image, str) or not self.init_image.strip()
+                                            or len(self.init_image) > 4096):
+            raise RequestError("init_image", f"must be the path of an image file, got {self.init_image!r}")
+        if self.strength is not None:
+            if self.init_image is None:
+                raise RequestError("strength", "sets how much of an init image is re-drawn: give init_image too, or "
+                                               "no strength")
+            if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)) \
+                    or not 0.0 < float(self.strength) <= 1.0:
+                raise RequestError("strength", f"must be a number above 0 and at most 1, got {self.strength!r}")
+            object.__setattr__(self, "strength", float(self.strength))
+        if self.init_image is not None and self.global_context > 0:
+            raise RequestError("global_context", "lays out the canvas from noise, and an init image already gives the "
+                                                 "layout: use global_context 0 with init_image")
+        _check_choice("wrap", self.wrap, WRAPS)
+        if self.wrap != "none" and self.fusion == "independent":
+            raise RequestError("wrap", "needs one shared canvas, and fusion independent denoises each tile on its "
+                                       "own: use another fusion, or wrap none")
+        if self.wrap != "none" and self.bridges != "off":
+            raise RequestError("wrap", "bridges do not reach across the wrapped edges yet: use bridges off with wrap")
+
+    @property
+    def image_strength(self) -> float:
+        """The strength an init image is re-drawn with (1.0 without one: text-to-image)."""
+        if self.init_image is None:
+            return 1.0
+        return DEFAULT_STRENGTH if self.strength is None else self.strength
 
     # -- derived -----------------------------------------------------------------------------
 
@@ -218,6 +270,7 @@ class GenerationRequest:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["grid"] = list(self.grid) if self.grid is not None else None
+        d["regions"] = [r.to_dict() for r in self.regions]
         return {"schema": SCHEMA_VERSION, **d}
 
     def to_json(self, indent: int | None = 2) -> str:
