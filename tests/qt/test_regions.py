@@ -176,10 +176,10 @@ def test_regions_stay_across_a_model_change(qtbot, window, sd_like):
     p.set_request(request_for(sd_like, width=1024, height=1024))
     form.add_region((100, 100, 300, 400))
     form.rows[0].prompt.setPlainText("a tower")
-    p.select_model(TERRAIN)  # defaults to a 1024² canvas too
+    p.select_model(TERRAIN, apply_defaults=True)  # as the picker does; its defaults keep a 1024² canvas
     assert rects(window) == [(100, 100, 300, 400)]
     assert p.request().regions[0].prompt == ""  # not sent to a model without text...
-    p.select_model(sd_like)
+    p.select_model(sd_like, apply_defaults=True)
     assert p.request().regions[0].prompt == "a tower"  # ...but kept, like the main prompt
 
 
@@ -294,3 +294,16 @@ def test_regions_persist_with_the_last_request(qtbot, make_window, fake):
     w2 = make_window(fake)
     assert w2.panel.request().regions == req.regions
     assert w2.canvas.regions.regions == req.regions
+
+
+def test_a_row_cannot_hold_a_weight_or_feather_the_request_refuses(window):
+    form = window.panel.regions_form
+    form.add.click()
+    row = form.rows[0]
+    for box, lo, hi in ((row.weight, 0.01, 10.0), (row.feather, 0, 1024)):
+        box.setValue(-1e9)
+        assert box.value() == lo
+        window.panel.request()  # valid at the lowest...
+        box.setValue(1e9)
+        assert box.value() == hi
+        window.panel.request()  # ...and at the highest
