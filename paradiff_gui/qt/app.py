@@ -6,7 +6,9 @@ Scripted mode, for demos, docs and tests::
 
 runs the request in the real window, saves a screenshot of the window once the picture is
 shown, and exits 0 — or non-zero with the error on stderr. ``--stats`` prints the run's
-figures (event-loop stall, preview rate) as one JSON line.
+figures (event-loop stall, preview rate) as one JSON line. Without ``--autorun``,
+``--screenshot OUT.png --quit-when-done`` shows the request (its plan and regions) and saves the
+window as soon as its plan is drawn.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--model", help="select this model (a builtin: id, a diffusers folder or a .safetensors file)")
     p.add_argument("--open", metavar="IMAGE", help="open an image for seam inspection")
     p.add_argument("--autorun", action="store_true", help="press Generate once the window is up")
-    p.add_argument("--screenshot", metavar="PNG", help="save a screenshot of the window when the run is done")
+    p.add_argument("--screenshot", metavar="PNG",
+                   help="save a screenshot of the window when the run is done (without --autorun: once the plan "
+                        "is drawn)")
     p.add_argument("--export", metavar="FILE", help="export the result here when the run is done")
     p.add_argument("--quit-when-done", action="store_true", help="exit after the run (0 = done, 1 = failed)")
     p.add_argument("--stats", action="store_true", help="print the run's figures as one JSON line on stdout")
@@ -120,6 +124,20 @@ async def _scripted(window, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _still(window, args: argparse.Namespace) -> int:
+    """Save a screenshot of the window once its plan is drawn (no run); returns the exit code."""
+    for _ in range(200):  # the plan is built off the GUI thread: up to 10 s
+        if not window.plan_summary.pending:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # let the last paints land
+    if not window.grab().save(args.screenshot):
+        print(f"paradiff-gui: screenshot: could not write {args.screenshot}", file=sys.stderr)
+        return 1
+    print(f"paradiff-gui: wrote {args.screenshot}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     size = None
@@ -142,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     app = make_app(sys.argv[:1], args.theme)
     from .window import MainWindow
 
-    scripted = args.autorun and args.quit_when_done
+    scripted = (args.autorun or bool(args.screenshot)) and args.quit_when_done
     window = MainWindow(interactive=not scripted)
     if size is not None:
         window.resize(*size)
@@ -161,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.set_event_loop(loop)
     code = 0
     with loop:
-        if args.autorun:
-            task = loop.create_task(_scripted(window, args))
+        if args.autorun or args.screenshot:
+            task = loop.create_task(_scripted(window, args) if args.autorun else _still(window, args))
             if args.quit_when_done:
                 code = loop.run_until_complete(task)
                 window.close()

@@ -31,6 +31,19 @@ DROPPABLE = (".json", *IMAGE_EXTENSIONS)
 PlanFallback = Callable[[int, int], TilePlan | None]  # (width, height) → the tile editor's plan
 
 
+def read_request(path: str) -> rq.GenerationRequest:
+    """The request of a .json file or a Paradiff image, its model options (the regions' too)
+    checked against the model: one out of range is refused by name, never shown clamped."""
+    from ..engine.api.requests import check_options
+    from ..engine.io.metadata import load_request
+    from ..engine.models.info import describe_model
+    from .forms.mapping import check_region_options
+
+    request = load_request(path)
+    info = describe_model(request.model)
+    return check_region_options(check_options(request, info), info)
+
+
 class FileActions(QObject):
     """The File menu's work. ``opened`` carries a loaded picture (not yet displayed); the other
     signals report outcomes for the status bar and dialogs."""
@@ -83,11 +96,8 @@ class FileActions(QObject):
             self.load_request(path)
 
     def load_request(self, path: str) -> bool:
-        from ..engine.api.requests import check_options
-        from ..engine.io.metadata import load_request
-
         try:
-            request = check_options(load_request(path))
+            request = read_request(path)
         except rq.RequestError as exc:
             self.error.emit("Cannot load the request", str(exc))
             return False
@@ -176,11 +186,8 @@ class FileActions(QObject):
 
     def drop_file(self, path: str) -> None:
         """A dropped request or Paradiff image restores its settings; an image is also opened."""
-        from ..engine.api.requests import check_options
-        from ..engine.io.metadata import load_request
-
         try:
-            request = check_options(load_request(path))
+            request = read_request(path)
         except rq.RequestError as exc:
             request = None
             if Path(path).suffix.lower() == ".json":

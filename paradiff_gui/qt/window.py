@@ -309,6 +309,16 @@ class MainWindow(QMainWindow):
         self.history.chosen.connect(self.show_result)
         self.history.reuse.connect(lambda res: self.panel.set_request(res.request))
         self.canvas.view_changed.connect(self._zoom_changed)
+        # Regions: the form holds them, the canvas draws them and reports the mouse's edits.
+        rf, layer = self.panel.regions_form, self.canvas.regions
+        rf.regions_changed.connect(layer.set_regions)
+        rf.selected.connect(layer.select)
+        rf.draw_toggled.connect(layer.set_draw_mode)
+        layer.drawn.connect(rf.add_region)
+        layer.edited.connect(rf.set_rect)
+        layer.selected.connect(rf.select)
+        layer.remove_requested.connect(rf.remove)
+        layer.set_regions(rf.regions(), tuple(row.caption() for row in rf.rows))
         f = self.files
         f.opened.connect(self._display_opened)
         f.request_loaded.connect(self.panel.set_request)
@@ -368,9 +378,26 @@ class MainWindow(QMainWindow):
             request = self.panel.request()
         except rq.RequestError as exc:
             self.plan_summary.request_update_failed(str(exc))
+            if exc.field.startswith("regions") and not self.runner.active:
+                self._follow_size()
             return
         info = self.panel.info
         self.plan_summary.request_update(request, info, self.prefs.speeds_for(info.id), now=now)
+
+    def _follow_size(self) -> None:
+        # A new size that leaves a region outside: the canvas takes the size anyway (without a
+        # plan until the request is valid again), so the region is seen where it now lies.
+        v = self.panel.values()
+        if (v.width, v.height) != (self.canvas.image_w, self.canvas.image_h):
+            self._leave_picture()
+            self.canvas.set_canvas_size(v.width, v.height)
+            self.canvas.set_plan([])
+
+    def _leave_picture(self) -> None:
+        if self.current is not None:
+            self.session.set_current(None)
+            self.act_export.setEnabled(False)
+            self.seams.clear("The size changed: the plan is drawn on an empty canvas.")
 
     def _show_plan_error(self, message: str) -> None:
         self.panel.plan_info.setText(f"<span style='color:#e5534b'>{message}</span>")
@@ -389,10 +416,7 @@ class MainWindow(QMainWindow):
             request = summary.request
             if self.current is None or (request.width, request.height) != (self.canvas.image_w,
                                                                            self.canvas.image_h):
-                if self.current is not None:
-                    self.session.set_current(None)
-                    self.act_export.setEnabled(False)
-                    self.seams.clear("The size changed: the plan is drawn on an empty canvas.")
+                self._leave_picture()
                 self.canvas.set_canvas_size(request.width, request.height)
             self.canvas.set_plan(summary.tiles)
 
@@ -437,6 +461,7 @@ class MainWindow(QMainWindow):
         self.act_cancel.setEnabled(state is RunState.running)
         self.cancel_button.setEnabled(state is RunState.running)
         self.panel.setEnabled(not running)
+        self.canvas.regions.set_editable(not running)  # shown over the previews, not editable
         if not running:
             self.progress.setVisible(False)
 

@@ -10,11 +10,12 @@ already holds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ...engine.api.requests import check_options, model_controls, request_for
 from ...engine.core.modelinfo import ModelInfo
+from ...engine.core.regions import Region
 from ...engine.core.request import GenerationRequest, RequestError
 
 
@@ -55,6 +56,30 @@ class FormValues:
     controls: dict[str, int] = field(default_factory=dict)
     given: frozenset[str] = frozenset()
     carried: dict[str, Any] = field(default_factory=dict)
+    # regions.py: the regions as shown, kept whole (a region's prompt stays while a model without
+    # text is chosen, like the main prompt); rects in image px, not yet checked against the size.
+    regions: tuple[Region, ...] = ()
+
+
+def check_region_options(request: GenerationRequest, info: ModelInfo) -> GenerationRequest:
+    """``request`` unchanged if its regions' model options are in range (like ``check_options``
+    for the main ones); else a RequestError naming e.g. ``regions[1].terrain_difficulty``."""
+    _regions_for(info, request.regions)
+    return request
+
+
+def _regions_for(info: ModelInfo, regions: tuple[Region, ...]) -> tuple[Region, ...]:
+    """The regions as the request gets them: prompts only for text models, and the model's
+    controls among each region's options checked like the main ones (named ``regions[i].KEY``)."""
+    keys = {c[0] for c in info.controls}
+    out = []
+    for i, r in enumerate(regions):
+        try:
+            model_controls(info, {k: x for k, x in r.extra.items() if k in keys})
+        except RequestError as exc:
+            raise RequestError(f"regions[{i}].{exc.field}", exc.message) from None
+        out.append(r if info.text else replace(r, prompt="", negative_prompt=""))
+    return tuple(out)
 
 
 def to_request(info: ModelInfo, v: FormValues) -> GenerationRequest:
@@ -87,6 +112,7 @@ def to_request(info: ModelInfo, v: FormValues) -> GenerationRequest:
         dtype=v.dtype,
         compile=v.compile,
         extra={**v.carried, **model_controls(info, named)},
+        regions=_regions_for(info, v.regions),
     )
 
 
@@ -133,4 +159,5 @@ def from_request(info: ModelInfo, request: GenerationRequest) -> FormValues:
         controls=controls,
         given=frozenset(k for k in request.extra if k in keys),
         carried={k: x for k, x in request.extra.items() if k not in keys},
+        regions=request.regions,
     )

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRect, QRectF, Qt, Signal
-from PySide6.QtGui import QColor, QFont, QImage, QMouseEvent, QPainter, QPalette, QPen, QWheelEvent
+from PySide6.QtGui import QColor, QFont, QImage, QKeyEvent, QMouseEvent, QPainter, QPalette, QPen, QWheelEvent
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 from ...engine.core.events import TilePreview
 from ..imaging import Layer, qimage
+from .regions import RegionsLayer
 
 Rect = tuple[int, int, int, int]  # x0, y0, x1, y1 in image px
 PREVIEW_MAX_SIDE = 2048  # px; previews are ≤ ~128 px per tile, a finer buffer would only cost memory
@@ -93,6 +94,7 @@ class CanvasWidget(QWidget):
         self._drag: QPointF | None = None
         self.last_paint_ms = 0.0
         self.placeholder = "Press Generate (Ctrl+Enter) to start"
+        self.regions = RegionsLayer(self)  # regional prompts: drawn and edited here (widgets/regions.py)
 
     # -- content -----------------------------------------------------------------------------
 
@@ -248,11 +250,15 @@ class CanvasWidget(QWidget):
         event.accept()
 
     def mousePressEvent(self, event: QMouseEvent) -> None:
+        if self.regions.mouse_press(event):
+            return
         if event.button() in (Qt.MouseButton.LeftButton, Qt.MouseButton.MiddleButton):
             self._drag = event.position()
             self.setCursor(Qt.CursorShape.ClosedHandCursor)
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:
+        if self._drag is None and self.regions.mouse_move(event):
+            return
         if self._drag is not None:
             d = event.position() - self._drag
             self._drag = event.position()
@@ -260,8 +266,14 @@ class CanvasWidget(QWidget):
                                                self.center.y() - d.y() / self.scale))
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:
+        if self.regions.mouse_release(event):
+            return
         self._drag = None
         self.unsetCursor()
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        if not self.regions.key_press(event):
+            super().keyPressEvent(event)
 
     def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:
         if self._fit_mode:
@@ -282,6 +294,7 @@ class CanvasWidget(QWidget):
             else:
                 self._paint_picture(p)
                 self._paint_overlays(p)
+                self.regions.paint(p)
         self.last_paint_ms = (time.perf_counter() - started) * 1000
         self.paint_ms.emit(self.last_paint_ms)
 

@@ -21,6 +21,7 @@ from ..forms.model import ModelForm
 from ..forms.options import OptionsForm
 from ..forms.performance import PerformanceForm
 from ..forms.prompt import PromptForm
+from ..forms.regions import RegionsForm
 from ..forms.sampling import SamplingForm
 from ..forms.size import SizeForm
 from ..forms.tiles import TilesForm
@@ -39,12 +40,13 @@ class GenerationPanel(QWidget):
         self.prompt_form = PromptForm()  # text models
         self.options_form = OptionsForm()  # the model's own controls
         self.size_form = SizeForm()
+        self.regions_form = RegionsForm()  # regional prompts; the canvas draws and edits them too
         self.tiles_form = TilesForm()
         self.sampling_form = SamplingForm()
         self.coherence_form = CoherenceForm()
         self.performance_form = PerformanceForm()
-        self._value_forms = (self.prompt_form, self.options_form, self.size_form, self.tiles_form,
-                             self.sampling_form, self.coherence_form, self.performance_form)
+        self._value_forms = (self.prompt_form, self.options_form, self.size_form, self.regions_form,
+                             self.tiles_form, self.sampling_form, self.coherence_form, self.performance_form)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(8, 8, 8, 8)
         outer.setSpacing(10)
@@ -55,6 +57,8 @@ class GenerationPanel(QWidget):
         self.plan_info = self.tiles_form.plan_info
         self.seed_lock = self.sampling_form.seed_lock
         self.spare_core = self.performance_form.spare_core
+        self.regions_form.canvas_size = lambda: (self.size_form.width_.value(), self.size_form.height_.value())
+        self.regions_form.main_controls = lambda: self.options_form.values()["controls"]
 
         for form in self._value_forms:
             form.changed.connect(self.changed)  # forms are quiet while showing a request: one change each
@@ -87,12 +91,14 @@ class GenerationPanel(QWidget):
             current = self._request_or_none()
             keep = {} if current is None else {
                 "prompt": current.prompt, "negative_prompt": current.negative_prompt, "seed": current.seed}
+            regions = self.regions_form.regions()  # kept like the prompt, checked against the new size
             self.set_request(base.replace(**keep), lock_seed=self.seed_lock.isChecked())
+            self.regions_form.show_regions(regions)
         self.model_changed.emit(self.info)
         self.changed.emit()
 
     def _use_model(self, info: ModelInfo) -> None:
-        for form in (self.prompt_form, self.options_form, self.sampling_form, self.tiles_form):
+        for form in (self.prompt_form, self.options_form, self.regions_form, self.sampling_form, self.tiles_form):
             form.set_model(info)
 
     # -- plan and seed -------------------------------------------------------------------------------
