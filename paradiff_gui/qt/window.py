@@ -716,6 +716,7 @@ class MainWindow(QMainWindow):
             self.show_error("The upscale failed", message)
         elif message:
             self.status_text.setText(message)
+            self.statusBar().showMessage(message, 15000)  # the last pass's own status follows it
         self.upscale_ended.emit(outcome)
 
     # -- errors, help, closing ---------------------------------------------------------------------------
