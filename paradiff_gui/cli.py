@@ -117,6 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bridge-width", dest="bridge_width", type=_int_arg(0, rq.MAX_TILE // 2), metavar="PX",
                    help="attention bridges see a strip this wide along each tile border (0, the default: the "
                         "whole neighbour tiles); at most half a tile")
+    g.add_argument("--region", dest="region_specs", action="append", default=[], metavar="X0,Y0,X1,Y1:PROMPT",
+                   help="a regional prompt over a rectangle (image px; repeatable); the main prompt is the "
+                        "background. Options after |, e.g. \"0,0,512,1024:a castle|weight=2|feather=32|negative=fog\"; "
+                        "for models without text the options alone, e.g. \"256,0,512,512:terrain_difficulty=90\"")
+    g.add_argument("--regions", dest="regions_file", metavar="FILE.json",
+                   help="regions as a JSON list of objects (rect [x0,y0,x1,y1] or mask FILE.png, prompt, "
+                        "negative_prompt, weight, feather, extra); mask paths are relative to the file")
+    g.add_argument("--init-image", dest="init_image", metavar="IMAGE",
+                   help="image-to-image: start from this picture (resized to --size; a 16-bit heightmap for "
+                        "builtin:terrain)")
+    g.add_argument("--strength", type=_float_arg(0.0, 1.0), metavar="0..1",
+                   help=f"how much of the init image is re-drawn, above 0 and at most 1 (default "
+                        f"{rq.DEFAULT_STRENGTH}); 1 is text-to-image")
+    g.add_argument("--wrap", choices=rq.WRAPS,
+                   help="seamless: the tile plan wraps across these canvas edges, so the picture tiles")
     g.add_argument("--tile-batch", dest="tile_batch", type=_tile_batch_arg, metavar="auto|N",
                    help="tiles per model call; auto (the default) picks the most that fit in memory")
     g.add_argument("--device", metavar="auto|cpu|cuda|cuda:N|mps")
@@ -145,6 +160,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--allow-download", action="store_true",
                    help="let a hub model id download when it is not in the local cache")
 
+    u = sub.add_parser("upscale", help="upscale a picture with new detail (x2 passes of image-to-image)",
+                       description="Upscale IMAGE by 2, 4 or 8 in x2 passes: resize, noise to --strength, "
+                                   "synchronized tiled denoise. Each pass's picture is kept (NAME-x2.png, NAME-x4.png, "
+                                   "...). The generation settings come from IMAGE's recipe when it has one; flags "
+                                   "override them.")
+    u.add_argument("image")
+    u.add_argument("--scale", type=int, choices=(2, 4, 8), required=True)
+    u.add_argument("--strength", type=_float_arg(0.0, 1.0), metavar="0..1",
+                   help="how much each pass re-draws, above 0 and at most 1 (default 0.5)")
+    u.add_argument("-o", "--output", metavar="OUT.png", help="the last pass's file (default IMAGE-xSCALE.png)")
+    u.add_argument("--model")
+    u.add_argument("--prompt")
+    u.add_argument("--negative", dest="negative_prompt", metavar="TEXT")
+    u.add_argument("--steps", type=_int_arg(1, rq.MAX_STEPS), metavar="N")
+    u.add_argument("--seed", type=_int_arg(0, rq.MAX_SEED), metavar="N")
+    u.add_argument("--sampler", choices=rq.SAMPLERS)
+    u.add_argument("--tile-batch", dest="tile_batch", type=_tile_batch_arg, metavar="auto|N")
+    u.add_argument("--device", metavar="auto|cpu|cuda|cuda:N|mps")
+    u.add_argument("--dtype", choices=rq.DTYPES)
+    u.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
+    u.add_argument("--quiet", action="store_true", help="no progress bar")
+
     m = sub.add_parser("models", help="list the models Paradiff can use")
     m.add_argument("--json", action="store_true")
 
@@ -162,7 +199,67 @@ def build_parser() -> argparse.ArgumentParser:
 
 _OVERRIDES = ("model", "prompt", "negative_prompt", "overlap", "steps", "guidance", "sampler", "seed",
               "fusion", "jitter", "global_context", "bridges", "bridge_width", "tile_batch", "device", "dtype",
-              "compile")
+              "compile", "init_image", "strength", "wrap")
+_REGION_SPEC = re.compile(r"\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*:(.*)", re.S)
+_OPTION = re.compile(r"\s*([a-z][a-z0-9_]*)\s*=(.*)", re.S)
+
+
+def parse_region_spec(spec: str, index: int) -> dict[str, Any]:
+    """``X0,Y0,X1,Y1:PROMPT|key=value|...`` → a region object (keys: weight, feather, negative; any
+    other key is a model option, e.g. terrain_difficulty)."""
+    name = f"regions[{index}]"
+    m = _REGION_SPEC.fullmatch(spec)
+    if not m:
+        raise rq.RequestError(name, f"must look like X0,Y0,X1,Y1:PROMPT (image px), e.g. 0,0,512,512:a castle; "
+                                    f"got {spec!r}")
+    region: dict[str, Any] = {"rect": [int(m.group(k)) for k in range(1, 5)], "extra": {}}
+    parts = m.group(5).split("|")
+    if _OPTION.fullmatch(parts[0]) is None:
+        region["prompt"] = parts.pop(0).strip()
+    for part in parts:
+        opt = _OPTION.fullmatch(part)
+        if opt is None:
+            raise rq.RequestError(name, f"options after the prompt must be key=value, got {part!r}")
+        key, value = opt.group(1), opt.group(2).strip()
+        try:
+            if key == "weight":
+                region["weight"] = float(value)
+            elif key == "feather":
+                region["feather"] = int(value)
+            elif key == "negative":
+                region["negative_prompt"] = value
+            else:
+                region["extra"][key] = int(value)
+        except ValueError:
+            raise rq.RequestError(f"{name}.{key}", f"must be a number, got {value!r}") from None
+    return region
+
+
+def load_regions_file(path: str) -> list[dict[str, Any]]:
+    """A ``--regions`` JSON file: a list of region objects (or {"regions": [...]}); a mask given as a
+    file name is read (relative to the JSON file) and embedded, so the recipe replays anywhere."""
+    from .engine.core.regions import RegionError, mask_from_file
+
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise rq.RequestError("regions", f"cannot read {p}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise rq.RequestError("regions", f"{p} is not valid JSON ({exc})") from None
+    if isinstance(data, dict) and "regions" in data:
+        data = data["regions"]
+    if not isinstance(data, list):
+        raise rq.RequestError("regions", f"{p} must hold a list of region objects")
+    out = []
+    for i, item in enumerate(data):
+        if isinstance(item, dict) and isinstance(item.get("mask"), str) and not item["mask"].startswith("data:"):
+            try:
+                item = {**item, "mask": mask_from_file(str(p.parent / item["mask"]), f"regions[{i}].mask")}
+            except RegionError as exc:
+                raise rq.RequestError(exc.field, exc.message) from None
+        out.append(item)
+    return out
 
 
 def request_from_args(args: argparse.Namespace) -> rq.GenerationRequest:
@@ -177,6 +274,10 @@ def request_from_args(args: argparse.Namespace) -> rq.GenerationRequest:
         changes.update(grid=args.grid, tile=None)
     if args.tile is not None:
         changes.update(tile=args.tile, grid=None)
+    if args.regions_file or args.region_specs:
+        regions = load_regions_file(args.regions_file) if args.regions_file else []
+        changes["regions"] = regions + [parse_region_spec(spec, len(regions) + i)
+                                        for i, spec in enumerate(args.region_specs)]
     controls = parse_settings(args.settings)
     if args.terrain_difficulty is not None:  # the flag of 0.1, kept as an alias
         controls["terrain_difficulty"] = args.terrain_difficulty
@@ -386,6 +487,56 @@ def _generate_and_write(args: argparse.Namespace, request: rq.GenerationRequest,
     return EXIT_OK
 
 
+def cmd_upscale(args: argparse.Namespace) -> int:
+    """``paradiff upscale``: the passes of engine.api.upscale, each generated and written in turn."""
+    from .engine import Cancelled, CancelToken, ModelUnavailable, generate
+    from .engine.api.requests import build_request, parse_settings
+    from .engine.api.upscale import upscale_passes
+    from .engine.io import partials
+    from .engine.io.export import save_image
+    from .engine.io.metadata import load_request
+
+    partials.sweep()
+    fields = {k: getattr(args, k) for k in ("model", "prompt", "negative_prompt", "steps", "seed", "sampler",
+                                             "tile_batch", "device", "dtype") if getattr(args, k) is not None}
+    try:
+        try:
+            base = load_request(args.image)
+        except rq.RequestError:
+            base = None  # not a Paradiff picture: the model's defaults
+        base = build_request(fields, parse_settings(args.settings), base=base,
+                             model=args.model or os.environ.get("PARADIFF_MODEL") or rq.DEFAULT_MODEL)
+        passes = upscale_passes(args.image, args.scale, strength=args.strength, base=base, output=args.output)
+    except rq.RequestError as exc:
+        print(f"paradiff: invalid input: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    cancel = CancelToken()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
+    try:
+        for k, step in enumerate(passes, 1):
+            print(f"pass {k} of {len(passes)}: x{step.factor}, {step.request.width}x{step.request.height}",
+                  file=sys.stderr)
+            sink = _Progress(args.quiet)
+            try:
+                result = generate(step.request, sink, cancel)
+            except Cancelled:
+                sink.progress.stop()
+                print(f"paradiff: interrupted; the passes before pass {k} are written", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            except rq.RequestError as exc:
+                print(f"paradiff: invalid input: {exc}", file=sys.stderr)
+                return EXIT_INVALID
+            except ModelUnavailable as exc:
+                print(f"paradiff: model unavailable: {exc}", file=sys.stderr)
+                return EXIT_MODEL
+            save_image(step.output, result.image, result.request, result.plan, result.info)
+            print(f"wrote {step.output} ({result.image.shape[1]}x{result.image.shape[0]}, {result.seconds:.1f} s)",
+                  file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return EXIT_OK
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .engine.models.catalogue import list_models, model_dirs
     from .engine.models.info import describe_model
@@ -455,6 +606,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_generate(args)
         if args.command == "inspect":
             return cmd_inspect(args)
+        if args.command == "upscale":
+            return cmd_upscale(args)
         return cmd_models(args)
     except KeyboardInterrupt:
         print("paradiff: interrupted", file=sys.stderr)

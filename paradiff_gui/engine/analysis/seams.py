@@ -68,7 +68,8 @@ def _to_float(image: np.ndarray) -> np.ndarray:
     return a
 
 
-def boundaries(tiles: list[Rect] | tuple[Rect, ...]) -> dict[str, tuple[list[int], list[int]]]:
+def boundaries(tiles: list[Rect] | tuple[Rect, ...],
+               size: tuple[int, int] | None = None) -> dict[str, tuple[list[int], list[int]]]:
     """Seam lines of a tile grid, (vertical xs, horizontal ys) per family:
 
     - ``boundary``: the ownership boundaries midway between neighbouring tile centres (where
@@ -85,9 +86,19 @@ def boundaries(tiles: list[Rect] | tuple[Rect, ...]) -> dict[str, tuple[list[int
         edges = sorted(({a for a, _ in spans if a > lo} | {b for _, b in spans if b < hi}) - set(mids))
         return mids, edges
 
+    def fold(lines: list[int], length: int | None) -> list[int]:
+        # A wrapped plan's tiles run past the image edge (``size`` = (width, height)): their lines
+        # are taken modulo it, and the line on the edge itself is not inside the image.
+        if length is None:
+            return lines
+        return sorted({p % length for p in lines} - {0})
+
     mx, ex = axis({(x0, x1) for x0, _, x1, _ in tiles})
     my, ey = axis({(y0, y1) for _, y0, _, y1 in tiles})
-    return {"boundary": (mx, my), "edge": (ex, ey)}
+    w, h = size if size is not None else (None, None)
+    w = w if w is not None and any(x1 > w for _, _, x1, _ in tiles) else None
+    h = h if h is not None and any(y1 > h for _, _, _, y1 in tiles) else None
+    return {"boundary": (fold(mx, w), fold(my, h)), "edge": (fold(ex, w), fold(ey, h))}
 
 
 def _stride(cuts: list[int]) -> float | None:
@@ -119,7 +130,7 @@ def analyse(image: np.ndarray, tiles: list[Rect] | tuple[Rect, ...], *, lowpass:
     """Seam metrics of ``image`` for its tile rectangles (image px)."""
     img = _to_float(image)
     h, w = img.shape
-    families = boundaries(tiles)
+    families = boundaries(tiles, (w, h))
     half = _zone_half(lowpass, zone)
     low = ndimage.gaussian_filter(img, lowpass, mode="nearest")
     gx = np.abs(np.diff(low, axis=1))  # gradient between columns x and x+1: (h, w-1)
@@ -190,8 +201,8 @@ def heatmap(image: np.ndarray, tiles: list[Rect] | tuple[Rect, ...], *, lowpass:
     gy = np.abs(np.gradient(low, axis=0))
     typical = float(np.median(np.hypot(gx, gy))) or 1.0
     out = np.zeros((h, w), np.float32)
-    vx = [x for xs, _ in boundaries(tiles).values() for x in xs]
-    hy = [y for _, ys in boundaries(tiles).values() for y in ys]
+    vx = [x for xs, _ in boundaries(tiles, (w, h)).values() for x in xs]
+    hy = [y for _, ys in boundaries(tiles, (w, h)).values() for y in ys]
     for x in vx:
         sl = slice(max(0, x - half), min(w, x + half))
         out[:, sl] = np.maximum(out[:, sl], gx[:, sl] / typical)
@@ -199,3 +210,14 @@ def heatmap(image: np.ndarray, tiles: list[Rect] | tuple[Rect, ...], *, lowpass:
         sl = slice(max(0, y - half), min(h, y + half))
         out[sl, :] = np.maximum(out[sl, :], gy[sl, :] / typical)
     return out
+
+
+def tiled_score(image: np.ndarray, wrap: str = "xy", *, lowpass: float = 2.0) -> SeamReport:
+    """How seamlessly ``image`` tiles: the image laid 2x2 (side by side for ``x``, stacked for
+    ``y``) and the seam metrics taken on the lines where the copies meet. 1.0 = no trace."""
+    a = np.asarray(image)
+    h, w = a.shape[:2]
+    reps = {"x": (1, 2), "y": (2, 1)}.get(wrap, (2, 2))
+    big = np.tile(a, reps + (1,) * (a.ndim - 2))
+    rects = [(c * w, r * h, (c + 1) * w, (r + 1) * h) for r in range(reps[0]) for c in range(reps[1])]
+    return analyse(big, rects, lowpass=lowpass)

@@ -73,6 +73,11 @@ def check_options(request: GenerationRequest, info: ModelInfo | None = None) -> 
             raise RequestError(key, f"must be a whole number from {lo} to {hi}, got {value!r}")
     keys = {c[0] for c in info.controls}
     model_controls(info, {k: v for k, v in request.extra.items() if k in keys})
+    for i, region in enumerate(request.regions):  # a region's options are the model's controls
+        try:
+            model_controls(info, region.extra)
+        except RequestError as exc:
+            raise RequestError(f"regions[{i}].{exc.field}", exc.message) from None
     return request
 
 

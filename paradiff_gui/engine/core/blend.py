@@ -49,6 +49,15 @@ def _neighbour_overlaps(plan: TilePlan, tile: Tile) -> tuple[int, int, int, int]
     down = ys[r] + plan.tile_h - ys[r + 1] if r + 1 < len(ys) else 0
     left = xs[c - 1] + plan.tile_w - xs[c] if c > 0 else 0
     right = xs[c] + plan.tile_w - xs[c + 1] if c + 1 < len(xs) else 0
+    # On a wrapped axis the first and the last tile are neighbours across the edge.
+    if plan.wrap_y and len(ys) > 1:
+        across = ys[-1] + plan.tile_h - (plan.height + ys[0])
+        up = across if r == 0 else up
+        down = across if r == len(ys) - 1 else down
+    if plan.wrap_x and len(xs) > 1:
+        across = xs[-1] + plan.tile_w - (plan.width + xs[0])
+        left = across if c == 0 else left
+        right = across if c == len(xs) - 1 else right
     return max(up, 0), max(down, 0), max(left, 0), max(right, 0)
 
 
@@ -81,7 +90,7 @@ def ownership(plan: TilePlan) -> np.ndarray:
 def windows(plan: TilePlan, mode: str) -> np.ndarray:
     """All windows stacked: (n_tiles, tile_h, tile_w) float32."""
     if mode in ("none", "independent"):
-        owner = ownership(plan)  # computed once, not per tile
+        owner = extend(plan, ownership(plan))  # computed once, not per tile
         return np.stack(
             [(owner[t.y0 : t.y1, t.x0 : t.x1] == t.index).astype(np.float32) for t in plan.tiles]
         )
@@ -89,11 +98,37 @@ def windows(plan: TilePlan, mode: str) -> np.ndarray:
 
 
 def weight_sum(plan: TilePlan, wins: np.ndarray) -> np.ndarray:
-    """Σ of all windows placed on the canvas: (height, width) float64."""
-    total = np.zeros((plan.height, plan.width), dtype=np.float64)
+    """Σ of all windows placed on the canvas: (height, width) float64 (on a wrapped plan, what
+    runs past an edge lands at the opposite one)."""
+    total = np.zeros(plan.extent, dtype=np.float64)
     for t, win in zip(plan.tiles, wins):
         total[t.y0 : t.y1, t.x0 : t.x1] += win
-    return total
+    return fold(plan, total)
+
+
+def extend(plan: TilePlan, canvas: np.ndarray) -> np.ndarray:
+    """A canvas (..., height, width) continued periodically to the plan's extent (the identity on
+    a plan that does not wrap)."""
+    eh, ew = plan.extent
+    if eh > plan.height:
+        canvas = np.concatenate([canvas, canvas[..., : eh - plan.height, :]], axis=-2)
+    if ew > plan.width:
+        canvas = np.concatenate([canvas, canvas[..., : ew - plan.width]], axis=-1)
+    return canvas
+
+
+def fold(plan: TilePlan, extended: np.ndarray) -> np.ndarray:
+    """The inverse sum of :func:`extend`: an (..., extent) array added back onto the canvas."""
+    h, w = plan.height, plan.width
+    out = extended[..., :h, :w].copy()
+    eh, ew = extended.shape[-2:]
+    if ew > w:
+        out[..., :, : ew - w] += extended[..., :h, w:]
+    if eh > h:
+        out[..., : eh - h, :] += extended[..., h:, :w]
+        if ew > w:
+            out[..., : eh - h, : ew - w] += extended[..., h:, w:]
+    return out
 
 
 def check_positive(plan: TilePlan, wins: np.ndarray) -> None:

@@ -77,6 +77,26 @@ def _axis_from_count(length: int, count: int, overlap: int, field: str) -> tuple
     return tile, count
 
 
+def _wrapped_axis(length: int, tile: int, overlap: int, count: int | None, field: str, name: str) -> tuple[int, int]:
+    """(tile, count) along a wrapped axis (a circle of ``length`` latent px): tiles every
+    ``length / count`` px, each overlapping the next — the last one the first — by ``overlap``."""
+    if count is None:
+        if overlap >= tile:
+            raise RequestError("overlap", f"must be less than the tile ({tile} latent px)")
+        count = math.ceil(length / (tile - overlap))
+    elif count >= 2:
+        tile = math.ceil(length / count) + overlap
+    if count < 2 or tile >= length or tile < MIN_GRID_TILE:
+        raise RequestError("wrap", f"{name} needs at least two tiles across each wrapped edge: the canvas must be "
+                                   f"larger than one tile along it ({length} latent px for tiles of {tile}); use a "
+                                   f"larger canvas, smaller tiles or more tiles ({field})")
+    return tile, count
+
+
+def _wrapped_starts(length: int, count: int) -> list[int]:
+    return [round(i * length / count) for i in range(count)]
+
+
 @dataclass(frozen=True)
 class TilePlan:
     """The tile layout of one canvas. Coordinates are latent pixels unless a name says ``image``."""
@@ -90,6 +110,11 @@ class TilePlan:
     overlap: int  # requested, latent px
     scale: int  # image px per latent px
     tiles: tuple[Tile, ...]
+    # Seamless canvases: along a wrapped axis the plan lives on a torus: tiles are spread evenly
+    # around it and the last ones run past the canvas edge (y1 > height or x1 > width), their
+    # excess landing at the opposite edge (coordinates modulo the canvas size).
+    wrap_y: bool = False
+    wrap_x: bool = False
 
     # -- construction -----------------------------------------------------------------------
 
@@ -103,30 +128,38 @@ class TilePlan:
         tile: int | tuple[int, int] | None = None,
         grid: tuple[int, int] | None = None,
         scale: int = 1,
+        wrap: str = "none",
     ) -> TilePlan:
-        """Plan a canvas of ``height`` x ``width`` latent px, from a tile size *or* a grid."""
+        """Plan a canvas of ``height`` x ``width`` latent px, from a tile size *or* a grid; ``wrap``
+        (none, x, y, xy) puts the plan on a torus along those axes."""
         if (tile is None) == (grid is None):
             raise ValueError("give exactly one of tile or grid")
         if height < 1 or width < 1:
             raise RequestError("size", "the canvas must be at least one latent pixel")
         if overlap < 0:
             raise RequestError("overlap", f"must be 0 or more, got {overlap}")
+        wrap_y, wrap_x = "y" in wrap, "x" in wrap
         if grid is not None:
-            tile_h, rows = _axis_from_count(height, grid[0], overlap, "grid")
-            tile_w, cols = _axis_from_count(width, grid[1], overlap, "grid")
+            tile_h, rows = _wrapped_axis(height, 0, overlap, grid[0], "grid", "wrap y") if wrap_y \
+                else _axis_from_count(height, grid[0], overlap, "grid")
+            tile_w, cols = _wrapped_axis(width, 0, overlap, grid[1], "grid", "wrap x") if wrap_x \
+                else _axis_from_count(width, grid[1], overlap, "grid")
         else:
             th, tw = (tile, tile) if isinstance(tile, int) else tile
             if overlap >= min(th, tw):
                 raise RequestError("overlap", f"must be less than the tile ({min(th, tw)} latent px)")
-            tile_h, rows = _axis_from_tile(height, th, overlap)
-            tile_w, cols = _axis_from_tile(width, tw, overlap)
-        ys, xs = _starts(height, tile_h, rows), _starts(width, tile_w, cols)
+            tile_h, rows = _wrapped_axis(height, th, overlap, None, "tile", "wrap y") if wrap_y \
+                else _axis_from_tile(height, th, overlap)
+            tile_w, cols = _wrapped_axis(width, tw, overlap, None, "tile", "wrap x") if wrap_x \
+                else _axis_from_tile(width, tw, overlap)
+        ys = _wrapped_starts(height, rows) if wrap_y else _starts(height, tile_h, rows)
+        xs = _wrapped_starts(width, cols) if wrap_x else _starts(width, tile_w, cols)
         tiles = tuple(
             Tile(r * cols + c, r, c, y, x, y + tile_h, x + tile_w)
             for r, y in enumerate(ys)
             for c, x in enumerate(xs)
         )
-        return cls(height, width, tile_h, tile_w, rows, cols, overlap, scale, tiles)
+        return cls(height, width, tile_h, tile_w, rows, cols, overlap, scale, tiles, wrap_y, wrap_x)
 
     @classmethod
     def for_request(cls, request: GenerationRequest, scale: int, native_tile: int) -> TilePlan:
@@ -143,7 +176,7 @@ class TilePlan:
         if request.grid is not None:
             plan = cls.create(
                 request.height // scale, request.width // scale,
-                overlap=overlap_px // scale, grid=request.grid, scale=scale,
+                overlap=overlap_px // scale, grid=request.grid, scale=scale, wrap=request.wrap,
             )
             return plan._check_bridge_width(request)
         if tile_px % scale:
@@ -152,7 +185,7 @@ class TilePlan:
             raise RequestError("overlap", f"must be less than the tile ({tile_px} px), got {overlap_px}")
         return cls.create(
             request.height // scale, request.width // scale,
-            overlap=overlap_px // scale, tile=tile_px // scale, scale=scale,
+            overlap=overlap_px // scale, tile=tile_px // scale, scale=scale, wrap=request.wrap,
         )._check_bridge_width(request)
 
     def _check_bridge_width(self, request: GenerationRequest) -> TilePlan:
@@ -175,7 +208,9 @@ class TilePlan:
         or column of tiles may be added where the shift opens a gap.
         """
 
-        def axis(length: int, tile: int, starts: list[int], stride: int, d: int) -> list[int]:
+        def axis(length: int, tile: int, starts: list[int], stride: int, d: int, wrapped: bool) -> list[int]:
+            if wrapped:  # on a circle a shift moves every tile and keeps every overlap
+                return sorted((s - d) % length for s in starts)
             if len(starts) < 2:
                 return starts
             out: list[int] = []
@@ -190,15 +225,15 @@ class TilePlan:
                 k += 1
 
         sy, sx = self.stride
-        ys = axis(self.height, self.tile_h, self.row_starts, sy, dy)
-        xs = axis(self.width, self.tile_w, self.col_starts, sx, dx)
+        ys = axis(self.height, self.tile_h, self.row_starts, sy, dy, self.wrap_y)
+        xs = axis(self.width, self.tile_w, self.col_starts, sx, dx, self.wrap_x)
         tiles = tuple(
             Tile(r * len(xs) + c, r, c, y, x, y + self.tile_h, x + self.tile_w)
             for r, y in enumerate(ys)
             for c, x in enumerate(xs)
         )
         return TilePlan(self.height, self.width, self.tile_h, self.tile_w, len(ys), len(xs), self.overlap,
-                        self.scale, tiles)
+                        self.scale, tiles, self.wrap_y, self.wrap_x)
 
     # -- derived ------------------------------------------------------------------------------
 
@@ -217,21 +252,37 @@ class TilePlan:
     def stride(self) -> tuple[int, int]:
         """Largest distance between neighbouring tile starts (rows, cols), latent px; 1 with one tile."""
 
-        def axis(starts: list[int]) -> int:
-            return max(b - a for a, b in itertools.pairwise(starts)) if len(starts) > 1 else 1
+        return self._gap(self.row_starts, self.wrap_y, self.height) or 1, \
+            self._gap(self.col_starts, self.wrap_x, self.width) or 1
 
-        return axis(self.row_starts), axis(self.col_starts)
+    @staticmethod
+    def _gap(starts: list[int], wrapped: bool, length: int) -> int | None:
+        """Largest distance between neighbouring starts, round the circle too when wrapped."""
+        if len(starts) < 2:
+            return None
+        gaps = [b - a for a, b in itertools.pairwise(starts)]
+        if wrapped:
+            gaps.append(length - starts[-1] + starts[0])
+        return max(gaps)
 
     @property
     def actual_overlap(self) -> tuple[int | None, int | None]:
         """Smallest overlap between neighbours (rows, cols) in latent px; None with one tile."""
 
-        def axis(starts: list[int], tile: int) -> int | None:
-            if len(starts) < 2:
-                return None
-            return tile - max(b - a for a, b in itertools.pairwise(starts))
+        gy = self._gap(self.row_starts, self.wrap_y, self.height)
+        gx = self._gap(self.col_starts, self.wrap_x, self.width)
+        return None if gy is None else self.tile_h - gy, None if gx is None else self.tile_w - gx
 
-        return axis(self.row_starts, self.tile_h), axis(self.col_starts, self.tile_w)
+    @property
+    def wrap(self) -> str:
+        """none, x, y or xy."""
+        return {(False, False): "none", (False, True): "x", (True, False): "y", (True, True): "xy"}[
+            (self.wrap_y, self.wrap_x)]
+
+    @property
+    def extent(self) -> tuple[int, int]:
+        """(height, width) latent px the tiles span: the canvas, plus what wrapped tiles run past it."""
+        return max(t.y1 for t in self.tiles), max(t.x1 for t in self.tiles)
 
     @property
     def overhead(self) -> float:
@@ -255,12 +306,17 @@ class TilePlan:
         the nearest column centre, so each axis is solved on its own.
         """
 
-        def axis_owner(length: int, starts: list[int], tile: int) -> list[int]:
+        def axis_owner(length: int, starts: list[int], tile: int, wrapped: bool) -> list[int]:
             centres = [s + tile / 2 for s in starts]
-            return [min(range(len(centres)), key=lambda i: (abs(p + 0.5 - centres[i]), i)) for p in range(length)]
 
-        row_of = axis_owner(self.height, self.row_starts, self.tile_h)
-        col_of = axis_owner(self.width, self.col_starts, self.tile_w)
+            def dist(p: int, c: float) -> float:
+                d = abs(p + 0.5 - c)
+                return min(d % length, length - d % length) if wrapped else d
+
+            return [min(range(len(centres)), key=lambda i: (dist(p, centres[i]), i)) for p in range(length)]
+
+        row_of = axis_owner(self.height, self.row_starts, self.tile_h, self.wrap_y)
+        col_of = axis_owner(self.width, self.col_starts, self.tile_w, self.wrap_x)
         return [[r * self.cols + c for c in col_of] for r in row_of]
 
     def describe(self) -> str:
@@ -268,7 +324,7 @@ class TilePlan:
         ov = f"{(oy or 0) * self.scale}x{(ox or 0) * self.scale}px"
         return (
             f"{self.rows}x{self.cols} tiles of {self.tile_w * self.scale}x{self.tile_h * self.scale}px, "
-            f"overlap {ov}, overhead {self.overhead:.2f}x"
+            f"overlap {ov}, overhead {self.overhead:.2f}x" + (f", wraps {self.wrap}" if self.wrap != "none" else "")
         )
 
     @classmethod
@@ -285,16 +341,23 @@ class TilePlan:
             raise RequestError("plan", f"the stored plan's {len(rects)} tiles do not make {rows}x{cols}")
         if any(v % scale for r in rects for v in r) or width % scale or height % scale:
             raise RequestError("plan", f"the stored tiles are not on the {scale}-px latent grid")
+        wrap = data.get("wrap", "none") if isinstance(data, dict) else "none"
+        if wrap not in ("none", "x", "y", "xy"):
+            raise RequestError("plan", f"the stored plan's wrap must be none, x, y or xy; got {wrap!r}")
         tiles = []
         for i, (x0, y0, x1, y1) in enumerate(rects):
-            if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+            # A wrapped axis's tiles start inside the image and may run up to one tile past it.
+            wx = x1 - x0 if "x" in wrap else 0
+            wy = y1 - y0 if "y" in wrap else 0
+            if not (0 <= x0 < x1 <= width + (wx if x0 < width else 0) and
+                    0 <= y0 < y1 <= height + (wy if y0 < height else 0)):
                 raise RequestError("plan", f"stored tile {i} ({x0},{y0})-({x1},{y1}) is outside the {width}x{height} "
                                            "image")
             tiles.append(Tile(i, i // cols, i % cols, y0 // scale, x0 // scale, y1 // scale, x1 // scale))
         first = tiles[0]
         step = tiles[1].x0 - first.x0 if cols > 1 else first.width
         return cls(height // scale, width // scale, first.height, first.width, rows, cols,
-                   max(0, first.width - step), scale, tuple(tiles))
+                   max(0, first.width - step), scale, tuple(tiles), "y" in wrap, "x" in wrap)
 
     def to_dict(self) -> dict:
         return {
@@ -302,4 +365,5 @@ class TilePlan:
             "cols": self.cols,
             "scale": self.scale,
             "tiles": [list(self.image_rect(t)) for t in self.tiles],
+            **({"wrap": self.wrap} if self.wrap != "none" else {}),
         }

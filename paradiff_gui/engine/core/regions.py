@@ -91,7 +91,9 @@ def parse_region(data: Any, index: int, width: int, height: int, max_chars: int)
     if rect is not None:
         if not isinstance(rect, (list, tuple)) or len(rect) != 4:
             raise RegionError(f"{name}.rect", f"must be [x0, y0, x1, y1] in image px, got {rect!r}")
-        x0, y0, x1, y1 = (_int(f"{name}.rect", v, 0, max(width, height)) for v in rect)
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in rect):
+            raise RegionError(f"{name}.rect", f"must be four whole numbers [x0, y0, x1, y1] in image px, got {rect!r}")
+        x0, y0, x1, y1 = rect
         if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
             raise RegionError(f"{name}.rect", f"must lie inside the {width}x{height} canvas with x0 < x1 and y0 < y1 "
                                               f"(0 <= x0 < x1 <= {width}, 0 <= y0 < y1 <= {height}); got {list(rect)}")

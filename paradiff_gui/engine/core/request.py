@@ -241,7 +241,13 @@ class GenerationRequest:
         if self.init_image is not None and self.global_context > 0:
             raise RequestError("global_context", "lays out the canvas from noise, and an init image already gives the "
                                                  "layout: use global_context 0 with init_image")
+        if self.init_image is not None and self.fusion == "independent":
+            raise RequestError("init_image", "starts the shared canvas from a picture, and fusion independent has no "
+                                             "shared canvas: use another fusion with init_image")
         _check_choice("wrap", self.wrap, WRAPS)
+        if self.wrap != "none" and self.global_context > 0:
+            raise RequestError("wrap", "the global-context pass is one tile across and cannot wrap: use "
+                                       "global_context 0 with wrap")
         if self.wrap != "none" and self.fusion == "independent":
             raise RequestError("wrap", "needs one shared canvas, and fusion independent denoises each tile on its "
                                        "own: use another fusion, or wrap none")

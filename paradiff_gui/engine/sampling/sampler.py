@@ -52,12 +52,15 @@ from ..core.events import Cancelled as CancelledEvent
 from ..core.modelinfo import ModelInfo
 from ..core.plan import Tile, TilePlan
 from ..core.request import GenerationRequest, RequestError
+from ..io.init_image import file_digest as init_digest
+from ..io.init_image import load_init_image
 from ..models.base import Denoiser, ModelUnavailable
 from ..models.info import describe_model
 from ..models.registry import load_denoiser
 from ..runtime import distributed, memory
 from ..runtime.devices import dtype_name, resolve_device, resolve_dtype
 from .bridges import Bridge, config_for
+from .compose import Regional, extend, fold, image_timesteps, regional
 
 EventSink = Callable[[Event], None]
 
@@ -93,6 +96,7 @@ class _Denoise:
         self.total_steps = 0
         self.t_value = 0.0  # the current timestep as a host float (no device sync to read it)
         self._pending: tuple | None = None  # the previous batch's previews, still in flight to the host
+        self.regional: Regional | None = None  # regional prompts: each tile mixes several conditionings
 
     def batches(self, plan: TilePlan) -> Iterator[list[Tile]]:
         """This rank's tiles in batches of ``tile_batch`` (all tiles when running alone).
@@ -123,17 +127,23 @@ class _Denoise:
     def run_batch(self, crops: torch.Tensor, t: torch.Tensor, tiles: list[Tile], plan: TilePlan) -> torch.Tensor:
         """One model call on a batch of tile crops; emits the batch and its previews."""
         self.emit(BatchStarted(self.step, tuple(tl.index for tl in tiles)))
-        pred = self._predict(crops, t, tiles)
+        pred = self._predict(crops, t, tiles, plan)
         if self.previews:
             rects = [plan.image_rect(tl) for tl in tiles]
             self._queue_previews(tiles, rects, self.den.preview(crops, pred, self.t_value))
         return pred
 
-    def _predict(self, crops: torch.Tensor, t: torch.Tensor, tiles: list[Tile]) -> torch.Tensor:
+    def _model(self, crops: torch.Tensor, t: torch.Tensor, tiles: list[Tile], plan: TilePlan) -> torch.Tensor:
+        if self.regional is None:
+            return self.den.predict(crops.to(self.den.dtype), t, tiles, self.cond).float()
+        return self.regional.predict(lambda x, sub, cond: self.den.predict(x.to(self.den.dtype), t, sub, cond),
+                                     crops, tiles, plan)
+
+    def _predict(self, crops: torch.Tensor, t: torch.Tensor, tiles: list[Tile], plan: TilePlan) -> torch.Tensor:
         """The model on a batch; out of memory, the batch is halved and the same step goes on
         (tiles are fused one by one, so the picture does not change), down to one tile."""
         try:
-            return self.den.predict(crops.to(self.den.dtype), t, tiles, self.cond).float()
+            return self._model(crops, t, tiles, plan)
         except Exception as exc:
             if not _out_of_memory(exc):
                 raise
@@ -154,7 +164,8 @@ class _Denoise:
             self.batch = half
             self.emit(Notice(f"out of memory at a batch of {len(tiles)} tiles: continuing with {half} "
                              "(the same step; the picture does not change)"))
-        return torch.cat([self._predict(crops[:half], t, tiles[:half]), self._predict(crops[half:], t, tiles[half:])])
+        return torch.cat([self._predict(crops[:half], t, tiles[:half], plan),
+                          self._predict(crops[half:], t, tiles[half:], plan)])
 
     def _queue_previews(self, tiles: list[Tile], rects: list[tuple[int, int, int, int]], rgb: torch.Tensor) -> None:
         """Start copying this batch's previews to the host and emit the previous batch's.
@@ -215,7 +226,10 @@ def predict_canvas(run: _Denoise, plan: TilePlan, x_in: torch.Tensor, t: torch.T
     """4.2 The fused prediction for the whole canvas, Σ W_i·pred_i / Σ W_i, and the overlap
     consensus error: the RMS spread of the tiles' own predictions where two or more overlap,
     before any blending (0 = the tiles already agree). ``x_in`` is the scaled canvas (1, C, H, W).
+    A wrapped plan's tiles read the canvas continued across its edges, and what they add past an
+    edge lands at the opposite one.
     """
+    x_in = extend(plan, x_in)
     acc = torch.zeros(x_in.shape, dtype=torch.float32, device=x_in.device)
     first = torch.zeros_like(acc)  # Σ pred and Σ pred², unweighted, for the consensus error
     second = torch.zeros_like(acc)
@@ -227,6 +241,7 @@ def predict_canvas(run: _Denoise, plan: TilePlan, x_in: torch.Tensor, t: torch.T
             acc[region] += pred[k] * weights.wins[tl.index]
             first[region] += pred[k]
             second[region] += pred[k] * pred[k]
+    acc, first, second = fold(plan, acc), fold(plan, first), fold(plan, second)
     if run.shard.active:
         # 4.2' Several ranks: one all-reduce adds up every rank's sums (and raises the cancel
         # flag of any rank), so every rank steps the identical canvas.
@@ -260,24 +275,34 @@ def _context_weights(steps: int, strength: float, power: float = 3.0) -> list[fl
 
 def _synchronized(run: _Denoise, plan: TilePlan, noise: torch.Tensor, generator: torch.Generator, *,
                   jitter: bool = False, guide: torch.Tensor | None = None,
-                  bridge: Bridge | None = None) -> torch.Tensor:
+                  bridge: Bridge | None = None, init: torch.Tensor | None = None,
+                  strength: float = 1.0) -> torch.Tensor:
     """4. All tiles, every step, one canvas, one scheduler.
 
     ``jitter`` shifts the tile grid by a seeded offset every step, so seams never sit in the same
     place twice; the canvas itself never moves. ``guide`` is an x0 estimate of the whole canvas
     (the upscaled low-resolution pass of global context), mixed in through the skip residual.
+    ``init`` is an encoded init image: the canvas starts from it noised to the first of the
+    timesteps that ``strength`` keeps (strength 1: from pure noise, as text-to-image).
     """
     den, request = run.den, run.request
     scheduler = den.make_scheduler(request.sampler)
     scheduler.set_timesteps(request.steps, device=den.device)
-    latents = noise.to(den.device) * scheduler.init_noise_sigma
+    timesteps = scheduler.timesteps
+    if init is not None and strength < 1.0:
+        timesteps, _start = image_timesteps(scheduler, request.steps, strength)
+        if len(timesteps) == 0:  # nothing left to re-draw: the init image as it is
+            return init.to(den.device)
+        latents = scheduler.add_noise(init.to(den.device), noise.to(den.device), timesteps[:1])
+    else:
+        latents = noise.to(den.device) * scheduler.init_noise_sigma
     kwargs = _step_kwargs(scheduler, generator)
-    t_host = scheduler.timesteps.cpu()
+    t_host = timesteps.cpu()
     total = len(t_host)
     offsets = jitter_offsets(plan, request.seed, total) if jitter else [(0, 0)] * total
     context = _context_weights(total, request.global_context) if guide is not None else [0.0] * total
     weights: dict[TilePlan, _Weights] = {}  # 4.1 windows depend only on the plan: built once per plan
-    for i, t in enumerate(scheduler.timesteps):
+    for i, t in enumerate(timesteps):
         run.step, run.t_value = run.step_offset + i, float(t_host[i])
         if not run.shard.active:  # with several ranks the step's all-reduce carries the cancel
             run.cancel.check()
@@ -448,6 +473,24 @@ def _tile_batch(request: GenerationRequest, den: Denoiser, plan: TilePlan, emit:
     return int(request.tile_batch)
 
 
+def _init_latents(den: Denoiser, request: GenerationRequest, plan: TilePlan, emit: EventSink) -> torch.Tensor | None:
+    """The init image, resized to the canvas and encoded by the model: (1, C, h, w) on the CPU
+    (None at strength 1, where it is read and checked but not used)."""
+    encode = getattr(den, "encode", None)
+    if encode is None:
+        raise RequestError("init_image", f"{den.name} cannot start from an image (it has no encoder)")
+    output = "height" if den.channels == 1 and den.scale == 1 else "rgb"
+    w, h = plan.image_size
+    pixels, notes = load_init_image(request.init_image, w, h, output)
+    for note in notes:
+        emit(Notice(note))
+    if request.image_strength >= 1.0:
+        emit(Notice("strength 1 re-draws everything: the init image is not used (the same picture as text-to-image "
+                    "with this seed)"))
+        return None
+    return encode(pixels, lambda done, total: emit(Decoding(done, total))).float().cpu()
+
+
 def _loaded_info(request: GenerationRequest, den: Denoiser, plan: TilePlan) -> ModelInfo:
     # The loaded backend is the truth for geometry; the configs on disk for the rest.
     info = describe_model(request.model)
@@ -501,7 +544,8 @@ def generate(
         probe.set_timesteps(request.steps, device="cpu")
         passes = 2 if request.global_context > 0 and request.fusion != "independent" \
             and min(plan.height, plan.width) > den.native_tile // den.scale else 1
-        total_steps = passes * len(probe.timesteps)
+        total_steps = passes * len(image_timesteps(probe, request.steps, request.image_strength)[0]) \
+            if request.init_image is not None else passes * len(probe.timesteps)
         emit(Planned(request, plan, total_steps, str(den.device), dtype_name(den.dtype)))
         for message in getattr(den, "notices", lambda _r: [])(request):
             emit(Notice(message))
@@ -511,6 +555,8 @@ def generate(
         # 2. Conditioning, computed once for all tiles and steps; the tile batch that fits.
         cond = den.prepare(request, plan)
         run = _Denoise(den, request, plan, cond, emit, cancel, previews)
+        run.regional = regional(den, request, plan, cond)
+        init = _init_latents(den, request, plan, emit) if request.init_image is not None else None
         run.total_steps = total_steps
         run.batch = _tile_batch(request, den, plan, emit, _bridge_cost(den, plan, request, cond, emit))
 
@@ -527,11 +573,13 @@ def generate(
                 guide = _global_context(run, plan, generator) if request.global_context > 0 else None
                 with _bridged(den, plan, request, shard, emit) as bridge:
                     latents = _synchronized(run, plan, noise, generator, jitter=request.jitter, guide=guide,
-                                            bridge=bridge)
+                                            bridge=bridge, init=init, strength=request.image_strength)
 
             # 5. Decode (never after a cancel) and finish; with several ranks rank 0 alone decodes.
             cancel.check()
-            image = den.decode(latents, lambda done, total: emit(Decoding(done, total))) if shard.leader else None
+            wrap = {"wrap": plan.wrap} if plan.wrap != "none" else {}  # (decoders without it never see it)
+            image = den.decode(latents, lambda done, total: emit(Decoding(done, total)), **wrap) \
+                if shard.leader else None
         seconds = time.perf_counter() - started
         info = {"model_name": den.name, "device": str(den.device), "dtype": dtype_name(den.dtype),
                 "tiles": len(plan), "plan": plan.describe(), "tile_batch": run.batch}
@@ -539,6 +587,9 @@ def generate(
             info["ranks"] = shard.world
         if getattr(den, "decode_method", ""):
             info["decode"] = den.decode_method
+        if request.init_image is not None:
+            info["init_image_sha256"] = init_digest(request.init_image)
+            info["strength"] = request.image_strength
         result = GenerationResult(image, latents.float().cpu(), request, plan, seconds, info)
         emit(Finished(image, request, plan, seconds, info))
         return result

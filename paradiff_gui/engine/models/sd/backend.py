@@ -40,6 +40,7 @@ from .vae import (
     DECODE_THRESHOLD,
     decode_latents,
     decode_synced,
+    encode_synced,
     host_budget,
     synced_decode_supported,
     synced_host_bytes,
@@ -184,7 +185,26 @@ class SDDenoiser:
         return previews.apply_linear_rgb(x0, self._rgb)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, on_progress: Callable[[int, int], None]) -> np.ndarray:
+    def encode(self, pixels: np.ndarray, on_progress: Callable[[int, int], None]) -> torch.Tensor:
+        """An (H, W, 3) picture in [0, 1] as a latent canvas (1, C, H/8, W/8): the mean of the VAE's
+        latent distribution (no sampling: the same picture always gives the same canvas), tiled with
+        whole-canvas GroupNorm statistics above the decode threshold (vae.encode_synced)."""
+        cfg = self.vae.config
+        shift = getattr(cfg, "shift_factor", None) or 0.0
+        x = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))[None].float() * 2 - 1
+        h, w = x.shape[-2] // self.scale, x.shape[-1] // self.scale
+        if max(h, w) <= DECODE_THRESHOLD or not synced_decode_supported(self.vae):
+            on_progress(0, 1)
+            mean = self.vae.encode(x.to(self.device, self._vae_dtype)).latent_dist.mean
+            on_progress(1, 1)
+        else:
+            moments = encode_synced(self.vae, x.to(self._vae_dtype), on_progress)
+            mean = moments[:, : moments.shape[1] // 2]
+        return ((mean.float() - shift) * cfg.scaling_factor).cpu()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, on_progress: Callable[[int, int], None],
+               wrap: str = "none") -> np.ndarray:
         cfg = self.vae.config
         shift = getattr(cfg, "shift_factor", None) or 0.0
 
@@ -193,13 +213,16 @@ class SDDenoiser:
 
         h, w = latents.shape[-2:]
         small = max(h, w) <= DECODE_THRESHOLD
-        if not small and synced_decode_supported(self.vae) and \
+        # A wrapped canvas always goes through the staged decoder: it is the one that pads circularly.
+        if (not small or wrap != "none") and synced_decode_supported(self.vae) and \
                 synced_host_bytes(self.vae, h, w, self._vae_dtype) <= host_budget():
             # Tiled, with every GroupNorm on whole-canvas statistics (vae.py).
-            self.decode_method = "tiled, whole-canvas GroupNorm"
+            self.decode_method = "tiled, whole-canvas GroupNorm" + (f", wraps {wrap}" if wrap != "none" else "")
             z = latents.to(self.device, self._vae_dtype) / cfg.scaling_factor + shift
-            return decode_synced(self.vae, z, on_progress)
+            return decode_synced(self.vae, z, on_progress, wrap=wrap)
         self.decode_method = "whole" if small else "tiled, per-tile GroupNorm (host memory too small for exact)"
+        if wrap != "none":
+            self.decode_method += "; does not wrap (this VAE or the host memory does not allow the staged decoder)"
         return to_uint8(decode_latents(decode_fn, latents, self.scale, on_progress))
 
 

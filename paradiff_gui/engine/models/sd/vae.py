@@ -168,12 +168,16 @@ def _mid_ops(mid: torch.nn.Module) -> list[tuple]:
 
 def _run_program(ops: list[tuple], x: torch.Tensor, device: torch.device, dtype: torch.dtype,
                  on_progress: Callable[[int, int], None], *, core: int, factor: float, attention_halo: int,
-                 attention_whole: bool, convert: Callable[[np.ndarray], np.ndarray] | None) -> Any:
+                 attention_whole: bool, convert: Callable[[np.ndarray], np.ndarray] | None,
+                 wrap: str = "none") -> Any:
     """Run a VAE half as a list of stages over host canvases (see the section comment).
 
     ``factor`` is feature-map px per latent px at the start (1 for the decoder, 8 for the
-    encoder); ``convert`` (if given) turns the last stage's tiles into the output array.
+    encoder); ``convert`` (if given) turns the last stage's tiles into the output array. Along a
+    ``wrap`` axis (x, y or xy) the halos come from the opposite edge: every convolution pads
+    circularly, so the picture continues across the edge (a seamless texture).
     """
+    wrap_y, wrap_x = "y" in wrap, "x" in wrap
     total = sum(2 if op[0] == "resnet" else 1 for op in ops)
     done = 0
     on_progress(0, total)
@@ -183,6 +187,16 @@ def _run_program(ops: list[tuple], x: torch.Tensor, device: torch.device, dtype:
         nonlocal done
         h, w = inputs[0].shape[-2:]
         step = max(h, w) if whole else int(core * factor)
+        halo = 0 if whole else halo  # one tile holds the whole canvas: nothing to read around it
+
+        def crop(t: torch.Tensor, a0: int, a1: int, b0: int, b1: int) -> torch.Tensor:
+            if wrap_y and (a0 < 0 or a1 > h):
+                t = t.index_select(-2, torch.arange(a0, a1) % h)
+                a0, a1 = 0, a1 - a0
+            if wrap_x and (b0 < 0 or b1 > w):
+                t = t.index_select(-1, torch.arange(b0, b1) % w)
+                b0, b1 = 0, b1 - b0
+            return t[..., a0:a1, b0:b1]
 
         def at(v: int) -> int:  # input px -> output px (up is 2, 1 or 1/2 on even coordinates)
             return int(v * up)
@@ -193,8 +207,9 @@ def _run_program(ops: list[tuple], x: torch.Tensor, device: torch.device, dtype:
         for y0 in range(0, h, step):
             for x0 in range(0, w, step):
                 y1, x1 = min(y0 + step, h), min(x0 + step, w)
-                a0, b0, a1, b1 = max(0, y0 - halo), max(0, x0 - halo), min(h, y1 + halo), min(w, x1 + halo)
-                res = fn(*(t[..., a0:a1, b0:b1].to(device).contiguous() for t in inputs))
+                a0, a1 = (y0 - halo, y1 + halo) if wrap_y else (max(0, y0 - halo), min(h, y1 + halo))
+                b0, b1 = (x0 - halo, x1 + halo) if wrap_x else (max(0, x0 - halo), min(w, x1 + halo))
+                res = fn(*(crop(t, a0, a1, b0, b1).to(device).contiguous() for t in inputs))
                 part = res[..., at(y0 - a0) : at(y1 - a0), at(x0 - b0) : at(x1 - b0)]
                 if final:
                     pixels = convert(part[0].float().permute(1, 2, 0).cpu().numpy())
@@ -260,10 +275,12 @@ def decode_synced(
     core: int = SYNC_CORE,
     attention_halo: int = ATTENTION_HALO,
     attention_whole_px: int = ATTENTION_WHOLE_PX,
+    wrap: str = "none",
 ) -> np.ndarray:
     """Decode VAE-space latents ``z`` (1, C, h, w) — already divided by the scaling factor — tile by
     tile with whole-canvas GroupNorm statistics. Device memory holds one tile's stage; the host
-    holds up to three canvases of a stage (see :func:`synced_host_bytes`)."""
+    holds up to three canvases of a stage (see :func:`synced_host_bytes`). ``wrap`` (x, y, xy):
+    circular padding across those edges."""
     dec = vae.decoder
     device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
     ops: list[tuple] = []
@@ -277,7 +294,7 @@ def decode_synced(
     ops.append(("out", dec.conv_norm_out, dec.conv_act, dec.conv_out))
     return _run_program(ops, z.to("cpu", dtype), device, dtype, on_progress, core=core, factor=1,
                         attention_halo=attention_halo, convert=convert,
-                        attention_whole=z.shape[-2] * z.shape[-1] <= attention_whole_px)
+                        attention_whole=z.shape[-2] * z.shape[-1] <= attention_whole_px, wrap=wrap)
 
 
 @torch.no_grad()

@@ -73,6 +73,10 @@ class TerrainSampler:
         self.timesteps = torch.tensor(sigma_schedule(steps), dtype=torch.float32)
         self._index = 0
 
+    def set_begin_index(self, index: int) -> None:
+        """Image-to-image: the run starts at this step of the schedule."""
+        self._index = index
+
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return x0 + sigma.reshape(-1, 1, 1, 1).to(x0) * noise
 
@@ -95,6 +99,12 @@ def heights_from_model(x: np.ndarray) -> np.ndarray:
     """Model space [-1, 1] → metres, inverting the package's asinh encoding."""
     unit = np.clip((x + 1.0) * 0.5, 0.0, 1.0)
     return ASINH_SCALE * np.sinh(unit * np.arcsinh(HEIGHT_RANGE / ASINH_SCALE))
+
+
+def model_from_heights(metres: np.ndarray) -> np.ndarray:
+    """Metres → model space [-1, 1]: the package's asinh encoding (inverse of heights_from_model)."""
+    unit = np.arcsinh(np.clip(metres, 0.0, HEIGHT_RANGE) / ASINH_SCALE) / np.arcsinh(HEIGHT_RANGE / ASINH_SCALE)
+    return unit * 2.0 - 1.0
 
 
 @dataclass(frozen=True)
@@ -174,8 +184,17 @@ class TerrainDenoiser:
         grey = ((pred[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return grey[..., None].expand(-1, -1, -1, 3)
 
-    def decode(self, latents: torch.Tensor, on_progress: Callable[[int, int], None]) -> np.ndarray:
-        """The 16-bit heightmap: 0 = sea level of the model, 65535 = its full 22.17 m range."""
+    def encode(self, pixels: np.ndarray, on_progress: Callable[[int, int], None]) -> torch.Tensor:
+        """A heightmap in [0, 1] of the 16-bit range (what :meth:`decode` writes, divided by 65535)
+        as a (1, 1, H, W) canvas in model space: the inverse of :func:`heights_from_model`."""
+        on_progress(0, 1)
+        x = torch.from_numpy(model_from_heights(np.asarray(pixels, dtype=np.float64) * HEIGHT_RANGE))
+        on_progress(1, 1)
+        return x.float()[None, None]
+
+    def decode(self, latents: torch.Tensor, on_progress: Callable[[int, int], None], wrap: str = "none") -> np.ndarray:
+        """The 16-bit heightmap: 0 = sea level of the model, 65535 = its full 22.17 m range (pixel
+        space: a wrapped canvas needs nothing more)."""
         on_progress(0, 1)
         metres = heights_from_model(latents[0, 0].float().cpu().numpy())
         on_progress(1, 1)
