@@ -46,18 +46,8 @@ def fmt_bytes(n: float) -> str:
 WRAP_TEXT = {"x": "left ↔ right", "y": "top ↔ bottom", "xy": "both ways"}
 
 
-def plan_wrap(plan: TilePlan) -> str:
-    """The edges ``plan`` wraps across: "none" also for an engine whose plan cannot wrap yet."""
-    return getattr(plan, "wrap", "none")
-
-
-def _wrap_text(request: rq.GenerationRequest, plan: TilePlan) -> str:
-    if request.wrap == "none":
-        return ""
-    if plan_wrap(plan) != request.wrap:  # the request names it, this engine's plan does not do it
-        return f"<br><span style='color:#e5534b'>seamless {WRAP_TEXT[request.wrap]}: this engine's tile plan " \
-               "does not wrap yet</span>"
-    return f" · seamless {WRAP_TEXT[request.wrap]}"
+def _wrap_text(plan: TilePlan) -> str:
+    return f" · seamless {WRAP_TEXT[plan.wrap]}" if plan.wrap != "none" else ""
 
 
 def resolved_device(name: str) -> str:
@@ -122,7 +112,7 @@ def summarise(token: int, request: rq.GenerationRequest, info: ModelInfo, speeds
     if device == "cuda":
         mem = _gpu_memory_text(request, info)
     html = (f"<b>{len(plan)} tiles</b> ({plan.rows}×{plan.cols} of {plan.tile_w * plan.scale}×"
-            f"{plan.tile_h * plan.scale} px) · overlap {overlaps} px{_wrap_text(request, plan)}<br>"
+            f"{plan.tile_h * plan.scale} px) · overlap {overlaps} px{_wrap_text(plan)}<br>"
             f"overhead {plan.overhead:.2f}× · {est.total_views} model calls<br>{time_text} · {mem}")
     return Summary(token, request, plan, html, device=device)
 

@@ -39,7 +39,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..engine.analysis.seams import Seam, analyse, heatmap
+from ..engine.analysis.seams import Seam, analyse, heatmap, tiled_score
 from ..engine.api.upscale import SCALES
 from ..engine.core import events as ev
 from ..engine.core import request as rq
@@ -547,6 +547,7 @@ class MainWindow(QMainWindow):
         if result.report is not None:
             self.seams.set_report(result.report, result.consensus)
             self.canvas.set_heatmap(result.heat)
+            self._score_tiling(token, result)
         elif result.image is not None and result.tiles:
             self.seams.show_busy()
             image, tiles = result.image, result.tiles
@@ -565,7 +566,25 @@ class MainWindow(QMainWindow):
         if self.session.is_current(token):
             self.seams.set_report(report, result.consensus)
             self.canvas.set_heatmap(result.heat)
+            self._score_tiling(token, result)
         self.scored.emit(result)
+
+    def _score_tiling(self, token: int, result: Result) -> None:
+        """A seamless picture: how it repeats, scored on a worker (the picture laid 2×2)."""
+        wrap = result.request.wrap if result.request is not None else "none"
+        if wrap == "none":
+            return
+        if result.tiling is not None:
+            self.seams.set_tiling(result.tiling, wrap)
+        elif result.image is not None:
+            image = result.image
+
+            def scored(ratio: float) -> None:
+                result.tiling = ratio
+                if self.session.is_current(token):
+                    self.seams.set_tiling(ratio, wrap)
+
+            self.jobs.submit(lambda: tiled_score(image, wrap).seam_ratio, scored, self._job_failed)
 
     def show_seam(self, seam: Seam) -> None:
         """Centre the worst point of ``seam`` at 100 %."""

@@ -254,3 +254,26 @@ def test_the_view_menu_toggles_the_2x2_view_and_remembers_it(qtbot, make_window,
     assert w.act_tiled in w.menuBar().actions()[1].menu().actions()  # View
     w.close()
     assert make_window(fake).canvas.tiled
+
+
+def test_a_seamless_run_shows_its_wrapped_plan_and_scores_its_seams(qtbot, window, fake):
+    window.panel.set_request(window.panel.request().replace(wrap="x"))
+    qtbot.waitUntil(lambda: "seamless left ↔ right" in window.panel.plan_info.text())
+    with qtbot.waitSignal(window.result_ready, timeout=20000) as blocker:
+        window.generate()
+    result = blocker.args[0]
+    assert fake.calls[-1].wrap == "x"
+    assert max(r[2] for r in window.canvas.tiles) == 320  # the last column runs 64 px past the edge...
+    assert max(window.canvas._xs) == 256 and 64 in window.canvas._xs  # ...and its border lands at x = 64
+    qtbot.waitUntil(lambda: result.report is not None, timeout=20000)
+    assert window.last_error is None
+    assert all(0 < s.position < 256 for s in result.report.seams)
+    # The Seams tab also says how the picture repeats: scored where its copies meet.
+    qtbot.waitUntil(lambda: result.tiling is not None, timeout=20000)
+    assert window.seams.tiling.isVisible()
+    assert window.seams.tiling.text().startswith(f"<b>Repeats left ↔ right: {result.tiling:.2f}</b>")
+    # A picture that does not wrap says nothing of the kind.
+    window.panel.set_request(window.panel.request().replace(wrap="none"))
+    with qtbot.waitSignal(window.scored, timeout=20000):
+        window.generate()
+    assert not window.seams.tiling.isVisible() and window.current.tiling is None
