@@ -42,6 +42,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--stats", action="store_true", help="print the run's figures as one JSON line on stdout")
     p.add_argument("--theme", choices=("system", "light", "dark"), default="system")
     p.add_argument("--size", metavar="WxH", help="window size, e.g. 1600x1000 (for screenshots)")
+    p.add_argument("--tiled", action="store_true", help="show the picture 2×2 (View → Show 2×2), to check that a "
+                                                        "seamless picture tiles")
     return p.parse_args(argv)
 
 
@@ -164,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     window = MainWindow(interactive=not scripted)
     if size is not None:
         window.resize(*size)
+    if args.tiled:
+        window.act_tiled.setChecked(True)
     if args.model:
         window.panel.add_model(args.model)
     if args.request and not window.load_request(args.request):

@@ -43,6 +43,13 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+WRAP_TEXT = {"x": "left ↔ right", "y": "top ↔ bottom", "xy": "both ways"}
+
+
+def _wrap_text(plan: TilePlan) -> str:
+    return f" · seamless {WRAP_TEXT[plan.wrap]}" if plan.wrap != "none" else ""
+
+
 def resolved_device(name: str) -> str:
     """The device type a request's ``device`` means here (``auto`` asks torch: worker threads only)."""
     if name != "auto":
@@ -105,7 +112,7 @@ def summarise(token: int, request: rq.GenerationRequest, info: ModelInfo, speeds
     if device == "cuda":
         mem = _gpu_memory_text(request, info)
     html = (f"<b>{len(plan)} tiles</b> ({plan.rows}×{plan.cols} of {plan.tile_w * plan.scale}×"
-            f"{plan.tile_h * plan.scale} px) · overlap {overlaps} px<br>"
+            f"{plan.tile_h * plan.scale} px) · overlap {overlaps} px{_wrap_text(plan)}<br>"
             f"overhead {plan.overhead:.2f}× · {est.total_views} model calls<br>{time_text} · {mem}")
     return Summary(token, request, plan, html, device=device)
 

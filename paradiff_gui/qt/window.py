@@ -4,6 +4,7 @@
 - ``session.Session``: this session's results, their memory budget, the current picture, and
   the token that drops background work arriving for a picture no longer shown;
 - ``plan_summary.PlanSummary``: the plan, estimate and memory check, once per edit, off-thread;
+- ``upscale.UpscaleChain``: Upscale…'s ×2 passes, each run like Generate and written before the next;
 - ``files.FileActions`` (open, save, export, drop), ``autosave.Autosaver`` (autosave and
   recovery), ``settings.AppSettings`` (QSettings), ``dialogs`` (error boxes);
 - widgets: the generation panel, the canvas, the seam inspector and the history.
@@ -38,9 +39,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..engine.analysis.seams import Seam, analyse, heatmap
+from ..engine.analysis.seams import Seam, analyse, heatmap, tiled_score
+from ..engine.api.upscale import SCALES
 from ..engine.core import events as ev
 from ..engine.core import request as rq
+from ..engine.core.modelinfo import ModelInfo
 from ..engine.io.export import FORMATS
 from ..engine.runtime.devices import set_cpu_threads
 from .autosave import Autosaver
@@ -53,9 +56,11 @@ from .plan_summary import TOOLTIP, PlanSummary, Summary, fmt_bytes, fmt_seconds
 from .run import RunController, RunState
 from .session import Session
 from .settings import AppSettings
+from .upscale import UpscaleChain, default_output
 from .widgets.canvas import CanvasWidget, SeamMark
 from .widgets.inspector import HistoryPanel, Result, SeamPanel
 from .widgets.panel import GenerationPanel
+from .widgets.upscale import UpscaleDialog
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +94,7 @@ class MainWindow(QMainWindow):
     exported = Signal(str)  # path
     autosaved = Signal(str)  # path
     export_failed = Signal(str)  # message
+    upscale_ended = Signal(str)  # "finished" | "cancelled" | "failed"; every pass's run has ended
 
     def __init__(self, engine: Engine | None = None, settings: QSettings | None = None,
                  interactive: bool = True, autosave_dir: Path | None = None) -> None:
@@ -111,6 +117,8 @@ class MainWindow(QMainWindow):
         self.plan_summary = PlanSummary(self.jobs, self)
         self.files = FileActions(self.jobs, self, self.panel.editor_plan)
         self.autosaver = Autosaver(self.jobs, autosave_dir, self)
+        self.upscaler = UpscaleChain(self.jobs, self._start_pass, self)
+        self.upscale_box: UpscaleDialog | None = None
         self.last_error: str | None = None
         self.error_box: QMessageBox | None = None
         self.relief = True  # heightmaps in shaded relief (restored below)
@@ -227,6 +235,10 @@ class MainWindow(QMainWindow):
                                        "Export the picture (" + ", ".join(f.name.upper() for f in FORMATS.values())
                                        + ") with its recipe")
         self.act_export.setEnabled(False)
+        self.act_upscale = self._action("&Upscale…", self.upscale_dialog, "Ctrl+U", sp.SP_ArrowUp,
+                                        "Upscale the picture ×2, ×4 or ×8 in image-to-image passes, each one kept "
+                                        "(Ctrl+U)")
+        self.act_upscale.setEnabled(False)
         self.act_quit = self._action("&Quit", self.close, QKeySequence.StandardKey.Quit)
         self.act_fit = self._action("&Fit", self.canvas.fit, "Ctrl+0", tip="Fit the picture in the window (Ctrl+0)")
         self.act_actual = self._action("&100 %", self.canvas.actual_size, "Ctrl+1",
@@ -236,6 +248,9 @@ class MainWindow(QMainWindow):
                                          QKeySequence.StandardKey.ZoomOut)
         self.act_relief = self._action("Shaded &relief", self._set_relief, "Ctrl+R", checkable=True,
                                        tip="Show heightmaps as shaded relief; off: grey levels (Ctrl+R)")
+        self.act_tiled = self._action("Show &2×2", self._set_tiled, "Ctrl+T", checkable=True,
+                                      tip="Show the picture four times, 2×2, to check that it tiles seamlessly "
+                                          "(Ctrl+T)")
         self.act_logs = self._action("Open the &log folder", self._open_logs)
         self.act_about = self._action("&About Paradiff", self._about)
         mb = self.menuBar()
@@ -249,9 +264,12 @@ class MainWindow(QMainWindow):
             m.addAction(a)
         m.addSeparator()
         m.addAction(self.act_relief)
+        m.addAction(self.act_tiled)
         m = mb.addMenu("&Generate")
         m.addAction(self.act_generate)
         m.addAction(self.act_cancel)
+        m.addSeparator()
+        m.addAction(self.act_upscale)
         m = mb.addMenu("&Help")
         m.addAction(self.act_logs)
         m.addAction(self.act_about)
@@ -262,10 +280,10 @@ class MainWindow(QMainWindow):
         for a in (self.act_generate, self.act_cancel):
             tb.addAction(a)
         tb.addSeparator()
-        for a in (self.act_open, self.act_export):
+        for a in (self.act_open, self.act_export, self.act_upscale):
             tb.addAction(a)
         tb.addSeparator()
-        for a in (self.act_fit, self.act_actual):
+        for a in (self.act_fit, self.act_actual, self.act_tiled):
             tb.addAction(a)
         self.addToolBar(tb)
 
@@ -291,7 +309,7 @@ class MainWindow(QMainWindow):
     def _connect(self) -> None:
         r = self.runner
         r.state_changed.connect(self._state_changed)
-        r.status.connect(self.status_text.setText)
+        r.status.connect(self._run_status)
         r.progress.connect(self._progress)
         r.step_text.connect(self.step_label.setText)
         r.memory_text.connect(self.memory_label.setText)
@@ -319,6 +337,11 @@ class MainWindow(QMainWindow):
         layer.selected.connect(rf.select)
         layer.remove_requested.connect(rf.remove)
         layer.set_regions(rf.regions(), tuple(row.caption() for row in rf.rows))
+        self.session.current_changed.connect(lambda _r: self._update_upscale_action())
+        u = self.upscaler
+        u.pass_started.connect(lambda i, n, k: self.progress.setFormat(f"pass {i}/{n} · %p%"))
+        u.pass_written.connect(lambda i, path: log.info("upscale pass %d written to %s", i, path))
+        u.ended.connect(self._upscale_ended)
         f = self.files
         f.opened.connect(self._display_opened)
         f.request_loaded.connect(self.panel.set_request)
@@ -355,6 +378,7 @@ class MainWindow(QMainWindow):
         self.seams.heatmap.setChecked(p.flag("view/heatmap", False))
         self.act_relief.setChecked(p.flag("view/relief", True))
         self.relief = self.act_relief.isChecked()
+        self.act_tiled.setChecked(p.flag("view/tiled", False))
         self.panel.spare_core.setChecked(p.flag("performance/spare_core", False))
 
     def save_settings(self) -> None:
@@ -411,7 +435,7 @@ class MainWindow(QMainWindow):
             self.panel.show_plan(summary.plan)
             self.panel.plan_info.setText(summary.html)
             self.panel.plan_info.setToolTip(TOOLTIP)
-            if self.runner.active:
+            if self.runner.active or self.upscaler.active:
                 return  # the canvas shows the run now; the panel's summary is up to date
             request = summary.request
             if self.current is None or (request.width, request.height) != (self.canvas.image_w,
@@ -424,7 +448,7 @@ class MainWindow(QMainWindow):
 
     def generate(self) -> bool:
         """Start a run from the panel; False (with the reason shown) if it cannot start."""
-        if self.runner.active:
+        if self.runner.active or self.upscaler.active:
             return False
         self.panel.prepare_run()
         try:
@@ -442,28 +466,41 @@ class MainWindow(QMainWindow):
             # Generate right after an edit, before its plan was built: the run's worker checks the
             # geometry before the engine loads a model (never the GUI thread).
             device, check = request.device.split(":")[0].replace("auto", "cpu"), True
+        self._start_run(request, self.panel.info, device, check)
+        return True
+
+    def _start_run(self, request: rq.GenerationRequest, info: ModelInfo, device: str, check: bool) -> None:
         spare = self.panel.spare_core.isChecked() and (os.cpu_count() or 1) > 1
         set_cpu_threads((os.cpu_count() or 2) - 1 if spare else None)
         self.last_error = None
         self.session.set_current(None)  # late pictures of earlier work are not shown over the run
         self.act_export.setEnabled(False)
         self.seams.clear("Generating…")
-        self.runner.start(request, self.panel.info, device, self.relief, check=check)
-        return True
+        self.runner.start(request, info, device, self.relief, check=check)
 
     def cancel(self) -> None:
+        if self.upscaler.active:
+            self.upscaler.cancel()  # no further pass; a picture being written is still written
+            self.status_text.setText("Cancelling the upscale…")
         self.runner.cancel()
 
     def _state_changed(self, state: RunState) -> None:
-        running = state.active
+        chain = self.upscaler.active  # between two passes no run is active, yet the chain is
+        running = state.active or chain
         self.act_generate.setEnabled(not running)
         self.generate_button.setEnabled(not running)
-        self.act_cancel.setEnabled(state is RunState.running)
-        self.cancel_button.setEnabled(state is RunState.running)
+        can_cancel = state is RunState.running or (chain and not state.active)
+        self.act_cancel.setEnabled(can_cancel)
+        self.cancel_button.setEnabled(can_cancel)
         self.panel.setEnabled(not running)
         self.canvas.regions.set_editable(not running)  # shown over the previews, not editable
+        self._update_upscale_action()
         if not running:
             self.progress.setVisible(False)
+
+    def _run_status(self, text: str) -> None:
+        label = self.upscaler.label()
+        self.status_text.setText(f"Upscale {label} · {text}" if label else text)
 
     def _progress(self, value: int, maximum: int) -> None:
         self.progress.setRange(0, maximum)
@@ -475,10 +512,15 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(message, 8000)
 
     def _on_finished(self, e: ev.Finished) -> None:
-        title = f"{e.request.width}×{e.request.height} · seed {e.request.seed}"
+        step = self.upscaler.running_pass
+        title = f"{e.request.width}×{e.request.height} · seed {e.request.seed}" if step is None else \
+            f"×{step.factor} upscale · {e.request.width}×{e.request.height}"
         result = Result(e.image, e.request, [e.plan.image_rect(t) for t in e.plan.tiles], title,
                         e.seconds, dict(e.info), e.plan, consensus=self.runner.consensus)
-        self.autosaver.save(result)
+        if step is None:
+            self.autosaver.save(result)
+        else:
+            self.upscaler.finished(e, result)  # written to the pass's own file instead
         self.status_text.setText(f"Done in {fmt_seconds(e.seconds)}, preparing the view…")
         token, relief = self.session.token, self.relief
         self.jobs.submit(lambda: _prepare_display(e.image, relief),
@@ -502,6 +544,7 @@ class MainWindow(QMainWindow):
     def _on_cancelled(self, e: ev.Cancelled) -> None:
         # The Inspect panel said "Generating…": say what happened there too.
         self.seams.clear(f"Cancelled at step {e.step + 1}; nothing was written.")
+        self.upscaler.stopped("cancelled", f"Upscale cancelled in {self.upscaler.label()}")
         self.run_ended.emit("cancelled")
         self._close_if_waiting()
 
@@ -509,6 +552,7 @@ class MainWindow(QMainWindow):
         title = FAILURE_TITLES.get(e.kind, "The generation failed")
         self.seams.clear(f"{title}.")
         self.show_error(title, e.message)
+        self.upscaler.stopped("failed")  # the error box says why
         self.run_ended.emit("failed")
         self._close_if_waiting()
 
@@ -518,6 +562,7 @@ class MainWindow(QMainWindow):
         self.history.add(result, thumb)
         for dropped in self.session.add(result):
             self.history.refresh(dropped)
+        self.upscaler.kept(result)  # an upscale pass's result: the next pass may start
 
     def show_result(self, result: Result) -> None:
         token = self.session.set_current(result)
@@ -527,6 +572,7 @@ class MainWindow(QMainWindow):
         if result.report is not None:
             self.seams.set_report(result.report, result.consensus)
             self.canvas.set_heatmap(result.heat)
+            self._score_tiling(token, result)
         elif result.image is not None and result.tiles:
             self.seams.show_busy()
             image, tiles = result.image, result.tiles
@@ -545,7 +591,25 @@ class MainWindow(QMainWindow):
         if self.session.is_current(token):
             self.seams.set_report(report, result.consensus)
             self.canvas.set_heatmap(result.heat)
+            self._score_tiling(token, result)
         self.scored.emit(result)
+
+    def _score_tiling(self, token: int, result: Result) -> None:
+        """A seamless picture: how it repeats, scored on a worker (the picture laid 2×2)."""
+        wrap = result.request.wrap if result.request is not None else "none"
+        if wrap == "none":
+            return
+        if result.tiling is not None:
+            self.seams.set_tiling(result.tiling, wrap)
+        elif result.image is not None:
+            image = result.image
+
+            def scored(ratio: float) -> None:
+                result.tiling = ratio
+                if self.session.is_current(token):
+                    self.seams.set_tiling(ratio, wrap)
+
+            self.jobs.submit(lambda: tiled_score(image, wrap).seam_ratio, scored, self._job_failed)
 
     def show_seam(self, seam: Seam) -> None:
         """Centre the worst point of ``seam`` at 100 %."""
@@ -577,6 +641,10 @@ class MainWindow(QMainWindow):
         self.canvas.set_image(result.layer)
         self.canvas.set_plan(result.tiles)
         self.canvas.set_heatmap(result.heat)
+
+    def _set_tiled(self, on: bool) -> None:
+        self.canvas.set_tiled(on)
+        self.prefs.set_flag("view/tiled", on)
 
     def _zoom_changed(self) -> None:
         self.zoom_label.setText(f"{self.canvas.device_scale() * 100:.0f} %")
@@ -638,6 +706,63 @@ class MainWindow(QMainWindow):
         """A dropped request or Paradiff image restores its settings; an image is also opened."""
         self.files.drop_file(path)
 
+    # -- upscale ----------------------------------------------------------------------------------------------
+
+    def _update_upscale_action(self) -> None:
+        r = self.current
+        busy = self.runner.active or self.upscaler.active
+        self.act_upscale.setEnabled(not busy and r is not None and (r.image is not None or bool(r.path)))
+
+    def upscale_dialog(self) -> UpscaleDialog | None:
+        """Ask for the scale, strength and output of an upscale of the current picture (not blocking)."""
+        r = self.current
+        if r is None or r.layer is None:
+            return None
+        box = UpscaleDialog(self, r.title, (r.layer.width, r.layer.height), lambda k: default_output(r, k))
+        box.setWindowModality(Qt.WindowModality.WindowModal)
+        box.chosen.connect(lambda scale, strength, output: self.upscale(scale, strength, output))
+        box.open()
+        self.upscale_box = box
+        return box
+
+    def upscale(self, scale: int, strength: float | None = None, output: str | None = None) -> bool:
+        """Upscale the current picture by ``scale`` (2, 4, 8) in ×2 passes, each run like Generate
+        and written (``output`` is the last pass's file) before the next; False, with the reason
+        shown, if it cannot start. ``upscale_ended`` says how it ended."""
+        r = self.current
+        if self.runner.active or self.upscaler.active:
+            return False
+        if r is None or (r.image is None and not r.path):
+            self.show_error("Nothing to upscale", "generate or open a picture first")
+            return False
+        if isinstance(scale, bool) or scale not in SCALES:
+            self.show_error("Cannot upscale", f"scale: must be 2, 4 or 8; got {scale!r}")
+            return False
+        # The picture's own recipe; a picture without one takes the panel's model and prompt.
+        base = r.request
+        if base is None:
+            with contextlib.suppress(rq.RequestError):
+                base = self.panel.request()
+        self.upscaler.start(r, scale, strength, Path(output) if output else default_output(r, scale), base)
+        self.last_error = None
+        self.status_text.setText(f"Preparing the ×{scale} upscale…")
+        self._state_changed(self.runner.state)
+        return True
+
+    def _start_pass(self, request: rq.GenerationRequest, info: ModelInfo) -> bool:
+        self._start_run(request, info, request.device.split(":")[0].replace("auto", "cpu"), check=True)
+        return True
+
+    def _upscale_ended(self, outcome: str, message: str) -> None:
+        self.progress.setFormat("%p%")
+        self._state_changed(self.runner.state)
+        if outcome == "failed" and message:
+            self.show_error("The upscale failed", message)
+        elif message:
+            self.status_text.setText(message)
+            self.statusBar().showMessage(message, 15000)  # the last pass's own status follows it
+        self.upscale_ended.emit(outcome)
+
     # -- errors, help, closing ---------------------------------------------------------------------------
 
     def show_error(self, title: str, message: str) -> None:
@@ -670,6 +795,7 @@ class MainWindow(QMainWindow):
             event.ignore()
             if not self._closing:
                 self._closing = True
+                self.upscaler.cancel()
                 self.runner.cancel()
                 self.status_text.setText("Stopping the run, then closing…")
                 QTimer.singleShot(self.close_timeout_ms, self._force_close)

@@ -1,6 +1,6 @@
 """The coherence form: how tiles are fused, whether the grid moves each step, the weight of a
-first pass at the model's native size (global context), and the bridges between tiles inside the
-model (engine.sampling.bridges)."""
+first pass at the model's native size (global context), the bridges between tiles inside the
+model (engine.sampling.bridges), and whether the plan wraps across the canvas edges (seamless)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,13 @@ BRIDGE_LABELS = {
     "halos": "Convolution halos",
     "norms": "Shared GroupNorm statistics",
     "full": "Full (all three)",
+}
+# Seamless: the tile plan wraps across these edges (request.wrap), so the picture tiles that way.
+WRAP_LABELS = {
+    "none": "Off",
+    "x": "Horizontal (left ↔ right)",
+    "y": "Vertical (top ↔ bottom)",
+    "xy": "Both",
 }
 # Only attention bridges reach into a strip.
 WIDTH_BRIDGES = ("attention", "full")
@@ -65,6 +72,14 @@ class CoherenceForm(Form):
         self.bridge_width.setSpecialValueText("Whole neighbour tiles")
         self.bridge_width.setToolTip("Attention bridges see a strip this wide along each tile border")
         layout.addRow("Bridge width", self.bridge_width)
+        self.wrap = QComboBox()
+        self.wrap.setObjectName("wrap")
+        self.wrap.setToolTip("Tiles wrap across these canvas edges, so the picture repeats without a seam "
+                             "(textures, panoramas); View → Show 2×2 checks it")
+        for w in rq.WRAPS:
+            self.wrap.addItem(WRAP_LABELS[w], w)
+        layout.addRow("Seamless", self.wrap)
+        self.wrap.currentIndexChanged.connect(self._changed)
         self.bridges.currentIndexChanged.connect(self._bridges_changed)
         self.bridge_width.valueChanged.connect(self._changed)
         self._bridges_changed()
@@ -79,7 +94,7 @@ class CoherenceForm(Form):
     def values(self) -> dict[str, Any]:
         return {"fusion": self.fusion.currentData(), "jitter": self.jitter.isChecked(),
                 "global_context": self.global_context.value(), "bridges": self.bridges.currentData(),
-                "bridge_width": self.bridge_width.value()}
+                "bridge_width": self.bridge_width.value(), "wrap": self.wrap.currentData()}
 
     def show_values(self, v: FormValues) -> None:
         with self.showing():
@@ -89,3 +104,4 @@ class CoherenceForm(Form):
             self.bridges.setCurrentIndex(max(0, self.bridges.findData(v.bridges)))
             self.bridge_width.setValue(v.bridge_width)
             self.bridge_width.setEnabled(v.bridges in WIDTH_BRIDGES)
+            self.wrap.setCurrentIndex(max(0, self.wrap.findData(v.wrap)))

@@ -46,6 +46,7 @@ class FormValues:
     global_context: float
     bridges: str
     bridge_width: int  # image px; used by attention bridges only (greyed otherwise)
+    wrap: str  # seamless: "none", "x", "y" or "xy" (request.wrap)
     # performance.py
     tile_batch: int  # 0 = auto
     device: str
@@ -107,6 +108,7 @@ def to_request(info: ModelInfo, v: FormValues) -> GenerationRequest:
         global_context=round(v.global_context, 2),  # the field shows two decimals
         bridges=v.bridges,
         bridge_width=v.bridge_width if v.bridges in ("attention", "full") else 0,  # greyed: not sent
+        wrap=v.wrap,
         tile_batch=v.tile_batch or "auto",
         device=v.device.strip(),
         dtype=v.dtype,
@@ -152,6 +154,7 @@ def from_request(info: ModelInfo, request: GenerationRequest) -> FormValues:
         global_context=request.global_context,
         bridges=request.bridges,
         bridge_width=request.bridge_width,
+        wrap=request.wrap,
         tile_batch=0 if request.tile_batch == "auto" else int(request.tile_batch),
         device=request.device,
         dtype=request.dtype,

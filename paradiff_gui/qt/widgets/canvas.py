@@ -7,11 +7,16 @@ HiDPI screen it is ``1 / devicePixelRatio``.
 
 It stays smooth on an 8192² image because it never scales the whole picture: it keeps a mip
 pyramid, picks the level just sharper than the screen needs, and draws only the visible part.
+
+Seamless canvases (``wrapping.py``): a tile that passes the canvas edge is drawn at both places,
+and the 2×2 view draws the same picture four times (``set_tiled``) — never a bigger copy.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +27,7 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 from ...engine.core.events import TilePreview
 from ..imaging import Layer, qimage
 from .regions import RegionsLayer
+from .wrapping import clip, copies, repeats, tile_copies
 
 Rect = tuple[int, int, int, int]  # x0, y0, x1, y1 in image px
 PREVIEW_MAX_SIDE = 2048  # px; previews are ≤ ~128 px per tile, a finer buffer would only cost memory
@@ -80,7 +86,8 @@ class CanvasWidget(QWidget):
         self._preview: QImage | None = None
         self._preview_scale = 1.0  # preview px per image px
         self.tiles: list[Rect] = []
-        self._rects = np.zeros((0, 4))
+        self._copies: list[tuple[int, Rect]] = []  # (tile, rect): a wrapped tile shows at both edges
+        self._rects = np.zeros((0, 4))  # the copies' rects
         self._xs: list[int] = []  # tile edges, image px: the plan's grid lines
         self._ys: list[int] = []
         self.bands: list[Rect] = []
@@ -90,6 +97,7 @@ class CanvasWidget(QWidget):
         self.show_borders = True
         self.show_overlaps = False
         self.show_heatmap = False
+        self.tiled = False  # the 2×2 view
         self.seam: SeamMark | None = None
         self._drag: QPointF | None = None
         self.last_paint_ms = 0.0
@@ -107,16 +115,22 @@ class CanvasWidget(QWidget):
         self.tile_steps.clear()
         self.in_flight.clear()
         self.seam = None
+        if changed:
+            self.set_plan(self.tiles, self.total_steps)  # where wrapped tiles wrap moved
         if changed or self._fit_mode:
             self.fit()
         self.update()
 
     def set_plan(self, tiles: list[Rect], total_steps: int = 0) -> None:
+        w, h = self.image_w, self.image_h
         self.tiles = list(tiles)
-        self._rects = np.array(self.tiles, dtype=np.float64).reshape(-1, 4)
-        self._xs = sorted({t[0] for t in self.tiles} | {t[2] for t in self.tiles})
-        self._ys = sorted({t[1] for t in self.tiles} | {t[3] for t in self.tiles})
-        self.bands = overlap_bands(self.tiles)
+        self._copies = tile_copies(self.tiles, w, h)
+        self._rects = np.array([r for _, r in self._copies], dtype=np.float64).reshape(-1, 4)
+        pieces = [c for c in (clip(r, w, h) for _, r in self._copies) if c is not None]
+        self._xs = sorted({t[0] for t in pieces} | {t[2] for t in pieces})
+        self._ys = sorted({t[1] for t in pieces} | {t[3] for t in pieces})
+        bands = (clip(b, w, h) for b in overlap_bands([r for _, r in self._copies]))
+        self.bands = [b for b in bands if b is not None]
         self.total_steps = total_steps
         self.update()
 
@@ -140,20 +154,26 @@ class CanvasWidget(QWidget):
         with QPainter(self._preview) as p:
             p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
             for pv in previews:
-                rgb = np.ascontiguousarray(pv.rgb)
-                x0, y0, x1, y1 = pv.rect
-                target = QRectF(x0 * s, y0 * s, (x1 - x0) * s, (y1 - y0) * s)
-                p.drawImage(target, qimage(rgb))
+                image = qimage(np.ascontiguousarray(pv.rgb))
+                for x0, y0, x1, y1 in copies(pv.rect, self.image_w, self.image_h):  # the buffer clips
+                    p.drawImage(QRectF(x0 * s, y0 * s, (x1 - x0) * s, (y1 - y0) * s), image)
+                    dirty = dirty.united(QRectF(x0, y0, x1 - x0, y1 - y0))
                 self.tile_steps[pv.tile] = pv.step
-                dirty = dirty.united(QRectF(x0, y0, x1 - x0, y1 - y0))
-        self.update(self._widget_rect(dirty).toAlignedRect().adjusted(-2, -2, 2, 2))
+        self._update_image(dirty, 2)
 
     def set_in_flight(self, tiles: tuple[int, ...] | set[int]) -> None:
         old = self.in_flight
         self.in_flight = set(tiles)
-        for i in old ^ self.in_flight:
-            if 0 <= i < len(self.tiles):
-                self.update(self._widget_rect(_qrect(self.tiles[i])).toAlignedRect().adjusted(-3, -3, 3, 3))
+        changed = old ^ self.in_flight
+        for i, r in self._copies:
+            if i in changed:
+                self._update_image(_qrect(r), 3)
+
+    def _update_image(self, r: QRectF, margin: int) -> None:
+        """Repaint the image rect ``r`` (image px) wherever it shows: each copy of the 2×2 view."""
+        for dx, dy in repeats(self.image_w, self.image_h, self.tiled):
+            self.update(self._widget_rect(r.translated(dx, dy)).toAlignedRect().adjusted(-margin, -margin,
+                                                                                      margin, margin))
 
     def set_image(self, layer: Layer | None) -> None:
         """Show a finished picture (its pyramid); previews and step marks go."""
@@ -164,6 +184,7 @@ class CanvasWidget(QWidget):
         self.tile_steps.clear()
         if layer is not None and (layer.width, layer.height) != (self.image_w, self.image_h):
             self.image_w, self.image_h = layer.width, layer.height
+            self.set_plan(self.tiles, self.total_steps)
             self.fit()
         self.update()
 
@@ -181,6 +202,13 @@ class CanvasWidget(QWidget):
             self.show_heatmap = heatmap
         self.update()
 
+    def set_tiled(self, on: bool) -> None:
+        """Show the picture 2×2, to check that a seamless picture tiles (zoom and pan span all four)."""
+        self.tiled = on
+        if self._fit_mode:
+            self.fit()
+        self.update()
+
     # -- navigation --------------------------------------------------------------------------
 
     def device_scale(self) -> float:
@@ -191,9 +219,10 @@ class CanvasWidget(QWidget):
         if not self.image_w or not self.image_h:
             return
         margin = 16
-        sx = (self.width() - margin) / self.image_w
-        sy = (self.height() - margin) / self.image_h
-        self._set_view(max(MIN_SCALE, min(sx, sy)), QPointF(self.image_w / 2, self.image_h / 2))
+        n = 2 if self.tiled else 1
+        sx = (self.width() - margin) / (n * self.image_w)
+        sy = (self.height() - margin) / (n * self.image_h)
+        self._set_view(max(MIN_SCALE, min(sx, sy)), QPointF(n * self.image_w / 2, n * self.image_h / 2))
         self._fit_mode = True
 
     def actual_size(self) -> None:
@@ -292,11 +321,24 @@ class CanvasWidget(QWidget):
                 p.setPen(pal.color(QPalette.ColorRole.PlaceholderText))
                 p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, self.placeholder)
             else:
-                self._paint_picture(p)
-                self._paint_overlays(p)
+                for dx, dy in repeats(self.image_w, self.image_h, self.tiled):
+                    with self._shifted(dx, dy):
+                        self._paint_picture(p)
+                        self._paint_overlays(p)
                 self.regions.paint(p)
         self.last_paint_ms = (time.perf_counter() - started) * 1000
         self.paint_ms.emit(self.last_paint_ms)
+
+    @contextmanager
+    def _shifted(self, dx: int, dy: int) -> Iterator[None]:
+        # Painting the copy at (dx, dy) is painting the picture with the view moved back by as
+        # much: every mapping (visible part, widget rects) follows, and nothing is copied.
+        center = self.center
+        self.center = QPointF(center.x() - dx, center.y() - dy)
+        try:
+            yield
+        finally:
+            self.center = center
 
     def _paint_picture(self, p: QPainter) -> None:
         full = QRectF(0, 0, self.image_w, self.image_h)
@@ -369,7 +411,9 @@ class CanvasWidget(QWidget):
                     p.drawLine(QPointF(left, wy), QPointF(right, wy))
         on_screen: list[tuple[int, Rect]] = []
         if self.in_flight or (self.tile_steps and self.total_steps):
-            on_screen = [(i, self.tiles[i]) for i in self._visible_tiles(visible)]
+            on_screen = [self._copies[k] for k in self._visible_tiles(visible)]
+        p.save()
+        p.setClipRect(self._widget_rect(QRectF(0, 0, self.image_w, self.image_h)))  # wrapped tiles pass the edge
         if self.in_flight:
             fill = QColor(accent)
             fill.setAlpha(45)
@@ -383,6 +427,7 @@ class CanvasWidget(QWidget):
                     p.drawRect(wr.adjusted(1, 1, -1, -1))
         if self.tile_steps and self.total_steps and self._tile_on_screen_px() >= 48:
             self._paint_step_labels(p, on_screen)
+        p.restore()
         if self.seam is not None:
             pen = QPen(QColor(255, 60, 60), 2, Qt.PenStyle.DashLine)
             pen.setCosmetic(True)

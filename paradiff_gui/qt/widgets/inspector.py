@@ -75,6 +75,13 @@ class SeamPanel(QWidget):
         self.summary.setWordWrap(True)
         self.summary.setTextFormat(Qt.TextFormat.RichText)
         lay.addWidget(self.summary)
+        self.tiling = QLabel()  # a seamless picture: how it repeats (its copies' junctions scored)
+        self.tiling.setObjectName("tiling_summary")
+        self.tiling.setTextFormat(Qt.TextFormat.RichText)
+        self.tiling.setToolTip("The picture laid 2×2 (View → Show 2×2) and scored where the copies meet, like its "
+                               "own seams")
+        self.tiling.setVisible(False)
+        lay.addWidget(self.tiling)
         self.table = QTableWidget(0, len(self.COLUMNS))
         self.table.setObjectName("seam_table")
         self.table.setHorizontalHeaderLabels(self.COLUMNS)
@@ -105,9 +112,17 @@ class SeamPanel(QWidget):
         self.report = None
         self.table.setRowCount(0)
         self.summary.setText(text)
+        self.tiling.setVisible(False)
+
+    def set_tiling(self, ratio: float | None, wrap: str = "xy") -> None:
+        """How a seamless picture repeats (``wrap``: the edges it wraps across); None hides it."""
+        where = {"x": "left ↔ right", "y": "top ↔ bottom"}.get(wrap, "both ways")
+        self.tiling.setText("" if ratio is None else f"<b>Repeats {where}: {ratio:.2f}</b> ({verdict(ratio)})")
+        self.tiling.setVisible(ratio is not None)
 
     def set_report(self, report: SeamReport, consensus: float | None = None) -> None:
         self.report = report
+        self.tiling.setVisible(False)
         extra = f" · overlap disagreement {consensus:.3f}" if consensus is not None else ""
         drift = float(np.mean([s.drift_rel for s in report.seams])) if report.seams else 0.0
         self.summary.setText(
@@ -155,6 +170,7 @@ class Result:
     heat: Any = None  # imaging.Layer of the heatmap, once built
     heat_map: np.ndarray | None = None  # (H, W) float32 seam heat, for finding a seam's worst point
     consensus: float | None = None
+    tiling: float | None = None  # a seamless picture's seam score where its 2×2 copies meet
     path: str | None = None  # where it was opened from / last exported to
     autosave: str | None = None  # its autosaved copy, until exported
 
