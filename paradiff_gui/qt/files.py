@@ -37,11 +37,10 @@ def read_request(path: str) -> rq.GenerationRequest:
     from ..engine.api.requests import check_options
     from ..engine.io.metadata import load_request
     from ..engine.models.info import describe_model
-    from .forms.mapping import check_region_options
 
     request = load_request(path)
     info = describe_model(request.model)
-    return check_region_options(check_options(request, info), info)
+    return check_options(request, info)  # the regions' options too
 
 
 class FileActions(QObject):

@@ -75,7 +75,7 @@ def check_options(request: GenerationRequest, info: ModelInfo | None = None) -> 
     model_controls(info, {k: v for k, v in request.extra.items() if k in keys})
     for i, region in enumerate(request.regions):  # a region's options are the model's controls
         try:
-            model_controls(info, region.extra)
+            model_controls(info, {k: v for k, v in region.extra.items() if k in keys})
         except RequestError as exc:
             raise RequestError(f"regions[{i}].{exc.field}", exc.message) from None
     return request

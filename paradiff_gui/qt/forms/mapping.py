@@ -62,13 +62,6 @@ class FormValues:
     regions: tuple[Region, ...] = ()
 
 
-def check_region_options(request: GenerationRequest, info: ModelInfo) -> GenerationRequest:
-    """``request`` unchanged if its regions' model options are in range (like ``check_options``
-    for the main ones); else a RequestError naming e.g. ``regions[1].terrain_difficulty``."""
-    _regions_for(info, request.regions)
-    return request
-
-
 def _regions_for(info: ModelInfo, regions: tuple[Region, ...]) -> tuple[Region, ...]:
     """The regions as the request gets them: prompts only for text models, and the model's
     controls among each region's options checked like the main ones (named ``regions[i].KEY``)."""
