@@ -28,6 +28,11 @@ def init_png(tmp_path_factory):
     return path
 
 
+def read(path):
+    with Image.open(path) as im:
+        return np.asarray(im, dtype=np.float32) / 255
+
+
 def request(folder, **kw):
     fields = dict(model=str(folder), prompt="a red castle", negative_prompt="blue", width=W, height=H, tile=512,
                   steps=STEPS, sampler="ddim", seed=7, guidance=7.5, device="cpu", fusion="gaussian")
@@ -37,7 +42,7 @@ def request(folder, **kw):
 def test_image_to_image_equals_diffusers_img2img_pipeline(sd_folder, init_png):
     got = generate(request(sd_folder, init_image=str(init_png), strength=0.5))
     den = load_denoiser(request(sd_folder), torch.device("cpu"), torch.float32)
-    pixels = np.asarray(Image.open(init_png), dtype=np.float32) / 255
+    pixels = read(init_png)
     init = den.encode(pixels, lambda d, n: None)
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(str(sd_folder), local_files_only=True,
                                                           safety_checker=None, requires_safety_checker=False)
@@ -54,7 +59,7 @@ def test_strength_limits(sd_folder, init_png):
     den = load_denoiser(request(sd_folder), torch.device("cpu"), torch.float32)
     # Strength -> 0 (no step left): the init image back, through the VAE once.
     faint = generate(request(sd_folder, init_image=str(init_png), strength=0.1), denoiser=den)
-    pixels = np.asarray(Image.open(init_png), dtype=np.float32) / 255
+    pixels = read(init_png)
     roundtrip = den.decode(den.encode(pixels, lambda d, n: None), lambda d, n: None)
     assert np.abs(faint.image.astype(int) - roundtrip.astype(int)).max() <= 1
     # Strength 1: exactly text-to-image with the same seed.

@@ -200,14 +200,15 @@ def soft_mask(region: Region, width: int, height: int, h: int, w: int) -> np.nda
         ys = _ramp(h, height / h, y0, y1, region.feather, height)
         xs = _ramp(w, width / w, x0, x1, region.feather, width)
         return np.outer(ys, xs)
-    from PIL import Image, ImageFilter
+    from PIL import Image
+    from scipy import ndimage
 
-    m = Image.fromarray(decode_mask(region.mask, width, height))
+    m = decode_mask(region.mask, width, height).astype(np.float32)
     if region.feather > 0:
-        m = m.filter(ImageFilter.GaussianBlur(region.feather / 2))
+        m = ndimage.gaussian_filter(m, region.feather / 2, mode="nearest")
     if (w, h) != (width, height):
-        m = m.resize((w, h), Image.Resampling.BOX)
-    return np.clip(np.asarray(m, dtype=np.float64), 0.0, 1.0)
+        m = np.asarray(Image.fromarray(m, mode="F").resize((w, h), Image.Resampling.BOX))
+    return np.clip(m.astype(np.float64), 0.0, 1.0)
 
 
 def mixing_weights(regions: tuple[Region, ...], width: int, height: int, h: int, w: int) -> np.ndarray:
