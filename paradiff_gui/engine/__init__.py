@@ -2,6 +2,10 @@
 
     from paradiff_gui.engine import GenerationRequest, generate
     result = generate(GenerationRequest(model="path/to/sd15", prompt="a castle", width=2048, height=1024))
+
+Compositions are request fields: ``regions=[{"rect": [0, 0, 1024, 1024], "prompt": "a lake"}]``,
+``init_image="photo.png", strength=0.5``, ``wrap="xy"``; ``upscale("photo.png", 4)`` runs the x2
+passes and writes each one.
 """
 
 from __future__ import annotations
@@ -26,11 +30,15 @@ _LAZY = {
     "generate": ".sampling.sampler",
     "request_for": ".api.requests",
     "build_request": ".api.requests",
+    "upscale": ".api.upscale",
+    "upscale_passes": ".api.upscale",
+    "Region": ".core.regions",
 }
 
 __all__ = [  # noqa: RUF022 (kept as the names of _LAZY, in its order)
     "events", "CancelToken", "Cancelled", "Tile", "TilePlan", "GenerationRequest", "RequestError", "Denoiser",
     "ModelUnavailable", "register_builtin", "GenerationResult", "generate", "request_for", "build_request",
+    "upscale", "upscale_passes", "Region",
 ]
 
 
@@ -49,9 +57,11 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .api.requests import build_request, request_for
+    from .api.upscale import upscale, upscale_passes
     from .core import events
     from .core.cancel import Cancelled, CancelToken
     from .core.plan import Tile, TilePlan
+    from .core.regions import Region
     from .core.request import GenerationRequest, RequestError
     from .models.base import Denoiser, ModelUnavailable
     from .models.registry import register_builtin

@@ -282,3 +282,20 @@ def test_combinations_that_cannot_work_are_refused(fields, field):
     with pytest.raises(RequestError) as e:
         GenerationRequest(**fields)
     assert e.value.field == field
+
+
+def test_seam_lines_of_a_wrapped_plan_include_the_one_across_the_edge():
+    from paradiff_gui.engine.analysis.seams import boundaries, tiled_score
+
+    plan = TilePlan.create(256, 256, overlap=64, tile=128, wrap="x")
+    lines = boundaries([plan.image_rect(t) for t in plan.tiles], (256, 256))
+    # Centres at 64, 128, 192, 256 (= 0): the last and the first tile meet at 32, across the edge.
+    assert lines["boundary"][0] == [32, 96, 160, 224]
+    assert all(0 < x < 256 for x in lines["edge"][0])
+    # tiled_score: a picture that repeats scores ~1 where its copies meet, a step there scores high.
+    from scipy import ndimage
+
+    periodic = ndimage.gaussian_filter(np.random.default_rng(0).normal(size=(128, 256)), 4, mode="wrap") * 100
+    assert tiled_score(periodic, "x").seam_ratio < 1.2
+    cut = periodic + np.linspace(0, 3 * periodic.std(), 256)[None, :]  # a step where the copies meet
+    assert tiled_score(cut, "x").seam_ratio > 1.5

@@ -77,28 +77,27 @@ def boundaries(tiles: list[Rect] | tuple[Rect, ...],
     - ``edge``: every tile edge inside the canvas (where plain averaging gains or loses a tile).
     """
 
-    def axis(spans: set[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    def axis(spans: set[tuple[int, int]], length: int | None) -> tuple[list[int], list[int]]:
+        # ``length``: the image's size along a wrapped axis (its tiles run past the edge), where the
+        # lines are taken modulo it — the last and first tiles meet across the edge too — and the
+        # line on the edge itself is not inside the image.
         if len(spans) < 2:
             return [], []
         centres = sorted((a + b) / 2 for a, b in spans)
         lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
-        mids = sorted({round((c0 + c1) / 2) for c0, c1 in itertools.pairwise(centres)})
-        edges = sorted(({a for a, _ in spans if a > lo} | {b for _, b in spans if b < hi}) - set(mids))
-        return mids, edges
+        mids = {round((c0 + c1) / 2) for c0, c1 in itertools.pairwise(centres)}
+        edges = {a for a, _ in spans if a > lo} | {b for _, b in spans if b < hi}
+        if length is not None:
+            mids = {p % length for p in mids | {round((centres[-1] + centres[0] + length) / 2)}} - {0}
+            edges = {p % length for p in edges | {a for a, _ in spans} | {b for _, b in spans}} - {0}
+        return sorted(mids), sorted(edges - mids)
 
-    def fold(lines: list[int], length: int | None) -> list[int]:
-        # A wrapped plan's tiles run past the image edge (``size`` = (width, height)): their lines
-        # are taken modulo it, and the line on the edge itself is not inside the image.
-        if length is None:
-            return lines
-        return sorted({p % length for p in lines} - {0})
-
-    mx, ex = axis({(x0, x1) for x0, _, x1, _ in tiles})
-    my, ey = axis({(y0, y1) for _, y0, _, y1 in tiles})
     w, h = size if size is not None else (None, None)
     w = w if w is not None and any(x1 > w for _, _, x1, _ in tiles) else None
     h = h if h is not None and any(y1 > h for _, _, _, y1 in tiles) else None
-    return {"boundary": (fold(mx, w), fold(my, h)), "edge": (fold(ex, w), fold(ey, h))}
+    mx, ex = axis({(x0, x1) for x0, _, x1, _ in tiles}, w)
+    my, ey = axis({(y0, y1) for _, y0, _, y1 in tiles}, h)
+    return {"boundary": (mx, my), "edge": (ex, ey)}
 
 
 def _stride(cuts: list[int]) -> float | None:

@@ -125,11 +125,14 @@ def regional(den: Any, request: GenerationRequest, plan: TilePlan, cond: Any) ->
 
 def image_timesteps(scheduler: Any, steps: int, strength: float) -> tuple[torch.Tensor, int]:
     """The timesteps an image-to-image run takes and the index of its first one in the full
-    schedule (diffusers' rule: the last ``int(steps · strength)`` steps). ``set_timesteps`` must
-    have been called. Strength 1 keeps every step."""
+    schedule (diffusers' rule: the last ``int(steps · strength)`` steps; a scheduler with
+    ``set_image_timesteps`` gives its own). ``set_timesteps`` must have been called. Strength 1
+    keeps every step."""
     order = getattr(scheduler, "order", 1)
     if strength >= 1.0:
         return scheduler.timesteps, 0
+    if hasattr(scheduler, "set_image_timesteps"):  # a model with its own image-to-image schedule (terrain)
+        return scheduler.set_image_timesteps(steps, strength), 0
     kept = min(int(steps * strength), steps)
     start = (steps - kept) * order
     if hasattr(scheduler, "set_begin_index"):

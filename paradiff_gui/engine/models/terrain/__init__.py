@@ -50,6 +50,18 @@ DEFAULTS = {"steps": 8, "sampler": "lcm", "guidance": 1.0, "tile": NATIVE, "over
             "height": 512}
 
 
+# Image-to-image (img2img, upscaling): strength S starts at σ = SIGMA_IMAGE_LOW·(SIGMA_MAX/SIGMA_IMAGE_LOW)^S
+# (S = 1: 80, as text-to-image; S = 0.5: 4.5) and steps down no lower than SIGMA_IMAGE_END, below which
+# the one-step-distilled model speckles (docs/QUALITY.md, "Image to image").
+SIGMA_IMAGE_LOW = 0.25
+SIGMA_IMAGE_END = 1.0
+
+
+def image_sigma(strength: float) -> float:
+    """The noise level an init image is raised to for a strength in (0, 1]."""
+    return SIGMA_IMAGE_LOW * (SIGMA_MAX / SIGMA_IMAGE_LOW) ** strength
+
+
 def sigma_schedule(n: int, sigma_max: float = SIGMA_MAX, sigma_end: float | None = None) -> list[float]:
     """n noise levels, geometric from sigma_max down to sigma_end (default ``SIGMA_END``)."""
     sigma_end = SIGMA_END if sigma_end is None else sigma_end
@@ -73,9 +85,18 @@ class TerrainSampler:
         self.timesteps = torch.tensor(sigma_schedule(steps), dtype=torch.float32)
         self._index = 0
 
-    def set_begin_index(self, index: int) -> None:
-        """Image-to-image: the run starts at this step of the schedule."""
-        self._index = index
+    def set_image_timesteps(self, steps: int, strength: float) -> torch.Tensor:
+        """Image-to-image: ``max(1, round(steps · strength))`` noise levels, geometric from
+        :func:`image_sigma` (strength) down by the text-to-image schedule's ratio (80 → 10: 1/8),
+        but not below ``SIGMA_IMAGE_END``. The txt2img schedule's own tail (σ ≥ 10) would bury the
+        init image: σ is in units of half the data's spread, so σ = 10 keeps nothing but the
+        largest shapes (a flat plateau at 30000 came back at 14000 on average)."""
+        n = max(1, round(steps * strength))
+        start = image_sigma(strength)
+        end = max(start * SIGMA_END / SIGMA_MAX, min(start, SIGMA_IMAGE_END))
+        self.timesteps = torch.tensor(sigma_schedule(n, start, end), dtype=torch.float32)
+        self._index = 0
+        return self.timesteps
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return x0 + sigma.reshape(-1, 1, 1, 1).to(x0) * noise
