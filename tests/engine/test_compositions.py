@@ -299,3 +299,18 @@ def test_seam_lines_of_a_wrapped_plan_include_the_one_across_the_edge():
     assert tiled_score(periodic, "x").seam_ratio < 1.2
     cut = periodic + np.linspace(0, 3 * periodic.std(), 256)[None, :]  # a step where the copies meet
     assert tiled_score(cut, "x").seam_ratio > 1.5
+
+
+def test_upscale_passes_carry_rectangle_regions_and_refuse_masks(tmp_path):
+    from paradiff_gui.engine.api.upscale import upscale_passes
+
+    src = tmp_path / "z.png"
+    Image.fromarray(np.zeros((128, 256), np.uint16)).save(src)
+    base = GenerationRequest(width=256, height=128, regions=[{"rect": [128, 0, 256, 128], "feather": 32}])
+    passes = upscale_passes(src, 4, base=base)
+    assert [p.request.regions[0].rect for p in passes] == [(256, 0, 512, 256), (512, 0, 1024, 512)]
+    assert [p.request.regions[0].feather for p in passes] == [64, 128]
+    masked = GenerationRequest(width=128, height=64, regions=[{"mask": _mask_png((128, 64))}])
+    with pytest.raises(RequestError) as e:
+        upscale_passes(src, 2, base=masked)
+    assert e.value.field == "regions[0].mask"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.regions import Region
+from ..core.regions import MAX_FEATHER, Region
 from ..core.request import SIZE_MULTIPLE, GenerationRequest, RequestError
 from ..io.export import open_image
 from ..io.metadata import load_request
@@ -35,11 +35,14 @@ class UpscalePass:
     output: Path
 
 
-def _scaled_region(region: Region, k: int) -> Region:
+def _scaled_region(region: Region, i: int, sx: float, sy: float) -> Region:
+    """A rectangle region on the upscaled canvas: its rect and feather scaled with the picture."""
     if region.rect is None:
-        raise RequestError("regions", "mask regions cannot be carried into an upscale (the mask is the old canvas's "
-                                      "size): remove them, or use rectangles")
-    return dataclasses.replace(region, rect=tuple(v * k for v in region.rect), feather=region.feather * k)
+        raise RequestError(f"regions[{i}].mask", "a mask region cannot be carried into an upscale (the mask is the "
+                                                 "source canvas's size): remove it, or use a rectangle")
+    x0, y0, x1, y1 = region.rect
+    rect = (round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy))
+    return dataclasses.replace(region, rect=rect, feather=min(MAX_FEATHER, round(region.feather * min(sx, sy))))
 
 
 def upscale_passes(source: str | os.PathLike[str], scale: int, *, strength: float | None = None,
@@ -71,10 +74,11 @@ def upscale_passes(source: str | os.PathLike[str], scale: int, *, strength: floa
     k = 1
     while k < scale:
         k *= 2
-        # Each side rounded to the request's multiple of 8 (said in the pass's Notice by the engine).
+        # Each side rounded to the request's multiple of 8; the engine's note says what the init image
+        # was resized to (and if that changed its aspect ratio).
         width, height = (max(SIZE_MULTIPLE, round(v * k / SIZE_MULTIPLE) * SIZE_MULTIPLE) for v in (w, h))
-        regions = tuple(_scaled_region(r, width // max(base.width, 1)) for r in base.regions) \
-            if base.regions and width % base.width == 0 else ()
+        regions = tuple(_scaled_region(r, i, width / base.width, height / base.height)
+                        for i, r in enumerate(base.regions))
         request = base.replace(width=width, height=height, init_image=previous, strength=strength,
                                global_context=0.0, regions=regions,
                                grid=None, tile=base.tile if base.grid is None else None)
