@@ -87,18 +87,19 @@ def run(den, **fields):
     return res, time.perf_counter() - started
 
 
-def bench_regions(den, seeds, pictures):
+def bench_regions(den, seeds, pictures, feather=64):
     rows = []
     band = 64
     for seed in seeds:
         res, secs = run(den, width=512, height=512, seed=seed, extra={"terrain_difficulty": 10},
-                        regions=[{"rect": [256, 0, 512, 512], "extra": {"terrain_difficulty": 90}}])
-        low, _ = run(den, width=512, height=512, seed=seed, extra={"terrain_difficulty": 10})
+                        regions=[{"rect": [256, 0, 512, 512], "extra": {"terrain_difficulty": 90},
+                                  "feather": feather}])
+        low, low_secs = run(den, width=512, height=512, seed=seed, extra={"terrain_difficulty": 10})
         high, _ = run(den, width=512, height=512, seed=seed, extra={"terrain_difficulty": 90})
         img = res.image
         left, right = img[:, : 256 - band], img[:, 256 + band :]
         r = {
-            "seed": seed, "seconds": round(secs, 1),
+            "seed": seed, "seconds": round(secs, 1), "single_seconds": round(low_secs, 1),
             "left_roughness": roughness(left), "left_single_10": roughness(low.image[:, : 256 - band]),
             "right_roughness": roughness(right), "right_single_90": roughness(high.image[:, 256 + band :]),
             "border_seam_ratio": analyse(img, [(0, 0, 256, 512), (256, 0, 512, 512)]).seam_ratio,
@@ -111,9 +112,9 @@ def bench_regions(den, seeds, pictures):
         if pictures and seed == seeds[0]:
             save_relief(pictures / "compose-regions.png", img)
     return {"setup": "512², 8 steps, lcm, overlap 64; background difficulty 10, region [256,0,512,512] difficulty 90, "
-                     "feather 64; roughness outside a 64-px band either side of x=256",
+                     f"feather {feather}; roughness outside a 64-px band either side of x=256", "feather": feather,
             "rows": rows, "summary": _summary(rows, ["left_vs_single", "right_vs_single", "border_seam_ratio",
-                                                     "tiles_seam_ratio", "seconds"])}
+                                                     "tiles_seam_ratio", "seconds", "single_seconds"])}
 
 
 def bench_upscale(den, seeds, pictures, strength):
@@ -190,13 +191,14 @@ def main() -> int:
     ap.add_argument("what", choices=("regions", "upscale", "wrap"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--strength", type=float, default=None)
+    ap.add_argument("--feather", type=int, default=64, help="regions: the region's feather (px)")
     ap.add_argument("--pictures", type=Path, default=None, help="write shaded-relief pictures here")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     den = load_denoiser(request_for("builtin:terrain", device="cpu"), torch.device("cpu"), torch.float32)
     if args.what == "regions":
-        data = bench_regions(den, args.seeds, args.pictures)
+        data = bench_regions(den, args.seeds, args.pictures, args.feather)
     elif args.what == "upscale":
         from paradiff_gui.engine.api.upscale import DEFAULT_UPSCALE_STRENGTH
 

@@ -37,7 +37,9 @@ def _pixels(path) -> np.ndarray:
 
 
 @pytest.mark.parametrize("extra", [["--jitter", "--global-context", "0.5", "--sampler", "euler_a"],
-                                   ["--fusion", "independent"]], ids=["synchronized", "independent"])
+                                   ["--fusion", "independent"],
+                                   ["--jitter", "--wrap", "x", "--region", "0,0,128,192:green fog|feather=32"]],
+                         ids=["synchronized", "independent", "wrapped-regions"])
 def test_two_gloo_ranks_give_the_image_of_one_process(sd_folder, tmp_path, extra, capsys):
     one, two = tmp_path / "one.png", tmp_path / "two.png"
     assert main(["generate", "--model", str(sd_folder), *BASE, *extra, "--device", "cpu", "-o", str(one)]) == 0

@@ -290,7 +290,7 @@ def _synchronized(run: _Denoise, plan: TilePlan, noise: torch.Tensor, generator:
     scheduler.set_timesteps(request.steps, device=den.device)
     timesteps = scheduler.timesteps
     if init is not None and strength < 1.0:
-        timesteps, _start = image_timesteps(scheduler, request.steps, strength)
+        timesteps, _ = image_timesteps(scheduler, request.steps, strength)
         if len(timesteps) == 0:  # nothing left to re-draw: the init image as it is
             return init.to(den.device)
         latents = scheduler.add_noise(init.to(den.device), noise.to(den.device), timesteps[:1])
@@ -479,7 +479,7 @@ def _init_latents(den: Denoiser, request: GenerationRequest, plan: TilePlan, emi
     encode = getattr(den, "encode", None)
     if encode is None:
         raise RequestError("init_image", f"{den.name} cannot start from an image (it has no encoder)")
-    output = "height" if den.channels == 1 and den.scale == 1 else "rgb"
+    output = _loaded_info(request, den, plan).output  # "height" maps want a grayscale picture
     w, h = plan.image_size
     pixels, notes = load_init_image(request.init_image, w, h, output)
     for note in notes:
@@ -488,7 +488,7 @@ def _init_latents(den: Denoiser, request: GenerationRequest, plan: TilePlan, emi
         emit(Notice("strength 1 re-draws everything: the init image is not used (the same picture as text-to-image "
                     "with this seed)"))
         return None
-    return encode(pixels, lambda done, total: emit(Decoding(done, total))).float().cpu()
+    return encode(pixels, lambda _done, _total: None).float().cpu()
 
 
 def _loaded_info(request: GenerationRequest, den: Denoiser, plan: TilePlan) -> ModelInfo:
