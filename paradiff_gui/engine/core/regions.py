@@ -21,9 +21,10 @@ import binascii
 import io
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where it is used: `paradiff --help` reads this module
+    import numpy as np
 
 MAX_REGIONS = 16
 MAX_WEIGHT = 10.0
@@ -147,6 +148,8 @@ _MASK_CACHE: dict[tuple[int, int, int], np.ndarray] = {}
 def decode_mask(mask: Any, width: int, height: int, field: str = "mask") -> np.ndarray:
     """The mask as (height, width) float32 in [0, 1]. It must be grayscale (PNG modes 1, L, I;16,
     I or F) and exactly the canvas's size."""
+    import numpy as np
+
     if not isinstance(mask, str) or not mask.startswith(MASK_PREFIX):
         raise RegionError(field, "must be a grayscale PNG as a data:image/png;base64, string (the CLI and the app "
                                  "turn a mask file into one)")
@@ -179,6 +182,8 @@ def decode_mask(mask: Any, width: int, height: int, field: str = "mask") -> np.n
 def _ramp(n: int, step: float, lo: int, hi: int, feather: int, length_px: int) -> np.ndarray:
     """1-D soft indicator of [lo, hi) (image px) sampled at the centres of ``n`` cells ``step`` px
     wide: raised-cosine ramps ``feather`` px wide centred on each edge, none at the canvas border."""
+    import numpy as np
+
     x = (np.arange(n) + 0.5) * step
 
     def side(d: np.ndarray) -> np.ndarray:  # d: signed distance inside the edge, px
@@ -195,6 +200,8 @@ def _ramp(n: int, step: float, lo: int, hi: int, feather: int, length_px: int) -
 def soft_mask(region: Region, width: int, height: int, h: int, w: int) -> np.ndarray:
     """The region's soft mask on a canvas of ``width`` x ``height`` image px sampled at ``h`` x ``w``
     (latent px, or any grid): (h, w) float64 in [0, 1]."""
+    import numpy as np
+
     if region.rect is not None:
         x0, y0, x1, y1 = region.rect
         ys = _ramp(h, height / h, y0, y1, region.feather, height)
@@ -214,6 +221,8 @@ def soft_mask(region: Region, width: int, height: int, h: int, w: int) -> np.nda
 def mixing_weights(regions: tuple[Region, ...], width: int, height: int, h: int, w: int) -> np.ndarray:
     """(1 + len(regions), h, w) float32: per pixel, how much the background (index 0) and each region
     count; every pixel's weights sum to 1."""
+    import numpy as np
+
     masks = [soft_mask(r, width, height, h, w) for r in regions]
     bg = np.clip(1.0 - np.sum(masks, axis=0), 0.0, 1.0) if masks else np.ones((h, w))
     stack = np.stack([bg] + [r.weight * m for r, m in zip(regions, masks)])
@@ -223,6 +232,8 @@ def mixing_weights(regions: tuple[Region, ...], width: int, height: int, h: int,
 
 def bbox(region: Region, width: int, height: int) -> tuple[int, int, int, int]:
     """Where the region's soft mask is non-zero (image px), for drawing and culling."""
+    import numpy as np
+
     if region.rect is not None:
         x0, y0, x1, y1 = region.rect
         f = math.ceil(region.feather / 2)
