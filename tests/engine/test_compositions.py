@@ -314,3 +314,15 @@ def test_upscale_passes_carry_rectangle_regions_and_refuse_masks(tmp_path):
     with pytest.raises(RequestError) as e:
         upscale_passes(src, 2, base=masked)
     assert e.value.field == "regions[0].mask"
+
+
+@pytest.mark.parametrize("shift", [(0, 0), (5, 11)])
+def test_regions_on_a_wrapped_jittered_plan_follow_the_canvas_weights(shift):
+    plan = TilePlan.create(64, 128, overlap=8, tile=32, wrap="xy").shifted(*shift)
+    assert plan.extent != (64, 128)
+    req = GenerationRequest(width=128, height=64, extra={"v": 1},
+                            regions=[{"rect": [0, 0, 24, 64], "feather": 16, "extra": {"v": 5}}])
+    out, _ = fused(plan, torch.zeros(1, 1, 64, 128), request=req)
+    w = torch.from_numpy(mixing_weights(req.regions, 128, 64, 64, 128))
+    # Tiles past the right edge read the left edge's weights: the region at x < 24 is whole there too.
+    torch.testing.assert_close(out[0, 0], w[0] * 1 + w[1] * 5, atol=1e-5, rtol=1e-5)

@@ -61,17 +61,24 @@ class Regional:
         self.request = request
         self.conds = conds  # [background, region 1, ...]
         self._weights: dict[tuple, tuple[np.ndarray, torch.Tensor]] = {}
+        self._extended: tuple[Any, Any] = (None, None)
         self._active: dict[tuple, list[int]] = {}
 
     def weights(self, plan: TilePlan, device: Any) -> tuple[np.ndarray, torch.Tensor]:
-        """(K, eh, ew) mixing weights on the plan's (extended) canvas: host copy and device copy."""
-        key = (plan.height, plan.width, plan.extent)
-        if key not in self._weights:
-            host = mixing_weights(self.request.regions, self.request.width, self.request.height,
-                                  plan.height, plan.width)
-            host = _extend_np(plan, host)
-            self._weights[key] = host, torch.from_numpy(host).to(device)
-        return self._weights[key]
+        """(K, eh, ew) mixing weights on the plan's (extended) canvas: host copy and device copy.
+        Kept per canvas size; a wrapped plan's extension (which jitter changes every step) is
+        made for the last plan only, so the cache does not grow with the steps."""
+        base = (plan.height, plan.width)
+        if base not in self._weights:
+            host = mixing_weights(self.request.regions, self.request.width, self.request.height, *base)
+            self._weights[base] = host, torch.from_numpy(host).to(device)
+        host, dev = self._weights[base]
+        if plan.extent == base:
+            return host, dev
+        key = (*base, plan.extent)
+        if self._extended[0] != key:
+            self._extended = key, (_extend_np(plan, host), extend(plan, dev))
+        return self._extended[1]
 
     def active(self, plan: TilePlan, tile: Tile, host: np.ndarray) -> list[int]:
         """The conditionings whose weight is non-zero somewhere on ``tile``."""
