@@ -75,6 +75,18 @@ class Summary:
         return [self.plan.image_rect(t) for t in self.plan.tiles] if self.plan is not None else []
 
 
+def _host_memory_text(host_bytes: int) -> str:
+    """The run's host-memory peak next to the device's, red when the machine cannot hold it (the
+    engine then refuses the run before any work)."""
+    from ..engine.runtime import memory
+
+    available = memory.host_available()
+    over = available is not None and host_bytes > available * memory.HOST_MARGIN
+    colour = " style='color:#e5534b'" if over else ""
+    room = f" of {fmt_bytes(available)} available" if available is not None else ""
+    return f"<br><span{colour}>host ≈ {fmt_bytes(host_bytes)}{room}</span>"
+
+
 def _gpu_memory_text(request: rq.GenerationRequest, info: ModelInfo) -> str:
     import torch
 
@@ -111,6 +123,7 @@ def summarise(token: int, request: rq.GenerationRequest, info: ModelInfo, speeds
         mem += f" + {fmt_bytes(est.weight_bytes)} weights"
     if device == "cuda":
         mem = _gpu_memory_text(request, info)
+    mem += _host_memory_text(est.host_bytes)
     html = (f"<b>{len(plan)} tiles</b> ({plan.rows}×{plan.cols} of {plan.tile_w * plan.scale}×"
             f"{plan.tile_h * plan.scale} px) · overlap {overlaps} px{_wrap_text(plan)}<br>"
             f"overhead {plan.overhead:.2f}× · {est.total_views} model calls<br>{time_text} · {mem}")

@@ -134,3 +134,35 @@ def test_terrain_view_estimate_covers_the_measured_activations_without_wasting_h
     fp = memory.footprint(request_for("builtin:terrain"), describe_model("builtin:terrain"), "fp32")
     measured_per_view = counter.peak / 2
     assert measured_per_view < fp.per_view < 2 * measured_per_view, (measured_per_view, fp.per_view)
+
+
+def test_host_memory_is_planned_and_a_canvas_the_host_cannot_hold_is_refused(monkeypatch, tmp_path, capsys):
+    from paradiff_gui.cli import main
+    from paradiff_gui.engine.api.requests import request_for
+    from paradiff_gui.engine.core.request import RequestError
+    from paradiff_gui.engine.models.info import describe_model
+    from paradiff_gui.engine.runtime import memory
+
+    info = describe_model("builtin:terrain")
+    small = memory.host_footprint(request_for("builtin:terrain", width=512, height=512), info, "cpu")
+    huge = memory.host_footprint(request_for("builtin:terrain", width=65536, height=65536), info, "cpu")
+    # 65536² on a CPU: the float32 canvases alone are tens of GiB; on a GPU the device part leaves.
+    assert small.total < memory.GiB and huge.total > 200 * memory.GiB
+    on_gpu = memory.host_footprint(request_for("builtin:terrain", width=65536, height=65536), info, "cuda")
+    assert on_gpu.device == 0 and on_gpu.total == huge.total - huge.device
+    memory.check_host_fits(small, 24 * memory.GiB)
+    with pytest.raises(RequestError) as e:
+        memory.check_host_fits(huge, 24 * memory.GiB)
+    assert e.value.field == "size" and "GiB of host memory" in e.value.message
+    assert "24.0 GiB available" in e.value.message
+    # The CLI refuses it before any work: no model loaded, nothing written, exit 2 at once.
+    import time
+
+    monkeypatch.setattr(memory, "host_available", lambda: 24 * memory.GiB)
+    monkeypatch.chdir(tmp_path)
+    started = time.perf_counter()
+    assert main(["generate", "--size", "65536x65536", "--device", "cpu", "-o", "huge.png", "--quiet"]) == 2
+    assert time.perf_counter() - started < 10
+    err = capsys.readouterr().err
+    assert "invalid input: size: needs ≈ 264" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

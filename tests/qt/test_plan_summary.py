@@ -81,3 +81,14 @@ def test_the_summary_follows_edits_made_during_a_run_and_one_started_at_once(qtb
     assert w.runner.active and "15 tiles" in w.panel.plan_info.text()
     assert not w.act_generate.isEnabled()  # the summary never re-enables Generate during a run
     qtbot.waitUntil(lambda: not w.runner.active, timeout=20000)
+
+
+def test_the_summary_shows_the_host_memory_and_marks_what_does_not_fit(qapp, monkeypatch):
+    from paradiff_gui.engine.runtime import memory
+
+    monkeypatch.setattr(memory, "host_available", lambda: 24 * memory.GiB)
+    small = ps.summarise(1, request_for("builtin:terrain", width=512, height=512, device="cpu"), INFO, {})
+    assert "host ≈" in small.html and "24.0 GiB available" in small.html
+    assert "color:#e5534b'>host" not in small.html
+    huge = ps.summarise(2, request_for("builtin:terrain", width=65536, height=65536, device="cpu"), INFO, {})
+    assert "color:#e5534b'>host ≈ 264" in huge.html

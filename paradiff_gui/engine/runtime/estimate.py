@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..core.modelinfo import ModelInfo
 from ..core.request import GenerationRequest
-from .memory import footprint
+from .memory import footprint, host_footprint
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class Estimate:
     seconds: float | None  # None when no speed is known for this model and device yet
     canvas_bytes: int  # host memory for the canvas, its fusion buffers and the decoded image
     weight_bytes: int | None
+    host_bytes: int = 0  # the run's peak in host memory (memory.host_footprint)
 
     @property
     def total_views(self) -> int:
@@ -42,4 +43,5 @@ def estimate(request: GenerationRequest, info: ModelInfo, seconds_per_view: floa
     seconds = rate * views * evals if rate is not None else None
     canvas = footprint(request, info, "fp32").canvas
     image = request.width * request.height * (2 if info.output == "height" else 3)
-    return Estimate(len(plan), views, evals, seconds, canvas + image, info.weight_bytes)
+    host = host_footprint(request, info, "cpu" if device == "cpu" else "cuda").total
+    return Estimate(len(plan), views, evals, seconds, canvas + image, info.weight_bytes, host)

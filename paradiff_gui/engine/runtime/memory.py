@@ -114,3 +114,79 @@ def check_fits(fp: Footprint, tile_batch: int, free_bytes: int | None, device_ty
             "use smaller tiles or a smaller size, fp16, or more GPUs (--devices)")
     raise RequestError(field, f"needs {fp.describe(tile_batch)} but {where} has {free_bytes / GiB:.1f} GiB free; "
                               f"{hint}")
+
+
+# -- Host memory: planned like device memory ---------------------------------------------------------
+#
+# What a run keeps in the machine's RAM at its peak: the noise and the finished latent canvas
+# (float32), the picture, the decoder's working copies (SD's fallback decode assembles a float32
+# picture and its weight sum: 16 bytes a pixel; the terrain decode's float64 heights: 24), an init
+# image as float32, the regions' mixing weights — and on a CPU the device's own footprint (weights,
+# the denoising canvases, one tile batch), since there the device *is* the host. The exact tiled
+# decode's stage canvases are not counted: it runs only when they fit and otherwise falls back,
+# saying so (see models/sd/vae.py).
+
+HOST_DECODE_BYTES_PER_PX = {"rgb": 16, "height": 24}  # working copies of the decode, per image px
+HOST_MARGIN = 0.9  # use at most this share of the available memory
+
+
+@dataclass(frozen=True)
+class HostFootprint:
+    """Bytes a request needs in host memory at its peak, by part."""
+
+    canvases: int  # noise and the finished latents (float32)
+    picture: int  # the decoded picture and the decoder's working copies
+    inputs: int  # an init image (float32), the regions' mixing weights
+    device: int  # on a CPU: the device footprint (weights, denoising canvases, a tile batch)
+
+    @property
+    def total(self) -> int:
+        return self.canvases + self.picture + self.inputs + self.device
+
+    def describe(self) -> str:
+        device = f", model and denoising {self.device / GiB:.1f}" if self.device else ""
+        inputs = f", init image and regions {self.inputs / GiB:.1f}" if self.inputs else ""
+        return (f"≈ {self.total / GiB:.1f} GiB of host memory (canvases {self.canvases / GiB:.1f}, picture and "
+                f"decode {self.picture / GiB:.1f}{inputs}{device})")
+
+
+def host_footprint(request: GenerationRequest, info: ModelInfo, device_type: str, dtype: str = "fp32") -> HostFootprint:
+    """What ``request`` keeps in host memory with ``info``'s model on a ``device_type`` device."""
+    plan = info.plan(request)
+    latent = info.channels * plan.height * plan.width * 4
+    px = request.width * request.height
+    out_bytes = 2 if info.output == "height" else 3
+    picture = px * (out_bytes + HOST_DECODE_BYTES_PER_PX.get(info.output, 16))
+    inputs = (px * (1 if info.output == "height" else 3) * 4 if request.init_image else 0) \
+        + (len(request.regions) + 1) * plan.height * plan.width * 4 * (1 if request.regions else 0)
+    device = 0
+    if device_type == "cpu":
+        fp = footprint(request, info, dtype)
+        device = fp.denoise_peak(min(fp.tiles, CPU_AUTO_BATCH))
+    return HostFootprint(2 * latent, picture, inputs, device)
+
+
+def host_available() -> int | None:
+    """Memory the kernel says it can give without swapping (MemAvailable); None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_host_fits(hf: HostFootprint, available: int | None) -> None:
+    """Refuse, with the estimate and what to change, a request the host's memory cannot hold —
+    before any work, instead of the kernel's out-of-memory killer hours later."""
+    if available is None or hf.total <= available * HOST_MARGIN:
+        return
+    raise RequestError("size", f"needs {hf.describe()} but this machine has {available / GiB:.1f} GiB available; "
+                               "use a smaller size, a GPU (--device cuda), or close what else uses memory")

@@ -473,6 +473,16 @@ def _tile_batch(request: GenerationRequest, den: Denoiser, plan: TilePlan, emit:
     return int(request.tile_batch)
 
 
+def _check_host(request: GenerationRequest, info: ModelInfo, device: torch.device, dtype: torch.dtype) -> None:
+    """Refuse what the host's memory cannot hold (runtime.memory), from the model's description:
+    nothing is loaded yet."""
+    try:
+        hf = memory.host_footprint(request, info, device.type, dtype_name(dtype))
+    except RequestError:
+        return  # a plan the model refuses is reported, with its own field, once the model is loaded
+    memory.check_host_fits(hf, memory.host_available())
+
+
 def _init_latents(den: Denoiser, request: GenerationRequest, plan: TilePlan, emit: EventSink) -> torch.Tensor | None:
     """The init image, resized to the canvas and encoded by the model: (1, C, h, w) on the CPU
     (None at strength 1, where it is read and checked but not used)."""
@@ -532,10 +542,11 @@ def generate(
     started = time.perf_counter()
     run: _Denoise | None = None
     try:
-        # 1. Device, model, plan.
+        # 1. Device, model, plan; a request the host's memory cannot hold is refused before any of it.
         if denoiser is None:
             device = resolve_device(request.device)
             dtype = resolve_dtype(request.dtype, device)
+            _check_host(request, describe_model(request.model), device, dtype)
             den = load_denoiser(request, device, dtype)
         else:
             den = denoiser
