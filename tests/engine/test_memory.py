@@ -147,7 +147,7 @@ def test_host_memory_is_planned_and_a_canvas_the_host_cannot_hold_is_refused(mon
     small = memory.host_footprint(request_for("builtin:terrain", width=512, height=512), info, "cpu")
     huge = memory.host_footprint(request_for("builtin:terrain", width=65536, height=65536), info, "cpu")
     # 65536² on a CPU: the float32 canvases alone are tens of GiB; on a GPU the device part leaves.
-    assert small.total < memory.GiB and huge.total > 200 * memory.GiB
+    assert small.total < 1.5 * memory.GiB and huge.total > 200 * memory.GiB
     on_gpu = memory.host_footprint(request_for("builtin:terrain", width=65536, height=65536), info, "cuda")
     assert on_gpu.device == 0 and on_gpu.total == huge.total - huge.device
     memory.check_host_fits(small, 24 * memory.GiB)
