@@ -381,40 +381,100 @@ def cmd_generate(args: argparse.Namespace) -> int:
             distributed.leave()
 
 
+GROUP_GRACE_S = 3.0  # after one rank fails, the others get this long to stop on their own
+
+
 def _launch_local_group(args: argparse.Namespace, request: rq.GenerationRequest, out: Path) -> int:
-    """``--devices``: one process per device, joined in a local process group; rank 0 writes."""
+    """``--devices``: one process per device, joined in a local process group; rank 0 writes.
+
+    The launcher watches its ranks: when one fails or dies, the others are stopped (after
+    ``GROUP_GRACE_S``, then killed), and one line says what happened — the failing rank's own
+    message, or which rank died — instead of every rank's traceback or a collective's timeout."""
     import multiprocessing
 
     from .engine.runtime import distributed
 
     port = distributed.free_port()
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
+    reports = ctx.SimpleQueue()  # (rank, exit code, message) of members that stop on an error
     procs = [ctx.Process(target=_group_member, args=(rank, args.devices, port, request.to_json(), str(out),
-                                                     args.relief, args.quiet or rank > 0))
+                                                     args.relief, args.quiet or rank > 0, reports))
              for rank in range(len(args.devices))]
     for proc in procs:
         proc.start()
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the members handle Ctrl-C themselves
     try:
-        for proc in procs:
-            proc.join()
+        codes, first = _supervise(procs)
     finally:
         signal.signal(signal.SIGINT, previous)
-    codes = [proc.exitcode for proc in procs]
-    return codes[0] if codes[0] else next((c for c in codes if c), EXIT_OK) or EXIT_OK
+    messages = []
+    while not reports.empty():
+        messages.append(reports.get())
+    if not any(codes):
+        return EXIT_OK
+    if messages:  # the first rank that said why (the others stopped because of it)
+        rank, code, message = messages[0]
+        print(f"paradiff: {message}", file=sys.stderr)
+        return code
+    rank, code = first, codes[first]
+    how = f"was killed by signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exited with code {code}"
+    print(f"paradiff: rank {rank} ({args.devices[rank]}) {how}; the run stopped and nothing was written",
+          file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _supervise(procs: list[Any]) -> tuple[list[int], int]:
+    """Wait for every member; once one has failed, stop the rest (terminate, then kill). Returns
+    the exit codes and the index of the first member that failed (0 when none did)."""
+    from multiprocessing.connection import wait
+
+    failed_at: float | None = None
+    first = 0
+    terminated = False
+    while any(p.exitcode is None for p in procs):
+        wait([p.sentinel for p in procs if p.exitcode is None], timeout=0.2)
+        if failed_at is None and any(p.exitcode not in (None, 0) for p in procs):
+            failed_at = time.monotonic()
+            first = next(i for i, p in enumerate(procs) if p.exitcode not in (None, 0))
+        if failed_at is not None:
+            late = time.monotonic() - failed_at
+            for p in procs:
+                if p.exitcode is None and late > 2 * GROUP_GRACE_S:
+                    p.kill()
+                elif p.exitcode is None and late > GROUP_GRACE_S and not terminated:
+                    p.terminate()
+            terminated = terminated or late > GROUP_GRACE_S
+    for p in procs:
+        p.join()
+    return [p.exitcode for p in procs], first
+
+
+def _peer_failure(exc: BaseException) -> bool:
+    """A collective that failed because another rank went away (its own error is reported by it,
+    or by the launcher when it died)."""
+    text = str(exc).lower()
+    return any(k in text for k in ("connection closed by peer", "connection reset by peer", "broken pipe",
+                                   "gloo", "nccl", "timed out", "socket"))
 
 
 def _group_member(rank: int, devices: list[str], port: int, request_json: str, out: str, relief: str | None,
-                  quiet: bool) -> None:
+                  quiet: bool, reports: Any) -> None:
     from .engine.runtime import distributed
 
     request = rq.GenerationRequest.from_json(request_json).replace(device=devices[rank])
     args = argparse.Namespace(relief=relief, quiet=quiet)
-    shard = distributed.join(rank, len(devices), port, devices[rank])
+    code = EXIT_ERROR
     try:
-        code = _generate_and_write(args, request, Path(out), shard)
-    finally:
-        distributed.leave()
+        shard = distributed.join(rank, len(devices), port, devices[rank])
+        try:
+            code = _generate_and_write(args, request, Path(out), shard,
+                                       report=lambda c, m: reports.put((rank, c, m)))
+        finally:
+            distributed.leave()
+    except Exception as exc:  # every failure ends as one line from the launcher
+        if not _peer_failure(exc):
+            reports.put((rank, EXIT_ERROR, f"error on rank {rank} ({devices[rank]}): {type(exc).__name__}: {exc}; "
+                                           "the run stopped and nothing was written"))
     # The work is done and the picture written (atomically, fsynced): leave without the
     # interpreter's teardown, where a background thread of the collective library aborted the
     # process once in a fresh-clone test run ("terminate called without an active exception",
@@ -425,7 +485,9 @@ def _group_member(rank: int, devices: list[str], port: int, request_json: str, o
 
 
 def _generate_and_write(args: argparse.Namespace, request: rq.GenerationRequest, out: Path,
-                        shard: distributed.Shard | None) -> int:
+                        shard: distributed.Shard | None, report: Any = None) -> int:
+    """Generate and write ``out``. ``report(code, message)``: a member of a ``--devices`` group hands
+    its failure to the launcher, which prints one line for the group."""
     from .engine import Cancelled, CancelToken, ModelUnavailable, generate
     from .engine.io.export import save_image
     from .engine.io.metadata import save_png
@@ -436,6 +498,13 @@ def _generate_and_write(args: argparse.Namespace, request: rq.GenerationRequest,
     def say(message: str) -> None:  # one voice for the whole group
         if leader:
             print(message, file=sys.stderr)
+
+    def fail(code: int, message: str) -> int:  # in a --devices group the launcher says it, once
+        if report is not None:
+            report(code, message)
+        else:
+            say(f"paradiff: {message}")
+        return code
 
     def on_sigint(_sig: int, _frame: Any) -> None:
         # First Ctrl-C: stop cooperatively within one tile batch. Second: stop now.
@@ -450,14 +519,11 @@ def _generate_and_write(args: argparse.Namespace, request: rq.GenerationRequest,
         result = generate(request, sink, cancel)
     except (Cancelled, KeyboardInterrupt):
         sink.progress.stop()
-        say("paradiff: interrupted; nothing was written")
-        return EXIT_INTERRUPTED
+        return fail(EXIT_INTERRUPTED, "interrupted; nothing was written")
     except rq.RequestError as exc:
-        say(f"paradiff: invalid input: {exc}")
-        return EXIT_INVALID
+        return fail(EXIT_INVALID, f"invalid input: {exc}")
     except ModelUnavailable as exc:
-        say(f"paradiff: model unavailable: {exc}")
-        return EXIT_MODEL
+        return fail(EXIT_MODEL, f"model unavailable: {exc}")
     finally:
         signal.signal(signal.SIGINT, previous)
     if shard is not None and not shard.leader:
@@ -480,9 +546,8 @@ def _generate_and_write(args: argparse.Namespace, request: rq.GenerationRequest,
 
         rescue = autosave_path(request.seed)
         save_png(rescue, result.image, result.request, result.plan, result.info)
-        say(f"paradiff: could not write {out} ({getattr(exc, 'strerror', None) or exc}); the picture is saved as "
-            f"{rescue}")
-        return EXIT_ERROR
+        return fail(EXIT_ERROR, f"could not write {out} ({getattr(exc, 'strerror', None) or exc}); the picture is "
+                                f"saved as {rescue}")
     print(f"wrote {out} ({result.image.shape[1]}x{result.image.shape[0]}, {result.seconds:.1f} s)", file=sys.stderr)
     return EXIT_OK
 

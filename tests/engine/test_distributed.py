@@ -87,3 +87,61 @@ def test_bad_devices_are_refused_with_the_field_named(tmp_path):
     assert r.returncode == 2 and "devices: give two or more" in r.stderr
     r = _run("--devices", "gpu0,gpu1", "-o", str(tmp_path / "x.png"))
     assert r.returncode == 2 and "devices: each must be cpu or cuda:N" in r.stderr
+
+
+FAULTS = str(__import__("pathlib").Path(__file__).parent / "faults")  # sitecustomize: a failing rank 1
+TERRAIN = ["--size", "256x256", "--steps", "2", "--seed", "3", "--quiet"]
+
+
+@pytest.mark.parametrize(("fault", "code", "line"), [
+    ("error", 1, "paradiff: error on rank 1 (cpu): RuntimeError: injected failure on rank 1; the run stopped and "
+                 "nothing was written"),
+    ("oom", 2, "paradiff: invalid input: tile: one tile (128x128 px) does not fit in the memory of cpu"),
+])
+def test_a_failure_on_one_rank_ends_every_rank_with_one_message(tmp_path, fault, code, line):
+    out = tmp_path / "f.png"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PARADIFF_TEST_FAULT": fault,
+           "PYTHONPATH": os.pathsep.join([FAULTS, os.environ.get("PYTHONPATH", "")])}
+    started = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "paradiff_gui", "generate", *TERRAIN, "--devices", "cpu,cpu",
+                        "-o", str(out)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == code, r.stderr
+    assert r.stderr.count("paradiff: ") == 1 and line in r.stderr, r.stderr  # said once, by the launcher
+    assert "Traceback" not in r.stderr and "gloo" not in r.stderr.lower()
+    assert time.monotonic() - started < 60  # not the collective's timeout (30 min)
+    assert list(tmp_path.iterdir()) == [], "nothing written"
+
+
+def test_a_rank_killed_mid_run_ends_the_run_with_one_plain_line(tmp_path):
+    out = tmp_path / "k.png"
+    proc = subprocess.Popen([sys.executable, "-m", "paradiff_gui", "generate", "--size", "256x256", "--steps", "300",
+                             "--seed", "1", "--quiet", "--devices", "cpu,cpu", "-o", str(out)],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def ranks() -> list[int]:  # the launcher's spawned members, in start order (rank order)
+        kids = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == proc.pid and b"spawn_main" in cmd and b"resource_tracker" not in cmd:
+                kids.append(int(entry))
+        return sorted(kids)
+
+    deadline = time.monotonic() + 60
+    while len(ranks()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(8)  # both ranks joined and denoising
+    assert proc.poll() is None
+    os.kill(ranks()[1], signal.SIGKILL)
+    killed = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - killed < 10, "every rank ends within 10 s"
+    assert proc.returncode == 1
+    assert "paradiff: rank 1 (cpu) was killed by signal 9 (SIGKILL); the run stopped and nothing was written" in err
+    assert "Traceback" not in err and "GLHF" not in err and err.count("paradiff: ") == 1, err
+    assert list(tmp_path.iterdir()) == [], "nothing written"
