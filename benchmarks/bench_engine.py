@@ -90,20 +90,44 @@ def timed(req: GenerationRequest, den, previews: bool, repeats: int) -> dict:
             "step_s": statistics.median(steps), "runs": repeats}
 
 
-def bare_unet_ms_per_view(den, batch: int, tile: int, repeats: int = 10) -> float:
-    """The UNet alone on `batch` tiles with both guidance halves: the floor Paradiff is measured against."""
-    x = torch.randn(2 * batch, 4, tile, tile, device=den.device, dtype=den.dtype)
-    ehs = torch.randn(2 * batch, 77, den.unet.config.cross_attention_dim, device=den.device, dtype=den.dtype)
+def batch_sizes(tiles: int, batch: int) -> list[int]:
+    """The model calls of one step: ``tile_batch`` tiles each, the last one the rest."""
+    return [batch] * (tiles // batch) + ([tiles % batch] if tiles % batch else [])
+
+
+def bare_unet_ms_per_view(den, batch: int | list[int], tile: int | tuple[int, int], repeats: int = 10) -> float:
+    """The UNet alone, both guidance halves, on tiles of ``tile`` latent px (an int: square; or the
+    plan's (height, width)) in calls of ``batch`` tiles (or the plan's own list of call sizes, the
+    last call of a step the rest): the floor Paradiff is measured against, per tile."""
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    calls = [batch] if isinstance(batch, int) else list(batch)
     t = torch.tensor(500, device=den.device)
+    inputs = []
+    for b in calls:
+        inputs.append((torch.randn(2 * b, 4, th, tw, device=den.device, dtype=den.dtype),
+                       torch.randn(2 * b, 77, den.unet.config.cross_attention_dim, device=den.device,
+                                   dtype=den.dtype)))
     with torch.inference_mode():
-        for _ in range(2):
+        for x, ehs in inputs[:2] * 2:  # warm-up, every shape once or twice
             den.unet(x, t, encoder_hidden_states=ehs)
         sync(den.device)
         start = time.perf_counter()
         for _ in range(repeats):
-            den.unet(x, t, encoder_hidden_states=ehs)
+            for x, ehs in inputs:
+                den.unet(x, t, encoder_hidden_states=ehs)
         sync(den.device)
-    return (time.perf_counter() - start) / repeats / batch * 1000
+    return (time.perf_counter() - start) / repeats / sum(calls) * 1000
+
+
+# What each side of the comparison times (written into the results).
+TIMED = {
+    "paradiff": "median over runs of the median step time (StepFinished.seconds): every tile's model call in "
+                "the plan's batches, fusion and the scheduler step, and previews when on; not the prompt encoding, "
+                "the decode or loading",
+    "bare_unet": "the UNet forward alone on random inputs of the plan's tile shape, in the same sequence of batch "
+                 "sizes as one step (the last call the rest), both guidance halves; no fusion, scheduler or previews",
+    "ms_per_view": "per tile (a tile with both guidance halves is one view)",
+}
 
 
 def main() -> None:
@@ -112,6 +136,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="a small canvas and one step: checks the script runs")
+    ap.add_argument("--out", type=Path, help="default benchmarks/results/engine-<model>-<device>.json")
     args = ap.parse_args()
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -121,6 +146,8 @@ def main() -> None:
         base = GenerationRequest(model="tiny-sd", prompt="a red castle", width=512, height=256, grid=(3, 5),
                                  overlap=16, steps=4, seed=1, sampler="euler")
         batches = [1, 15]
+        if args.quick:
+            base, batches = base.replace(steps=1), [1, 4]
     else:  # 2048x2048, 512 px tiles, 128 px overlap: 25 tiles
         base = GenerationRequest(model="sd15-random", prompt="a red castle", width=2048, height=2048, tile=512,
                                  overlap=128, steps=10, seed=1, sampler="euler")
@@ -134,11 +161,14 @@ def main() -> None:
             r = timed(base.replace(tile_batch=b), den, previews, args.repeats)
             rows.append({"tile_batch": b, "previews": previews, **r})
             print(json.dumps(rows[-1]), flush=True)
-    n_tiles = len(TilePlan.for_request(base, den.scale, den.native_tile))
-    bare = {b: bare_unet_ms_per_view(den, b, den.native_tile // 8 if args.model != "tiny" else 16) for b in batches}
+    plan = TilePlan.for_request(base, den.scale, den.native_tile)
+    n_tiles, shape = len(plan), (plan.tile_h, plan.tile_w)
+    calls = {b: batch_sizes(n_tiles, b) for b in batches}
+    bare = {b: bare_unet_ms_per_view(den, calls[b], shape, repeats=3 if args.quick else 10) for b in batches}
     for r in rows:
         r["ms_per_view"] = r["step_s"] / n_tiles * 1000
         r["bare_unet_ms_per_view"] = bare[r["tile_batch"]]
+        r["bare_calls"] = calls[r["tile_batch"]]
         r["ratio_to_bare"] = r["ms_per_view"] / bare[r["tile_batch"]]
     out = {
         "model": args.model, "device": str(device), "dtype": str(dtype),
@@ -146,9 +176,9 @@ def main() -> None:
         "driver": (torch.version.cuda if device.type == "cuda" else None),
         "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "diffusers": diffusers.__version__,
         "python": platform.python_version(), "date": date.today().isoformat(),
-        "request": base.to_dict(), "tiles": n_tiles, "rows": rows,
+        "request": base.to_dict(), "tiles": n_tiles, "tile_latent_px": list(shape), "timed": TIMED, "rows": rows,
     }
-    path = ROOT / "benchmarks" / "results" / f"engine-{args.model}-{device.type}.json"
+    path = args.out or ROOT / "benchmarks" / "results" / f"engine-{args.model}-{device.type}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")

@@ -24,6 +24,7 @@ Writes ``benchmarks/results/gpu-<card>.json`` (card, driver, torch, diffusers, d
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -107,13 +108,20 @@ def info_of(den: SDDenoiser) -> ModelInfo:
                      unet_channels=den.unet.config.block_out_channels[0])
 
 
+LAST_INFO: dict = {}  # the info of the last generation step_times ran (the tile batch it chose)
+
+
 def step_times(req: GenerationRequest, den: SDDenoiser, previews: bool = True) -> tuple[list[float], float]:
+    """The step times (StepFinished: the step's model calls, fusion, scheduler step and previews)
+    and the wall time of the whole generate (prompt encoding and decode included)."""
     times: list[float] = []
     sync(den.device)
     t0 = time.perf_counter()
-    generate(req, lambda e: times.append(e.seconds) if isinstance(e, StepFinished) else None, denoiser=den,
-             previews=previews)
+    result = generate(req, lambda e: times.append(e.seconds) if isinstance(e, StepFinished) else None, denoiser=den,
+                      previews=previews)
     sync(den.device)
+    LAST_INFO.clear()
+    LAST_INFO.update(result.info)
     return times, time.perf_counter() - t0
 
 
@@ -125,14 +133,17 @@ def peak_run(req: GenerationRequest, den: SDDenoiser) -> dict:
     _, wall = step_times(req, den)
     fp = mem.footprint(req, info_of(den), "fp16" if den.dtype != torch.float32 else "fp32")
     peak = torch.cuda.max_memory_allocated(den.device) if den.device.type == "cuda" else None
-    batch = req.tile_batch if isinstance(req.tile_batch, int) else None
+    batch = int(LAST_INFO["tile_batch"])  # the batch that ran ("auto" resolved), where the estimate is taken
     return {"size": [req.width, req.height], "wall_s": round(wall, 2), "peak_bytes": peak,
             "peak_gib": round(peak / GiB, 2) if peak else None,
-            "estimate_gib": round(fp.peak(batch or 1) / GiB, 2), "tile_batch": req.tile_batch}
+            "estimate_gib": round(fp.peak(batch) / GiB, 2), "tile_batch": req.tile_batch, "tile_batch_run": batch,
+            "timed": "one generate, prompt encoding and decode included; peak = torch.cuda.max_memory_allocated; "
+                     "estimate = memory.footprint(...).peak(the tile batch that ran)"}
 
 
-def panorama(den: SDDenoiser, size: int, steps: int, view_batch: int) -> float:
-    """diffusers' StableDiffusionPanoramaPipeline (MultiDiffusion), latents out (no decode)."""
+def panorama(den: SDDenoiser, size: int, steps: int, view_batch: int) -> tuple[float, float]:
+    """diffusers' StableDiffusionPanoramaPipeline (MultiDiffusion), latents out (no decode): its
+    wall time and its median step time (between step-end callbacks, as Paradiff's StepFinished)."""
     from diffusers import DDIMScheduler, StableDiffusionPanoramaPipeline
 
     pipe = StableDiffusionPanoramaPipeline(
@@ -140,13 +151,22 @@ def panorama(den: SDDenoiser, size: int, steps: int, view_batch: int) -> float:
         scheduler=DDIMScheduler.from_config(den.pipe.scheduler.config), safety_checker=None,
         feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
+    ends: list[float] = []
+
+    def on_step_end(_pipe, _i, _t, kwargs):
+        sync(den.device)
+        ends.append(time.perf_counter())
+        return kwargs
+
     sync(den.device)
     t0 = time.perf_counter()
     with torch.inference_mode():
         pipe("a red castle", height=size, width=size, num_inference_steps=steps, view_batch_size=view_batch,
-             output_type="latent", generator=torch.Generator("cpu").manual_seed(1))
+             output_type="latent", generator=torch.Generator("cpu").manual_seed(1), callback_on_step_end=on_step_end)
     sync(den.device)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    steps_s = [b - a for a, b in itertools.pairwise(ends)]
+    return wall, statistics.median(steps_s) if steps_s else wall
 
 
 def card_info(device: torch.device) -> dict:
@@ -193,26 +213,42 @@ def main() -> int:
     generate(req.replace(steps=1), denoiser=den)  # warm-up
     times, _ = step_times(req, den)
     paradiff = statistics.median(times[1:] or times) / B * 1000
+    plan = TilePlan.for_request(req, den.scale, den.native_tile)
+    assert len(plan) == B and (plan.tile_h, plan.tile_w) == (view, view), "the bare UNet must time the plan's shape"
     log("unet_vs_paradiff", {"bare_ms_per_view": round(bare, 3), "paradiff_ms_per_view": round(paradiff, 3),
-                             "ratio": round(paradiff / bare, 3), "tiles": B, "previews": True})
+                             "ratio": round(paradiff / bare, 3), "tiles": B, "previews": True,
+                             "tile_latent_px": [plan.tile_h, plan.tile_w], "batch": B,
+                             "timed": "bare: the UNet forward alone, B tiles of the plan's shape in one call, both "
+                                      "guidance halves; Paradiff: median step (StepFinished) of a plan of exactly B "
+                                      "tiles at tile_batch B, previews on, divided by B"})
 
     # 3. diffusers' panorama pipeline vs Paradiff at equal views (window 64, stride 8 latent px).
     size, steps = (512, 2) if args.smoke else (2048, 10)
     window, stride = 64 * 8, 8 * 8  # image px
-    pano = {vb: panorama(den, size, steps, vb) for vb in ((1, 4) if args.smoke else (8, 16, 32))}
-    best_vb = min(pano, key=pano.get)
+    runs = {vb: panorama(den, size, steps, vb) for vb in ((1, 4) if args.smoke else (8, 16, 32))}
+    pano = {vb: wall for vb, (wall, _) in runs.items()}
+    pano_step = {vb: step for vb, (_, step) in runs.items()}
+    best_vb = min(pano_step, key=pano_step.get)
     req3 = GenerationRequest(model=den.name, prompt="a red castle", width=size, height=size, tile=window,
                              overlap=window - stride, steps=steps, seed=1, sampler="ddim", tile_batch="auto")
     _, _ = step_times(req3.replace(steps=1), den)  # warm-up
     times3, wall3 = step_times(req3, den)
     views = ((size // 8 - 64) // 8 + 1) ** 2
+    paradiff_step = statistics.median(times3[1:] or times3)
     log("panorama_vs_paradiff", {
         "size": size, "steps": steps, "views_per_step": views,
-        "diffusers_s": {str(k): round(v, 2) for k, v in pano.items()}, "diffusers_best_view_batch": best_vb,
-        "paradiff_denoise_s": round(sum(times3), 2), "paradiff_wall_s": round(wall3, 2),
-        "speedup": round(pano[best_vb] / sum(times3), 3),
-        "diffusers_ms_per_view": round(pano[best_vb] / (views * steps) * 1000, 3),
-        "paradiff_ms_per_view": round(sum(times3) / (views * steps) * 1000, 3)})
+        "diffusers_s": {str(k): round(v, 2) for k, v in pano.items()},
+        "diffusers_step_s": {str(k): round(v, 4) for k, v in pano_step.items()}, "diffusers_best_view_batch": best_vb,
+        "paradiff_denoise_s": round(sum(times3), 2), "paradiff_step_s": round(paradiff_step, 4),
+        "paradiff_wall_s": round(wall3, 2),
+        # Like with like: the median step on both sides (every view's UNet call, the fusion, the
+        # scheduler step; Paradiff's previews on); walls are listed, not divided (diffusers' holds
+        # the prompt encoding and no decode, Paradiff's both).
+        "speedup": round(pano_step[best_vb] / paradiff_step, 3),
+        "diffusers_ms_per_view": round(pano_step[best_vb] / views * 1000, 3),
+        "paradiff_ms_per_view": round(paradiff_step / views * 1000, 3),
+        "timed": "median step time on both sides: diffusers between step-end callbacks, Paradiff StepFinished; "
+                 "the walls include prompt encoding (both) and decode (Paradiff only)"})
 
     # 4. End to end: 4096² SD1.5, 30 steps, default plan, auto batch, decode included.
     size4 = 4096 // s
