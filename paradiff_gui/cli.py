@@ -457,10 +457,27 @@ def _peer_failure(exc: BaseException) -> bool:
                                    "gloo", "nccl", "timed out", "socket"))
 
 
+def _leave_with_the_launcher(poll_s: float = 0.5) -> None:
+    """A member whose launcher is gone (killed, even with SIGKILL) stops too, instead of denoising on
+    for nobody: a daemon thread watches the parent process id."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent:
+                os._exit(EXIT_INTERRUPTED)
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
+
+
 def _group_member(rank: int, devices: list[str], port: int, request_json: str, out: str, relief: str | None,
                   quiet: bool, reports: Any) -> None:
     from .engine.runtime import distributed
 
+    _leave_with_the_launcher()
     request = rq.GenerationRequest.from_json(request_json).replace(device=devices[rank])
     args = argparse.Namespace(relief=relief, quiet=quiet)
     code = EXIT_ERROR

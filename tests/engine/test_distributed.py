@@ -112,25 +112,58 @@ def test_a_failure_on_one_rank_ends_every_rank_with_one_message(tmp_path, fault,
     assert list(tmp_path.iterdir()) == [], "nothing written"
 
 
+def _members(launcher: int) -> list[int]:
+    """The launcher's spawned members, in start order (rank order)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == launcher and b"spawn_main" in cmd and b"resource_tracker" not in cmd:
+            kids.append(int(entry))
+    return sorted(kids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_members_stop_when_the_launcher_is_killed(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "paradiff_gui", "generate", "--size", "256x256", "--steps", "300",
+                             "--seed", "1", "--quiet", "--devices", "cpu,cpu", "-o", str(tmp_path / "k.png")],
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 60
+    while len(_members(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    members = _members(proc.pid)
+    assert len(members) == 2
+    time.sleep(3)
+    proc.kill()  # SIGKILL: the launcher runs no clean-up of its own
+    proc.wait()
+    killed = time.monotonic()
+    while any(_alive(m) for m in members) and time.monotonic() - killed < 20:
+        time.sleep(0.2)
+    assert not any(_alive(m) for m in members), "orphaned members kept denoising"
+    assert time.monotonic() - killed < 10
+    assert not (tmp_path / "k.png").exists()
+
+
 def test_a_rank_killed_mid_run_ends_the_run_with_one_plain_line(tmp_path):
     out = tmp_path / "k.png"
     proc = subprocess.Popen([sys.executable, "-m", "paradiff_gui", "generate", "--size", "256x256", "--steps", "300",
                              "--seed", "1", "--quiet", "--devices", "cpu,cpu", "-o", str(out)],
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
-    def ranks() -> list[int]:  # the launcher's spawned members, in start order (rank order)
-        kids = []
-        for entry in os.listdir("/proc"):
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    cmd = f.read()
-            except (OSError, ValueError, IndexError):
-                continue
-            if ppid == proc.pid and b"spawn_main" in cmd and b"resource_tracker" not in cmd:
-                kids.append(int(entry))
-        return sorted(kids)
+    def ranks() -> list[int]:
+        return _members(proc.pid)
 
     deadline = time.monotonic() + 60
     while len(ranks()) < 2 and time.monotonic() < deadline:
