@@ -323,6 +323,18 @@ def test_regions_on_a_wrapped_jittered_plan_follow_the_canvas_weights(shift):
     req = GenerationRequest(width=128, height=64, extra={"v": 1},
                             regions=[{"rect": [0, 0, 24, 64], "feather": 16, "extra": {"v": 5}}])
     out, _ = fused(plan, torch.zeros(1, 1, 64, 128), request=req)
-    w = torch.from_numpy(mixing_weights(req.regions, 128, 64, 64, 128))
+    w = torch.from_numpy(mixing_weights(req.regions, 128, 64, 64, 128, wrap="xy"))
     # Tiles past the right edge read the left edge's weights: the region at x < 24 is whole there too.
     torch.testing.assert_close(out[0, 0], w[0] * 1 + w[1] * 5, atol=1e-5, rtol=1e-5)
+
+
+def test_region_masks_are_periodic_on_a_wrapped_canvas():
+    """A region touching a wrapped edge ramps across it, as anywhere else: no hard step where the
+    picture meets its own copy (unwrapped, the canvas border is no edge and gets no ramp)."""
+    r = parse_region({"rect": [128, 0, 256, 64], "feather": 32}, 0, 256, 64, 100)
+    wrapped = mixing_weights((r,), 256, 64, 64, 256, wrap="x")[1, 0]
+    plain = mixing_weights((r,), 256, 64, 64, 256)[1, 0]
+    assert plain[-1] == 1 and plain[0] == 0  # a hard step across the edge if the picture repeats
+    np.testing.assert_allclose(wrapped[::-1][:16] + wrapped[:16], 1.0, atol=1e-6)  # one ramp across the edge
+    assert abs(wrapped[0] - wrapped[-1]) < 0.1 and 0.4 < wrapped[0] < 0.6
+    np.testing.assert_allclose(wrapped[64:192], plain[64:192])  # the inner edge unchanged

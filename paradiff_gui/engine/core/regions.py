@@ -179,9 +179,10 @@ def decode_mask(mask: Any, width: int, height: int, field: str = "mask") -> np.n
     return out
 
 
-def _ramp(n: int, step: float, lo: int, hi: int, feather: int, length_px: int) -> np.ndarray:
+def _ramp(n: int, step: float, lo: int, hi: int, feather: int, length_px: int, wrapped: bool = False) -> np.ndarray:
     """1-D soft indicator of [lo, hi) (image px) sampled at the centres of ``n`` cells ``step`` px
-    wide: raised-cosine ramps ``feather`` px wide centred on each edge, none at the canvas border."""
+    wide: raised-cosine ramps ``feather`` px wide centred on each edge, none at the canvas border —
+    except on a wrapped axis, where the border is no edge and the ramp continues across it."""
     import numpy as np
 
     x = (np.arange(n) + 0.5) * step
@@ -192,38 +193,45 @@ def _ramp(n: int, step: float, lo: int, hi: int, feather: int, length_px: int) -
         u = np.clip(d / feather + 0.5, 0.0, 1.0)
         return 0.5 - 0.5 * np.cos(np.pi * u)
 
+    if wrapped:
+        if lo <= 0 and hi >= length_px:
+            return np.ones(n)
+        # The rectangle and its copies one period either side, each with both ramps.
+        return np.max([side(x + k * length_px - lo) * side(hi - x - k * length_px) for k in (-1, 0, 1)], axis=0)
     a = np.ones(n) if lo <= 0 else side(x - lo)
     b = np.ones(n) if hi >= length_px else side(hi - x)
     return a * b
 
 
-def soft_mask(region: Region, width: int, height: int, h: int, w: int) -> np.ndarray:
+def soft_mask(region: Region, width: int, height: int, h: int, w: int, wrap: str = "none") -> np.ndarray:
     """The region's soft mask on a canvas of ``width`` x ``height`` image px sampled at ``h`` x ``w``
-    (latent px, or any grid): (h, w) float64 in [0, 1]."""
+    (latent px, or any grid): (h, w) float64 in [0, 1]. Along a ``wrap`` axis the mask is periodic."""
     import numpy as np
 
     if region.rect is not None:
         x0, y0, x1, y1 = region.rect
-        ys = _ramp(h, height / h, y0, y1, region.feather, height)
-        xs = _ramp(w, width / w, x0, x1, region.feather, width)
+        ys = _ramp(h, height / h, y0, y1, region.feather, height, "y" in wrap)
+        xs = _ramp(w, width / w, x0, x1, region.feather, width, "x" in wrap)
         return np.outer(ys, xs)
     from PIL import Image
     from scipy import ndimage
 
     m = decode_mask(region.mask, width, height).astype(np.float32)
     if region.feather > 0:
-        m = ndimage.gaussian_filter(m, region.feather / 2, mode="nearest")
+        modes = ["wrap" if "y" in wrap else "nearest", "wrap" if "x" in wrap else "nearest"]
+        m = ndimage.gaussian_filter(m, region.feather / 2, mode=modes)
     if (w, h) != (width, height):
         m = np.asarray(Image.fromarray(m, mode="F").resize((w, h), Image.Resampling.BOX))
     return np.clip(m.astype(np.float64), 0.0, 1.0)
 
 
-def mixing_weights(regions: tuple[Region, ...], width: int, height: int, h: int, w: int) -> np.ndarray:
+def mixing_weights(regions: tuple[Region, ...], width: int, height: int, h: int, w: int,
+                   wrap: str = "none") -> np.ndarray:
     """(1 + len(regions), h, w) float32: per pixel, how much the background (index 0) and each region
-    count; every pixel's weights sum to 1."""
+    count; every pixel's weights sum to 1. ``wrap``: the canvas's wrapped axes (periodic masks)."""
     import numpy as np
 
-    masks = [soft_mask(r, width, height, h, w) for r in regions]
+    masks = [soft_mask(r, width, height, h, w, wrap) for r in regions]
     bg = np.clip(1.0 - np.sum(masks, axis=0), 0.0, 1.0) if masks else np.ones((h, w))
     stack = np.stack([bg] + [r.weight * m for r, m in zip(regions, masks)])
     total = stack.sum(axis=0)

@@ -70,7 +70,8 @@ class Regional:
         made for the last plan only, so the cache does not grow with the steps."""
         base = (plan.height, plan.width)
         if base not in self._weights:
-            host = mixing_weights(self.request.regions, self.request.width, self.request.height, *base)
+            host = mixing_weights(self.request.regions, self.request.width, self.request.height, *base,
+                                  wrap=plan.wrap)
             self._weights[base] = host, torch.from_numpy(host).to(device)
         host, dev = self._weights[base]
         if plan.extent == base:
