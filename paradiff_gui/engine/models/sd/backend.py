@@ -98,6 +98,20 @@ class SDDenoiser:
 
     # -- Denoiser protocol ------------------------------------------------------------------
 
+    def notices(self, request: GenerationRequest) -> list[str]:
+        """Said before any work: a canvas whose exact decode the host cannot hold is decoded with
+        per-tile statistics (the recipe's ``decode`` says so too)."""
+        h, w = request.height // self.scale, request.width // self.scale
+        if max(h, w) <= DECODE_THRESHOLD or not synced_decode_supported(self.vae):
+            return []
+        need, budget = synced_host_bytes(self.vae, h, w, self._vae_dtype), host_budget()
+        if need <= budget:
+            return []
+        return [f"the exact tiled decode of {request.width}x{request.height} needs {need / 2**30:.1f} GiB of host "
+                f"memory and {budget / 2**30:.1f} GiB may be used now: the picture will be decoded tile by tile with "
+                "each tile's own GroupNorm statistics (small brightness and contrast steps between 512 px tiles are "
+                "possible)"]
+
     def make_scheduler(self, sampler: str) -> Any:
         return make_scheduler(sampler, self.scheduler_config)
 
