@@ -338,3 +338,13 @@ def test_region_masks_are_periodic_on_a_wrapped_canvas():
     np.testing.assert_allclose(wrapped[::-1][:16] + wrapped[:16], 1.0, atol=1e-6)  # one ramp across the edge
     assert abs(wrapped[0] - wrapped[-1]) < 0.1 and 0.4 < wrapped[0] < 0.6
     np.testing.assert_allclose(wrapped[64:192], plain[64:192])  # the inner edge unchanged
+
+
+def test_a_wrapped_plan_survives_the_compact_recipe(tmp_path):
+    """Big grids store the plan without its tile list (JPEG's 64 KiB EXIF); a wrapped one keeps its wrap."""
+    from paradiff_gui.engine.io.metadata import _plan_dict, _rebuilt_tiles
+
+    plan = TilePlan.create(64, 80, overlap=8, tile=24, wrap="xy", scale=8)
+    compact = _plan_dict(plan, tiles=False)
+    back = TilePlan.from_dict({**compact, "tiles": _rebuilt_tiles(compact, tmp_path / "x.jpg")}, 640, 512)
+    assert back.wrap == "xy" and [back.image_rect(t) for t in back.tiles] == [plan.image_rect(t) for t in plan.tiles]

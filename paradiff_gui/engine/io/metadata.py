@@ -98,6 +98,7 @@ def _plan_dict(plan: TilePlan, tiles: bool) -> dict[str, Any]:
         "tile_height": plan.tile_h * s,  # image px
         "row_starts": [y * s for y in plan.row_starts],  # image px
         "col_starts": [x * s for x in plan.col_starts],  # image px
+        **({"wrap": plan.wrap} if plan.wrap != "none" else {}),
     }
 
 
