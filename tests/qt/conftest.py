@@ -59,3 +59,16 @@ def sd_like(tmp_path):
         (folder / part / "config.json").write_text(json.dumps(config))
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     return str(folder)
+
+
+@pytest.fixture
+def canvas(qtbot):
+    """A shown 600x500 canvas widget."""
+    from paradiff_gui.qt.widgets.canvas import CanvasWidget
+
+    c = CanvasWidget()
+    qtbot.addWidget(c)
+    c.resize(600, 500)
+    c.show()
+    qtbot.waitExposed(c)
+    return c

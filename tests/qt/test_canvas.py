@@ -18,16 +18,6 @@ from paradiff_gui.qt.widgets.canvas import CanvasWidget, overlap_bands
 TILES = [(0, 0, 128, 128), (128, 0, 256, 128), (0, 128, 128, 256), (128, 128, 256, 256)]
 
 
-@pytest.fixture
-def canvas(qtbot):
-    c = CanvasWidget()
-    qtbot.addWidget(c)
-    c.resize(600, 500)
-    c.show()
-    qtbot.waitExposed(c)
-    return c
-
-
 def pixel(canvas: CanvasWidget, image_xy: tuple[float, float]) -> tuple[int, int, int]:
     img = canvas.grab().toImage()
     p = canvas.to_widget(QPointF(*image_xy))

@@ -4,7 +4,6 @@ edge drawn at both places, and the 2×2 view that shows whether a picture tiles.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from fake_engine import tile_colour
 from PySide6.QtCore import QPointF
 
@@ -19,16 +18,6 @@ from paradiff_gui.qt.widgets.canvas import CanvasWidget
 from paradiff_gui.qt.widgets.wrapping import copies
 
 TERRAIN = "builtin:terrain"
-
-
-@pytest.fixture
-def canvas(qtbot):
-    c = CanvasWidget()
-    qtbot.addWidget(c)
-    c.resize(600, 500)
-    c.show()
-    qtbot.waitExposed(c)
-    return c
 
 
 def grab(canvas: CanvasWidget) -> np.ndarray:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -236,18 +235,3 @@ def mixing_weights(regions: tuple[Region, ...], width: int, height: int, h: int,
     stack = np.stack([bg] + [r.weight * m for r, m in zip(regions, masks)])
     total = stack.sum(axis=0)
     return (stack / np.where(total > 0, total, 1.0)).astype(np.float32)
-
-
-def bbox(region: Region, width: int, height: int) -> tuple[int, int, int, int]:
-    """Where the region's soft mask is non-zero (image px), for drawing and culling."""
-    import numpy as np
-
-    if region.rect is not None:
-        x0, y0, x1, y1 = region.rect
-        f = math.ceil(region.feather / 2)
-        return max(0, x0 - f), max(0, y0 - f), min(width, x1 + f), min(height, y1 + f)
-    m = soft_mask(region, width, height, height, width)
-    ys, xs = np.nonzero(m > 0)
-    if len(ys) == 0:
-        return 0, 0, 0, 0
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1

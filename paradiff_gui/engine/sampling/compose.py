@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core import blend
 from ..core.plan import Tile, TilePlan
 from ..core.regions import mixing_weights
 from ..core.request import GenerationRequest, RequestError
@@ -78,7 +79,7 @@ class Regional:
             return host, dev
         key = (*base, plan.extent)
         if self._extended[0] != key:
-            self._extended = key, (_extend_np(plan, host), extend(plan, dev))
+            self._extended = key, (blend.extend(plan, host), extend(plan, dev))
         return self._extended[1]
 
     def active(self, plan: TilePlan, tile: Tile, host: np.ndarray) -> list[int]:
@@ -105,15 +106,6 @@ class Regional:
             masks = torch.stack([dev[k, tl.y0 : tl.y1, tl.x0 : tl.x1] for tl in sub])[:, None]
             out[rows] += pred * masks
         return out
-
-
-def _extend_np(plan: TilePlan, a: np.ndarray) -> np.ndarray:
-    eh, ew = plan.extent
-    if eh > plan.height:
-        a = np.concatenate([a, a[..., : eh - plan.height, :]], axis=-2)
-    if ew > plan.width:
-        a = np.concatenate([a, a[..., : ew - plan.width]], axis=-1)
-    return np.ascontiguousarray(a)
 
 
 def regional(den: Any, request: GenerationRequest, plan: TilePlan, cond: Any) -> Regional | None:

@@ -63,17 +63,9 @@ class FormValues:
 
 
 def _regions_for(info: ModelInfo, regions: tuple[Region, ...]) -> tuple[Region, ...]:
-    """The regions as the request gets them: prompts only for text models, and the model's
-    controls among each region's options checked like the main ones (named ``regions[i].KEY``)."""
-    keys = {c[0] for c in info.controls}
-    out = []
-    for i, r in enumerate(regions):
-        try:
-            model_controls(info, {k: x for k, x in r.extra.items() if k in keys})
-        except RequestError as exc:
-            raise RequestError(f"regions[{i}].{exc.field}", exc.message) from None
-        out.append(r if info.text else replace(r, prompt="", negative_prompt=""))
-    return tuple(out)
+    """The regions as the request gets them: prompts only for text models (their options are
+    checked with the request's, by ``check_options``, named ``regions[i].KEY``)."""
+    return regions if info.text else tuple(replace(r, prompt="", negative_prompt="") for r in regions)
 
 
 def to_request(info: ModelInfo, v: FormValues) -> GenerationRequest:
@@ -83,7 +75,7 @@ def to_request(info: ModelInfo, v: FormValues) -> GenerationRequest:
     # An option at its default is left out unless the shown request named it, so a loaded
     # request comes back exactly as it was.
     named = {k: x for k, x in v.controls.items() if k in v.given or x != defaults.get(k)}
-    return request_for(
+    return check_options(request_for(
         info.id,
         prompt=v.prompt if info.text else "",
         negative_prompt=v.negative_prompt if info.text else "",
@@ -108,7 +100,7 @@ def to_request(info: ModelInfo, v: FormValues) -> GenerationRequest:
         compile=v.compile,
         extra={**v.carried, **model_controls(info, named)},
         regions=_regions_for(info, v.regions),
-    )
+    ), info)
 
 
 def from_request(info: ModelInfo, request: GenerationRequest) -> FormValues:
