@@ -163,11 +163,11 @@ def test_generate_decodes_large_canvases_with_whole_canvas_statistics():
 
 def test_a_decode_the_host_cannot_hold_is_announced_before_any_work(monkeypatch):
     from paradiff_gui.engine import GenerationRequest, events, generate
-    from paradiff_gui.engine.models.sd import backend
+    from paradiff_gui.engine.models.sd import vae
     from paradiff_gui.engine.models.sd.backend import SDDenoiser
 
     den = SDDenoiser(tiny_sd(), "tiny-sd", torch.device("cpu"), torch.float32)
-    monkeypatch.setattr(backend, "host_budget", lambda: 1 << 20)  # 1 MiB "free"
+    monkeypatch.setattr(vae, "host_budget", lambda: 1 << 20)  # 1 MiB "free"
     seen = []
     res = generate(GenerationRequest(model="tiny", prompt="x", width=1024, height=512, tile=256, overlap=64, steps=1,
                                      seed=3, device="cpu"), seen.append, denoiser=den)
@@ -175,7 +175,7 @@ def test_a_decode_the_host_cannot_hold_is_announced_before_any_work(monkeypatch)
     first_step = next(i for i, e in enumerate(seen) if isinstance(e, events.StepStarted))
     assert notices and notices[0] < first_step  # said up front, not discovered at the end
     assert res.info["decode"].startswith("tiled, per-tile GroupNorm")  # and in the recipe
-    monkeypatch.setattr(backend, "host_budget", lambda: 1 << 40)
+    monkeypatch.setattr(vae, "host_budget", lambda: 1 << 40)
     seen.clear()
     generate(GenerationRequest(model="tiny", prompt="x", width=1024, height=512, tile=256, overlap=64, steps=1,
                                seed=3, device="cpu"), seen.append, denoiser=den)

@@ -23,7 +23,11 @@ They are estimates: ``--tile-batch auto`` keeps a 15 % margin below the free mem
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..core.modelinfo import ModelInfo
 from ..core.request import MAX_TILE_BATCH, GenerationRequest, RequestError
@@ -180,8 +184,6 @@ def host_available() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     try:
-        import os
-
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return None
@@ -194,3 +196,31 @@ def check_host_fits(hf: HostFootprint, available: int | None) -> None:
         return
     raise RequestError("size", f"needs {hf.describe()} but this machine has {available / GiB:.1f} GiB available; "
                                "use a smaller size, a GPU (--device cuda), or close what else uses memory")
+
+
+# -- Scratch disk: where data too big for the host memory goes -------------------------------------
+#
+# The exact tiled decode spills its stage canvases there when the host cannot hold them
+# (models/sd/vae.py). Not the system's temporary folder: on many systems /tmp is a tmpfs, which
+# lives in the very memory the spill is meant to spare.
+
+SCRATCH_ENV = "PARADIFF_SCRATCH"
+
+
+def scratch_dir() -> Path:
+    """The scratch folder: ``$PARADIFF_SCRATCH``, else ``scratch`` in the user cache folder
+    (created on first use)."""
+    from platformdirs import user_cache_path
+
+    folder = Path(os.environ[SCRATCH_ENV]) if os.environ.get(SCRATCH_ENV) else user_cache_path("paradiff") / "scratch"
+    with contextlib.suppress(OSError):  # disk_free then says 0 for it, and the caller names it
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def disk_free(folder: Path) -> int:
+    """Bytes free for this user in ``folder``'s file system (0 when it cannot be read)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0

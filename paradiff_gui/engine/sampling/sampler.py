@@ -512,6 +512,14 @@ def _out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, oom) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
+def _decoding(emit: EventSink, cancel: CancelToken, done: int, total: int) -> None:
+    """Decode progress; a cancel stops a long decode (8192² spilled to disk takes minutes) between
+    its passes, where no picture is half written."""
+    emit(Decoding(done, total))
+    if done < total:
+        cancel.check()
+
+
 def _free_device_cache(device: Any) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
@@ -589,7 +597,7 @@ def generate(
             # 5. Decode (never after a cancel) and finish; with several ranks rank 0 alone decodes.
             cancel.check()
             wrap = {"wrap": plan.wrap} if plan.wrap != "none" else {}  # (decoders without it never see it)
-            image = den.decode(latents, lambda done, total: emit(Decoding(done, total)), **wrap) \
+            image = den.decode(latents, lambda done, total: _decoding(emit, cancel, done, total), **wrap) \
                 if shard.leader else None
         seconds = time.perf_counter() - started
         info = {"model_name": den.name, "device": str(den.device), "dtype": dtype_name(den.dtype),

@@ -31,7 +31,7 @@ finally:
     _tlogging.set_verbosity(_verbosity)
 
 from ...core.plan import Tile, TilePlan
-from ...core.request import GenerationRequest
+from ...core.request import GenerationRequest, RequestError
 from ..base import ModelUnavailable
 from . import bridging
 from . import preview as previews
@@ -41,9 +41,8 @@ from .vae import (
     decode_latents,
     decode_synced,
     encode_synced,
-    host_budget,
+    stage_storage,
     synced_decode_supported,
-    synced_host_bytes,
     to_uint8,
 )
 
@@ -99,18 +98,35 @@ class SDDenoiser:
     # -- Denoiser protocol ------------------------------------------------------------------
 
     def notices(self, request: GenerationRequest) -> list[str]:
-        """Said before any work: a canvas whose exact decode the host cannot hold is decoded with
-        per-tile statistics (the recipe's ``decode`` says so too)."""
+        """Said before any work: where the exact tiled decode (and an init image's encode) will keep
+        its stage canvases when the host cannot hold them — spilled to the scratch disk, or, for
+        the decode when that disk has no room either, per-tile statistics instead (the recipe's
+        ``decode`` says so too; an encode that fits nowhere is refused)."""
+        said = []
         h, w = request.height // self.scale, request.width // self.scale
-        if max(h, w) <= DECODE_THRESHOLD or not synced_decode_supported(self.vae):
-            return []
-        need, budget = synced_host_bytes(self.vae, h, w, self._vae_dtype), host_budget()
-        if need <= budget:
-            return []
-        return [f"the exact tiled decode of {request.width}x{request.height} needs {need / 2**30:.1f} GiB of host "
-                f"memory and {budget / 2**30:.1f} GiB may be used now: the picture will be decoded tile by tile with "
-                "each tile's own GroupNorm statistics (small brightness and contrast steps between 512 px tiles are "
-                "possible)"]
+        if max(h, w) > DECODE_THRESHOLD and synced_decode_supported(self.vae):
+            store = stage_storage(self.vae, h, w, self._vae_dtype)
+            what = f"the exact tiled decode of {request.width}x{request.height}"
+            if store.where == "disk":
+                said.append(store.describe(what))
+            elif store.where == "none":
+                said.append(f"{store.describe(what)}: the picture will be decoded tile by tile with each tile's own "
+                            "GroupNorm statistics (small brightness and contrast steps between 512 px tiles are "
+                            "possible)")
+            if request.init_image is not None:
+                self._check_encode(request.height, request.width, said)
+        return said
+
+    def _check_encode(self, height: int, width: int, said: list[str] | None = None) -> Path | None:
+        """Where the exact tiled encode of a (height, width) picture keeps its stages (None: in
+        memory); refuses, naming init_image, an encode that fits neither memory nor disk."""
+        store = stage_storage(self.vae, height, width, self._vae_dtype, encoder=True)
+        what = f"encoding the {width}x{height} init image"
+        if store.where == "none":
+            raise RequestError("init_image", f"{store.describe(what)}; use a smaller size or free some memory")
+        if store.where == "disk" and said is not None:
+            said.append(store.describe(what))
+        return store.folder if store.where == "disk" else None
 
     def make_scheduler(self, sampler: str) -> Any:
         return make_scheduler(sampler, self.scheduler_config)
@@ -212,7 +228,8 @@ class SDDenoiser:
             mean = self.vae.encode(x.to(self.device, self._vae_dtype)).latent_dist.mean
             on_progress(1, 1)
         else:
-            moments = encode_synced(self.vae, x.to(self._vae_dtype), on_progress)
+            spill = self._check_encode(x.shape[-2], x.shape[-1])
+            moments = encode_synced(self.vae, x.to(self._vae_dtype), on_progress, spill=spill)
             mean = moments[:, : moments.shape[1] // 2]
         return ((mean.float() - shift) * cfg.scaling_factor).cpu()
 
@@ -228,13 +245,17 @@ class SDDenoiser:
         h, w = latents.shape[-2:]
         small = max(h, w) <= DECODE_THRESHOLD
         # A wrapped canvas always goes through the staged decoder: it is the one that pads circularly.
-        if (not small or wrap != "none") and synced_decode_supported(self.vae) and \
-                synced_host_bytes(self.vae, h, w, self._vae_dtype) <= host_budget():
+        store = stage_storage(self.vae, h, w, self._vae_dtype) \
+            if (not small or wrap != "none") and synced_decode_supported(self.vae) else None
+        if store is not None and store.where != "none":
             # Tiled, with every GroupNorm on whole-canvas statistics (vae.py).
-            self.decode_method = "tiled, whole-canvas GroupNorm" + (f", wraps {wrap}" if wrap != "none" else "")
+            self.decode_method = "tiled, whole-canvas GroupNorm" + (f", wraps {wrap}" if wrap != "none" else "") \
+                + (", stages spilled to disk" if store.where == "disk" else "")
             z = latents.to(self.device, self._vae_dtype) / cfg.scaling_factor + shift
-            return decode_synced(self.vae, z, on_progress, wrap=wrap)
-        self.decode_method = "whole" if small else "tiled, per-tile GroupNorm (host memory too small for exact)"
+            return decode_synced(self.vae, z, on_progress, wrap=wrap,
+                                 spill=store.folder if store.where == "disk" else None)
+        self.decode_method = "whole" if small else \
+            "tiled, per-tile GroupNorm (host memory and scratch disk too small for exact)"
         if wrap != "none":
             self.decode_method += "; does not wrap (this VAE or the host memory does not allow the staged decoder)"
         return to_uint8(decode_latents(decode_fn, latents, self.scale, on_progress))

@@ -14,7 +14,10 @@ Two tiled decoders, so the GPU only ever holds one tile's activations:
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +25,7 @@ import torch
 
 from ...core import blend
 from ...core.plan import TilePlan
+from ...runtime.memory import SCRATCH_ENV, GiB, disk_free, scratch_dir
 
 DECODE_TILE = 64  # latent px (512 image px for SD)
 DECODE_OVERLAP = 16  # latent px
@@ -74,12 +78,23 @@ def decode_latents(
 #
 # Per-tile decoding normalises each tile with its own statistics (the 26 dB above). Exact
 # statistics need every tile to reach a GroupNorm before any tile passes it, so the decoder runs
-# stage by stage over the whole canvas: a stage is the stretch between two GroupNorms, run tile by
-# tile on the device; its output is kept on the host as one canvas; the next GroupNorm's mean and
-# variance are taken over that canvas (float64), and the next stage reads each tile's core plus a
-# halo of one pixel (what its 3x3 convolution needs) from it. Convolutions and normalisation are
-# then exact. The middle block's self-attention spans the whole latent canvas in a whole decode;
-# up to ATTENTION_WHOLE_PX it does here too, beyond it each tile attends within a 16 px halo.
+# stage by stage over the whole canvas: a stage is the stretch between two GroupNorms, run band by
+# band (rows of tiles, top to bottom) on the device; its output is kept on the host as one canvas
+# whose group statistics (float64) are summed as its bands are written, and the next stage reads
+# each tile's core plus a halo of one pixel (what its 3x3 convolution needs) from it.
+# Convolutions and normalisation are then exact. The middle block's self-attention spans the
+# whole latent canvas in a whole decode; up to ATTENTION_WHOLE_PX it does here too, beyond it
+# each tile attends within a 16 px halo.
+#
+# Stage canvases are large (SD1.5 at 8192², fp16: up to 68.7 GB alive at once), so where the
+# host cannot hold them they are *spilled*: each band goes to an anonymous temporary file in a
+# scratch folder as it is written (unlinked at creation, so the space returns to the disk when the
+# file is closed — after the stage, on an error or a cancel, or when the process dies, even by
+# SIGKILL), the next stage reads its bands back with explicit reads (not a memory map, whose pages
+# would count as the process's resident memory), and a canvas's files are closed as soon as its
+# last reader has passed them. Bands are then sized to BAND_BYTES rather than a tile's height, so
+# host memory stays bounded whatever the canvas. The picture is the same: the same tiles' halos,
+# the same sums.
 
 SYNC_CORE = 64  # latent px: the tile grid of every stage (scaled with the feature maps)
 ATTENTION_HALO = 16  # latent px of context around a tile for the middle block's attention
@@ -87,6 +102,9 @@ ATTENTION_HALO = 16  # latent px of context around a tile for the middle block's
 # once, as in a whole decode; SDPA keeps its memory linear on a GPU (the CPU's math kernel holds
 # the 16k x 16k score matrix: 1 GiB).
 ATTENTION_WHOLE_PX = 128 * 128
+BAND_BYTES = 512 * 2**20  # a spilled stage's bands in host memory: its inputs' and its output's
+SPILL_MIN_BYTES = 64 * 2**20  # when spilling, smaller canvases stay in memory (at most three at once)
+SPILL_ROWS_MIN = 8  # feature-map rows of a spilled band, at least
 
 
 def host_budget() -> int:
@@ -97,18 +115,33 @@ def host_budget() -> int:
         return 8 << 30
 
 
-def _group_stats(t: torch.Tensor, groups: int, rows: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-group mean and variance of a host canvas (1, C, H, W), float64, a few rows at a time."""
-    _, c, h, w = t.shape
-    s1 = torch.zeros(groups, dtype=torch.float64)
-    s2 = torch.zeros(groups, dtype=torch.float64)
-    for y in range(0, h, rows):
-        part = t[0, :, y : y + rows].double().reshape(groups, -1)
-        s1 += part.sum(dim=1)
-        s2 += (part * part).sum(dim=1)
-    n = c // groups * h * w
-    mean = s1 / n
-    return mean, (s2 / n - mean * mean).clamp(min=0)
+class _Stats:
+    """Per-group sums of what a canvas receives (float64), a few rows at a time."""
+
+    def __init__(self, groups: int) -> None:
+        self.groups = groups
+        self.s1 = torch.zeros(groups, dtype=torch.float64)
+        self.s2 = torch.zeros(groups, dtype=torch.float64)
+        self.n = 0
+
+    def add(self, t: torch.Tensor, rows: int = 64) -> None:
+        _, c, h, w = t.shape
+        for y in range(0, h, rows):
+            part = t[0, :, y : y + rows].double().reshape(self.groups, -1)
+            self.s1 += part.sum(dim=1)
+            self.s2 += (part * part).sum(dim=1)
+        self.n += c // self.groups * h * w
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.s1 / self.n
+        return mean, (self.s2 / self.n - mean * mean).clamp(min=0)
+
+
+def _group_stats(t: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group mean and variance of a host canvas (1, C, H, W), float64."""
+    stats = _Stats(groups)
+    stats.add(t)
+    return stats.result()
 
 
 def _norm(x: torch.Tensor, norm: torch.nn.GroupNorm, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -136,25 +169,147 @@ def synced_decode_supported(vae: torch.nn.Module) -> bool:
                for r in resnets)
 
 
-def synced_host_bytes(vae: torch.nn.Module, h: int, w: int, dtype: torch.dtype) -> int:
-    """Peak host memory of the exact decode of an (h, w) latent canvas: the largest set of stage
-    canvases alive at once — for a resnet block its input (kept for the skip connection), the
-    hidden canvas and the output; for an upsampler its input and its output. (SD1.5 at 4096²,
-    fp16: the last block's first resnet, 256 + 2·128 channels at full size: 17.2 GB.)"""
-    dec = vae.decoder
-    size = torch.tensor([], dtype=dtype).element_size()
-    px = h * w  # at the current factor
-    peak = 2 * dec.conv_in.out_channels * px
-    blocks = [dec.mid_block.resnets, *[b.resnets for b in dec.up_blocks]]
-    ups = [[], *[b.upsamplers or [] for b in dec.up_blocks]]
-    for resnets, upsamplers in zip(blocks, ups):
-        for r in resnets:
-            peak = max(peak, (r.conv1.in_channels + 2 * r.conv2.out_channels) * px)
-        for u in upsamplers:
-            channels = u.conv.out_channels if hasattr(u, "conv") else u.channels
-            peak = max(peak, channels * px + channels * px * 4)
-            px *= 4
-    return peak * size
+class _Canvas:
+    """A stage's output (1, C, H, W) on the host, written in row bands from the top and read back
+    in row ranges (which, along a wrapped axis, may run past the edges). With ``groups`` it sums
+    the group statistics of what is written, for the GroupNorm that reads it next."""
+
+    def __init__(self, c: int, h: int, w: int, dtype: torch.dtype, groups: int | None) -> None:
+        self.c, self.h, self.w, self.dtype = c, h, w, dtype
+        self.sums = _Stats(groups) if groups else None
+
+    def band(self, y0: int, y1: int) -> torch.Tensor:
+        """A tensor for rows [y0, y1) to fill and hand to :meth:`commit`."""
+        return torch.empty((1, self.c, y1 - y0, self.w), dtype=self.dtype)
+
+    def commit(self, y0: int, band: torch.Tensor) -> None:
+        if self.sums is not None:
+            self.sums.add(band)
+        self._store(y0, band)
+
+    def stats(self, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.sums is None or self.sums.groups != groups:
+            raise RuntimeError("a stage canvas read by a GroupNorm must sum its statistics while written")
+        return self.sums.result()
+
+    def rows(self, a0: int, a1: int) -> torch.Tensor:
+        """Rows [a0, a1) as (1, C, a1 - a0, W); outside [0, H) they come round from the other edge."""
+        pieces, y = [], a0
+        while y < a1:
+            start = y % self.h
+            end = min(self.h, start + (a1 - y))
+            pieces.append(self._load(start, end))
+            y += end - start
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
+
+    def release(self, below: int) -> None:
+        """No reader needs rows above ``below`` any more."""
+
+    def close(self) -> None:
+        """Nobody reads this canvas any more."""
+
+    def _store(self, y0: int, band: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _load(self, a0: int, a1: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _MemoryCanvas(_Canvas):
+    def __init__(self, c: int, h: int, w: int, dtype: torch.dtype, groups: int | None,
+                 data: torch.Tensor | None = None) -> None:
+        super().__init__(c, h, w, dtype, groups)
+        self.data = torch.empty((1, c, h, w), dtype=dtype) if data is None else data
+
+    def band(self, y0: int, y1: int) -> torch.Tensor:
+        return self.data[:, :, y0:y1]  # written in place: no copy
+
+    def _store(self, y0: int, band: torch.Tensor) -> None:
+        if band.data_ptr() != self.data[:, :, y0:].data_ptr():
+            self.data[:, :, y0 : y0 + band.shape[2]] = band
+
+    def _load(self, a0: int, a1: int) -> torch.Tensor:
+        return self.data[:, :, a0:a1]
+
+    def stats(self, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.sums is None or self.sums.groups != groups:
+            return _group_stats(self.data, groups)  # the program's input: nothing summed it
+        return self.sums.result()
+
+    def close(self) -> None:
+        self.data = torch.empty(0, dtype=self.dtype)
+
+
+def _read_exactly(f: Any, into: memoryview, offset: int) -> None:
+    """Fill ``into`` from ``f`` at ``offset`` (a read returns at most ~2 GiB on Linux: loop)."""
+    done = 0
+    while done < len(into):
+        if hasattr(os, "preadv"):
+            got = os.preadv(f.fileno(), [into[done:]], offset + done)
+        else:  # Windows: no positional reads
+            f.seek(offset + done)
+            got = f.readinto(into[done:])
+        if not got:
+            raise OSError(f"a decode stage's scratch file came back short ({done} of {len(into)} bytes)")
+        done += got
+
+
+class _SpilledCanvas(_Canvas):
+    """Each committed band in an anonymous temporary file of ``folder``, rows outermost (H, C, W),
+    so that any run of rows is one contiguous read."""
+
+    def __init__(self, c: int, h: int, w: int, dtype: torch.dtype, groups: int | None, folder: Path) -> None:
+        super().__init__(c, h, w, dtype, groups)
+        self.folder = folder
+        self.row_bytes = c * w * torch.tensor([], dtype=dtype).element_size()
+        self.chunks: list[tuple[int, int, Any]] = []  # (first row, end row, file)
+
+    def _store(self, y0: int, band: torch.Tensor) -> None:
+        rows = band[0].permute(1, 0, 2).contiguous()  # (r, C, W)
+        f = tempfile.TemporaryFile(dir=self.folder)  # noqa: SIM115 (kept open until released)
+        try:
+            f.write(memoryview(rows.view(torch.uint8).numpy()).cast("B"))
+            f.flush()
+        except BaseException:
+            f.close()
+            raise
+        self.chunks.append((y0, y0 + band.shape[2], f))
+
+    def _load(self, a0: int, a1: int) -> torch.Tensor:
+        out = torch.empty((a1 - a0, self.c, self.w), dtype=self.dtype)
+        view = memoryview(out.view(torch.uint8).numpy()).cast("B")
+        for y0, y1, f in self.chunks:
+            lo, hi = max(a0, y0), min(a1, y1)
+            if lo < hi:
+                _read_exactly(f, view[(lo - a0) * self.row_bytes : (hi - a0) * self.row_bytes],
+                              (lo - y0) * self.row_bytes)
+        return out.permute(1, 0, 2)[None]
+
+    def release(self, below: int) -> None:
+        keep = []
+        for y0, y1, f in self.chunks:
+            if y1 <= below:
+                f.close()  # the file was unlinked at creation: its space goes back now
+            else:
+                keep.append((y0, y1, f))
+        self.chunks = keep
+
+    def close(self) -> None:
+        self.release(self.h + 1)
+
+
+def _norm_groups(op: tuple | None) -> int | None:
+    """The group count of the GroupNorm that reads an op's input first (None: no GroupNorm)."""
+    if op is None:
+        return None
+    kind, *args = op
+    if kind == "resnet":
+        return args[0].norm1.num_groups
+    if kind == "attention":
+        return args[0].group_norm.num_groups
+    if kind == "out":
+        return args[0].num_groups
+    return None
 
 
 def _mid_ops(mid: torch.nn.Module) -> list[tuple]:
@@ -166,103 +321,282 @@ def _mid_ops(mid: torch.nn.Module) -> list[tuple]:
     return ops
 
 
+def _decoder_ops(vae: torch.nn.Module) -> list[tuple]:
+    dec = vae.decoder
+    ops: list[tuple] = []
+    if getattr(vae, "post_quant_conv", None) is not None:
+        ops.append(("module", vae.post_quant_conv, 0))
+    ops.append(("module", dec.conv_in, 1))
+    ops += _mid_ops(dec.mid_block)
+    for block in dec.up_blocks:
+        ops += [("resnet", r) for r in block.resnets]
+        ops += [("upsample", u) for u in (block.upsamplers or [])]
+    ops.append(("out", dec.conv_norm_out, dec.conv_act, dec.conv_out))
+    return ops
+
+
+def _encoder_ops(vae: torch.nn.Module) -> list[tuple]:
+    enc = vae.encoder
+    ops: list[tuple] = [("module", enc.conv_in, 1)]
+    for block in enc.down_blocks:
+        ops += [("resnet", r) for r in block.resnets]
+        ops += [("downsample", d) for d in (block.downsamplers or [])]
+    ops += _mid_ops(enc.mid_block)
+    ops.append(("out", enc.conv_norm_out, enc.conv_act, enc.conv_out))
+    if getattr(vae, "quant_conv", None) is not None:
+        ops.append(("module", vae.quant_conv, 0))
+    return ops
+
+
+def _canvas_sizes(ops: list[tuple], px: int, channels: int, final: bool) -> list[tuple[list[int], list[int]]]:
+    """Per op, the element counts of its input canvases and of what it writes (its hidden canvas,
+    then its output; none for a final stage that goes straight into the picture)."""
+    sizes = []
+    for k, (kind, *args) in enumerate(ops):
+        last = final and k == len(ops) - 1
+        inputs = [channels * px]
+        if kind == "module":
+            channels = args[0].out_channels
+            written = [channels * px]
+        elif kind == "resnet":
+            m = args[0]
+            hidden, channels = m.conv1.out_channels, m.conv2.out_channels
+            written = [hidden * px, channels * px]
+        elif kind == "attention":
+            written = [channels * px]
+        elif kind in ("upsample", "downsample"):
+            m = args[0]
+            channels = m.conv.out_channels if hasattr(m, "conv") else m.channels
+            px = px * 4 if kind == "upsample" else px // 4
+            written = [channels * px]
+        else:  # out
+            channels = args[2].out_channels
+            written = [channels * px]
+        sizes.append((inputs, [] if last else written))
+    return sizes
+
+
+def _program(vae: torch.nn.Module, h: int, w: int, encoder: bool) -> list[tuple[list[int], list[int]]]:
+    if encoder:
+        return _canvas_sizes(_encoder_ops(vae), h * w, vae.encoder.conv_in.in_channels, final=False)
+    return _canvas_sizes(_decoder_ops(vae), h * w, vae.decoder.conv_in.in_channels, final=True)
+
+
+def synced_host_bytes(vae: torch.nn.Module, h: int, w: int, dtype: torch.dtype, *, encoder: bool = False) -> int:
+    """Peak host memory of the exact decode (or, with ``encoder``, encode of an (h, w) image) of an
+    (h, w) latent canvas, its stage canvases in memory: the largest set alive at once — for a
+    resnet block its input (kept for the skip connection), the hidden canvas and the output; for
+    an upsampler its input and its output. (SD1.5 at 4096², fp16: the last block's first resnet,
+    256 + 2·128 channels at full size: 17.2 GB.)"""
+    size = torch.tensor([], dtype=dtype).element_size()
+    return max(sum(inputs) + sum(written) for inputs, written in _program(vae, h, w, encoder)) * size
+
+
+def synced_disk_bytes(vae: torch.nn.Module, h: int, w: int, dtype: torch.dtype, *, encoder: bool = False) -> int:
+    """Peak scratch-disk use of the same, its stage canvases spilled: a stage's inputs' files close
+    as its last pass goes past them while its output's grow, so at most the inputs and the hidden
+    canvas, or the output, are on disk at once (SD1.5 at 8192², fp16: 51.5 GB)."""
+    size = torch.tensor([], dtype=dtype).element_size()
+    peak = 0
+    for inputs, written in _program(vae, h, w, encoder):
+        if len(written) == 2:  # resnet: input + hidden, then (shrinking) they and the (growing) output
+            peak = max(peak, sum(inputs) + written[0], written[1])
+        else:
+            peak = max(peak, sum(inputs), *written)
+    return peak * size
+
+
+def synced_spill_host_bytes(vae: torch.nn.Module, h: int, w: int, dtype: torch.dtype, *,
+                            encoder: bool = False) -> int:
+    """Peak host memory of the exact decode with its stage canvases spilled: the canvases small
+    enough to stay (under SPILL_MIN_BYTES each) and two bands' worth (the bands read and written,
+    and the copy a written band is turned into for its file)."""
+    size = torch.tensor([], dtype=dtype).element_size()
+    small = max(sum(n for n in inputs + written if n * size < SPILL_MIN_BYTES)
+                for inputs, written in _program(vae, h, w, encoder))
+    return small * size + 2 * BAND_BYTES
+
+
+SCRATCH_MARGIN = 1 << 30  # bytes left free on the scratch disk beyond the decode's peak
+
+
+@dataclass(frozen=True)
+class StageStorage:
+    """Where the exact tiled decode (or encode) keeps its stage canvases: in host memory when they
+    fit half of what is free, else spilled to the scratch folder when its disk has room, else
+    nowhere (the caller falls back, and says so)."""
+
+    where: str  # "memory", "disk" or "none"
+    memory: int  # bytes: the canvases in host memory
+    budget: int  # bytes of host memory the decode may take now
+    disk: int  # bytes: the scratch disk's peak when spilled
+    free: int  # bytes free in the scratch folder
+    folder: Path
+
+    def describe(self, what: str) -> str:
+        """What a user is told up front about ``what`` ("the exact tiled decode of 8192x8192")."""
+        need = (f"{what} needs {self.memory / GiB:.1f} GiB of host memory for its stage canvases and "
+                f"{self.budget / GiB:.1f} GiB may be used now")
+        if self.where == "disk":
+            return (f"{need}: they spill to {self.folder} (up to {self.disk / GiB:.1f} GiB on disk, "
+                    f"{self.free / GiB:.1f} GiB free there), which makes it slower; set {SCRATCH_ENV} to use "
+                    "another disk")
+        return (f"{need}, and spilling them to {self.folder} would take {self.disk / GiB:.1f} GiB of its "
+                f"{self.free / GiB:.1f} GiB free (set {SCRATCH_ENV} to a folder on a larger disk)")
+
+
+def stage_storage(vae: torch.nn.Module, h: int, w: int, dtype: torch.dtype, *, encoder: bool = False,
+                  folder: Path | None = None) -> StageStorage:
+    """Choose where an exact tiled decode of an (h, w) latent canvas (with ``encoder``, an encode
+    of an (h, w) image) keeps its stage canvases, before any work."""
+    memory, budget = synced_host_bytes(vae, h, w, dtype, encoder=encoder), host_budget()
+    folder = scratch_dir() if folder is None else folder
+    disk = synced_disk_bytes(vae, h, w, dtype, encoder=encoder)
+    free = disk_free(folder)
+    if memory <= budget:
+        where = "memory"
+    elif disk + SCRATCH_MARGIN <= free and synced_spill_host_bytes(vae, h, w, dtype, encoder=encoder) <= budget:
+        where = "disk"
+    else:
+        where = "none"
+    return StageStorage(where, memory, budget, disk, free, folder)
+
+
 def _run_program(ops: list[tuple], x: torch.Tensor, device: torch.device, dtype: torch.dtype,
                  on_progress: Callable[[int, int], None], *, core: int, factor: float, attention_halo: int,
                  attention_whole: bool, convert: Callable[[np.ndarray], np.ndarray] | None,
-                 wrap: str = "none") -> Any:
+                 wrap: str = "none", spill: Path | None = None) -> Any:
     """Run a VAE half as a list of stages over host canvases (see the section comment).
 
     ``factor`` is feature-map px per latent px at the start (1 for the decoder, 8 for the
     encoder); ``convert`` (if given) turns the last stage's tiles into the output array. Along a
     ``wrap`` axis (x, y or xy) the halos come from the opposite edge: every convolution pads
-    circularly, so the picture continues across the edge (a seamless texture).
+    circularly, so the picture continues across the edge (a seamless texture). With ``spill`` (a
+    folder), canvases of SPILL_MIN_BYTES or more live in temporary files there.
     """
     wrap_y, wrap_x = "y" in wrap, "x" in wrap
     total = sum(2 if op[0] == "resnet" else 1 for op in ops)
     done = 0
     on_progress(0, total)
+    size = torch.tensor([], dtype=dtype).element_size()
+    opened: list[_Canvas] = []
 
-    def run(fn: Callable, inputs: list[torch.Tensor], halo: int, up: float, out_channels: int,
-            whole: bool = False, final: bool = False) -> Any:
+    def canvas(c: int, h: int, w: int, groups: int | None) -> _Canvas:
+        if spill is not None and c * h * w * size >= SPILL_MIN_BYTES:
+            made: _Canvas = _SpilledCanvas(c, h, w, dtype, groups, spill)
+        else:
+            made = _MemoryCanvas(c, h, w, dtype, groups)
+        opened.append(made)
+        return made
+
+    def run(fn: Callable, inputs: list[_Canvas], halo: int, up: float, out_channels: int, groups: int | None,
+            *, whole: bool = False, square: bool = False, final: bool = False, keep: bool = False) -> Any:
+        """One pass of a stage over the canvas, band by band; unless ``keep`` (a later pass reads
+        them again), the inputs' files close behind it."""
         nonlocal done
-        h, w = inputs[0].shape[-2:]
+        h, w = inputs[0].h, inputs[0].w
         step = max(h, w) if whole else int(core * factor)
         halo = 0 if whole else halo  # one tile holds the whole canvas: nothing to read around it
-
-        def crop(t: torch.Tensor, a0: int, a1: int, b0: int, b1: int) -> torch.Tensor:
-            if wrap_y and (a0 < 0 or a1 > h):
-                t = t.index_select(-2, torch.arange(a0, a1) % h)
-                a0, a1 = 0, a1 - a0
-            if wrap_x and (b0 < 0 or b1 > w):
-                t = t.index_select(-1, torch.arange(b0, b1) % w)
-                b0, b1 = 0, b1 - b0
-            return t[..., a0:a1, b0:b1]
 
         def at(v: int) -> int:  # input px -> output px (up is 2, 1 or 1/2 on even coordinates)
             return int(v * up)
 
-        # The last stage goes straight into the output dtype (uint8), tile by tile: no full-size
-        # float picture exists anywhere.
-        out: Any = None if final else torch.empty((1, out_channels, at(h), at(w)), dtype=dtype)
-        for y0 in range(0, h, step):
-            for x0 in range(0, w, step):
-                y1, x1 = min(y0 + step, h), min(x0 + step, w)
-                a0, a1 = (y0 - halo, y1 + halo) if wrap_y else (max(0, y0 - halo), min(h, y1 + halo))
+        out: Any = None if final else canvas(out_channels, at(h), at(w), groups)
+        rows, tile_w = step, step
+        spilled = any(isinstance(c, _SpilledCanvas) for c in [*inputs, out])
+        if spilled and not square:
+            # Bands of BAND_BYTES rather than a tile's height; tiles as wide as keeps their area.
+            per_row = sum(c.c for c in inputs) * w * size + out_channels * at(w) * up * size
+            rows = max(SPILL_ROWS_MIN, min(step, int(BAND_BYTES // per_row)) // 2 * 2)
+            tile_w = min(w, max(step, step * step // rows))
+
+        def columns(t: torch.Tensor, b0: int, b1: int) -> torch.Tensor:
+            if wrap_x and (b0 < 0 or b1 > w):
+                return t.index_select(-1, torch.arange(b0, b1) % w)
+            return t[..., b0:b1]
+
+        for y0 in range(0, h, rows):
+            y1 = min(y0 + rows, h)
+            a0, a1 = (y0 - halo, y1 + halo) if wrap_y else (max(0, y0 - halo), min(h, y1 + halo))
+            bands = [c.rows(a0, a1) for c in inputs]
+            target = None if final else out.band(at(y0), at(y1))
+            for x0 in range(0, w, tile_w):
+                x1 = min(x0 + tile_w, w)
                 b0, b1 = (x0 - halo, x1 + halo) if wrap_x else (max(0, x0 - halo), min(w, x1 + halo))
-                res = fn(*(crop(t, a0, a1, b0, b1).to(device).contiguous() for t in inputs))
+                res = fn(*(columns(b, b0, b1).to(device).contiguous() for b in bands))
                 part = res[..., at(y0 - a0) : at(y1 - a0), at(x0 - b0) : at(x1 - b0)]
                 if final:
+                    # The last stage goes straight into the output dtype (uint8), tile by tile: no
+                    # full-size float picture exists anywhere.
                     pixels = convert(part[0].float().permute(1, 2, 0).cpu().numpy())
                     if out is None:
                         out = np.empty((at(h), at(w), *pixels.shape[2:]), dtype=pixels.dtype)
                     out[at(y0) : at(y1), at(x0) : at(x1)] = pixels
                 else:
-                    out[..., at(y0) : at(y1), at(x0) : at(x1)] = part.to("cpu", dtype)
+                    target[..., at(x0) : at(x1)] = part.to("cpu", dtype)
+            del bands
+            if not final:
+                out.commit(at(y0), target)
+            if not keep and not wrap_y:  # (a wrapped canvas's last band reads its first rows again)
+                for c in inputs:
+                    c.release(y1 - halo)
         done += 1
         on_progress(done, total)
         return out
 
-    for k, (kind, *args) in enumerate(ops):
-        last = k == len(ops) - 1 and convert is not None
-        if kind == "module":
-            m, halo = args
-            x = run(m, [x], halo, 1, m.out_channels, final=last)
-        elif kind == "resnet":
-            m = args[0]
-            s1 = _group_stats(x, m.norm1.num_groups)
-            hidden = run(lambda t, m=m, s1=s1: m.conv1(m.nonlinearity(_norm(t, m.norm1, s1))), [x], 1, 1,
-                         m.conv1.out_channels)
-            s2 = _group_stats(hidden, m.norm2.num_groups)
+    try:
+        x_canvas: _Canvas = _MemoryCanvas(x.shape[1], x.shape[2], x.shape[3], dtype, None, data=x)
+        for k, (kind, *args) in enumerate(ops):
+            last = k == len(ops) - 1 and convert is not None
+            groups = _norm_groups(ops[k + 1]) if k + 1 < len(ops) else None
+            if kind == "module":
+                m, halo = args
+                result = run(m, [x_canvas], halo, 1, m.out_channels, groups, final=last)
+            elif kind == "resnet":
+                m = args[0]
+                s1 = x_canvas.stats(m.norm1.num_groups)
+                hidden = run(lambda t, m=m, s1=s1: m.conv1(m.nonlinearity(_norm(t, m.norm1, s1))), [x_canvas], 1,
+                             1, m.conv1.out_channels, m.norm2.num_groups, keep=True)
+                s2 = hidden.stats(m.norm2.num_groups)
 
-            def second(h: torch.Tensor, skip: torch.Tensor, m=m, s2=s2) -> torch.Tensor:
-                out = m.conv2(m.dropout(m.nonlinearity(_norm(h, m.norm2, s2))))
-                if m.conv_shortcut is not None:
-                    skip = m.conv_shortcut(skip)
-                return (skip + out) / m.output_scale_factor
+                def second(h: torch.Tensor, skip: torch.Tensor, m=m, s2=s2) -> torch.Tensor:
+                    out = m.conv2(m.dropout(m.nonlinearity(_norm(h, m.norm2, s2))))
+                    if m.conv_shortcut is not None:
+                        skip = m.conv_shortcut(skip)
+                    return (skip + out) / m.output_scale_factor
 
-            x = run(second, [hidden, x], 1, 1, m.conv2.out_channels)
-        elif kind == "attention":
-            m = args[0]
-            stats = _group_stats(x, m.group_norm.num_groups)
-            m.group_norm.forward = lambda t, n=m.group_norm, s=stats: _norm(t, n, s)  # shadows the method
-            try:
-                x = run(m, [x], int(attention_halo * factor), 1, x.shape[1], whole=attention_whole)
-            finally:
-                del m.group_norm.forward
-        elif kind == "upsample":  # nearest x2, then a 3x3 convolution at the new size
-            m = args[0]
-            x = run(m, [x], 1, 2, m.conv.out_channels)
-            factor *= 2
-        elif kind == "downsample":  # pad right/bottom by one, 3x3 convolution with stride 2
-            m = args[0]
-            x = run(m, [x], 2, 0.5, m.conv.out_channels)
-            factor /= 2
-        else:  # "out": GroupNorm, activation, convolution
-            norm, act, conv = args
-            stats = _group_stats(x, norm.num_groups)
-            x = run(lambda t, n=norm, a=act, c=conv, s=stats: c(a(_norm(t, n, s))), [x], 1, 1, conv.out_channels,
-                    final=last)
-    return x
+                result = run(second, [hidden, x_canvas], 1, 1, m.conv2.out_channels, groups)
+                hidden.close()
+            elif kind == "attention":
+                m = args[0]
+                stats = x_canvas.stats(m.group_norm.num_groups)
+                m.group_norm.forward = lambda t, n=m.group_norm, s=stats: _norm(t, n, s)  # shadows the method
+                try:
+                    result = run(m, [x_canvas], int(attention_halo * factor), 1, x_canvas.c, groups,
+                                 whole=attention_whole, square=True)
+                finally:
+                    del m.group_norm.forward
+            elif kind == "upsample":  # nearest x2, then a 3x3 convolution at the new size
+                m = args[0]
+                result = run(m, [x_canvas], 1, 2, m.conv.out_channels, groups)
+                factor *= 2
+            elif kind == "downsample":  # pad right/bottom by one, 3x3 convolution with stride 2
+                m = args[0]
+                result = run(m, [x_canvas], 2, 0.5, m.conv.out_channels, groups)
+                factor /= 2
+            else:  # "out": GroupNorm, activation, convolution
+                norm, act, conv = args
+                stats = x_canvas.stats(norm.num_groups)
+                result = run(lambda t, n=norm, a=act, c=conv, s=stats: c(a(_norm(t, n, s))), [x_canvas], 1, 1,
+                             conv.out_channels, groups, final=last)
+            x_canvas.close()
+            x_canvas = result
+        if isinstance(x_canvas, _Canvas):
+            return x_canvas.rows(0, x_canvas.h).contiguous()
+        return x_canvas
+    finally:
+        for c in opened:  # also after an error or a cancel: the scratch files go at once
+            c.close()
 
 
 @torch.no_grad()
@@ -276,25 +610,17 @@ def decode_synced(
     attention_halo: int = ATTENTION_HALO,
     attention_whole_px: int = ATTENTION_WHOLE_PX,
     wrap: str = "none",
+    spill: Path | None = None,
 ) -> np.ndarray:
     """Decode VAE-space latents ``z`` (1, C, h, w) — already divided by the scaling factor — tile by
     tile with whole-canvas GroupNorm statistics. Device memory holds one tile's stage; the host
-    holds up to three canvases of a stage (see :func:`synced_host_bytes`). ``wrap`` (x, y, xy):
+    holds up to three canvases of a stage (see :func:`synced_host_bytes`), or with ``spill`` (a
+    folder on a disk with :func:`synced_disk_bytes` free) bands of them. ``wrap`` (x, y, xy):
     circular padding across those edges."""
-    dec = vae.decoder
     device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
-    ops: list[tuple] = []
-    if getattr(vae, "post_quant_conv", None) is not None:
-        ops.append(("module", vae.post_quant_conv, 0))
-    ops.append(("module", dec.conv_in, 1))
-    ops += _mid_ops(dec.mid_block)
-    for block in dec.up_blocks:
-        ops += [("resnet", r) for r in block.resnets]
-        ops += [("upsample", u) for u in (block.upsamplers or [])]
-    ops.append(("out", dec.conv_norm_out, dec.conv_act, dec.conv_out))
-    return _run_program(ops, z.to("cpu", dtype), device, dtype, on_progress, core=core, factor=1,
+    return _run_program(_decoder_ops(vae), z.to("cpu", dtype), device, dtype, on_progress, core=core, factor=1,
                         attention_halo=attention_halo, convert=convert,
-                        attention_whole=z.shape[-2] * z.shape[-1] <= attention_whole_px, wrap=wrap)
+                        attention_whole=z.shape[-2] * z.shape[-1] <= attention_whole_px, wrap=wrap, spill=spill)
 
 
 @torch.no_grad()
@@ -306,23 +632,15 @@ def encode_synced(
     core: int = SYNC_CORE,
     attention_halo: int = ATTENTION_HALO,
     attention_whole_px: int = ATTENTION_WHOLE_PX,
+    spill: Path | None = None,
 ) -> torch.Tensor:
     """Encode an image (1, 3, H, W) in [-1, 1] (H and W multiples of the VAE's factor, 8 for SD)
     tile by tile with whole-canvas GroupNorm statistics; returns the latent distribution's moments
     (1, 2·C, H/8, W/8) on the host (mean, then log-variance), like ``vae.encode(...).latent_dist
     .parameters``. The same stages as :func:`decode_synced`, downsampling instead of upsampling."""
-    enc = vae.encoder
     device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
-    factor = 2 ** (len(enc.down_blocks) - 1)  # image px per latent px
-    ops: list[tuple] = [("module", enc.conv_in, 1)]
-    for block in enc.down_blocks:
-        ops += [("resnet", r) for r in block.resnets]
-        ops += [("downsample", d) for d in (block.downsamplers or [])]
-    ops += _mid_ops(enc.mid_block)
-    ops.append(("out", enc.conv_norm_out, enc.conv_act, enc.conv_out))
-    if getattr(vae, "quant_conv", None) is not None:
-        ops.append(("module", vae.quant_conv, 0))
+    factor = 2 ** (len(vae.encoder.down_blocks) - 1)  # image px per latent px
     h, w = image.shape[-2:]
-    return _run_program(ops, image.to("cpu", dtype), device, dtype, on_progress, core=core, factor=factor,
-                        attention_halo=attention_halo, convert=None,
-                        attention_whole=(h // factor) * (w // factor) <= attention_whole_px)
+    return _run_program(_encoder_ops(vae), image.to("cpu", dtype), device, dtype, on_progress, core=core,
+                        factor=factor, attention_halo=attention_halo, convert=None,
+                        attention_whole=(h // factor) * (w // factor) <= attention_whole_px, spill=spill)
