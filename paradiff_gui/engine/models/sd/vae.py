@@ -395,7 +395,8 @@ def synced_host_bytes(vae: torch.nn.Module, h: int, w: int, dtype: torch.dtype, 
 def synced_disk_bytes(vae: torch.nn.Module, h: int, w: int, dtype: torch.dtype, *, encoder: bool = False) -> int:
     """Peak scratch-disk use of the same, its stage canvases spilled: a stage's inputs' files close
     as its last pass goes past them while its output's grow, so at most the inputs and the hidden
-    canvas, or the output, are on disk at once (SD1.5 at 8192², fp16: 51.5 GB)."""
+    canvas, or the output, are on disk at once (SD1.5 at 8192², fp16: 51.5 GB), give or take the
+    files not yet closed behind the bands (four bands' worth at most)."""
     size = torch.tensor([], dtype=dtype).element_size()
     peak = 0
     for inputs, written in _program(vae, h, w, encoder):
@@ -403,7 +404,7 @@ def synced_disk_bytes(vae: torch.nn.Module, h: int, w: int, dtype: torch.dtype, 
             peak = max(peak, sum(inputs) + written[0], written[1])
         else:
             peak = max(peak, sum(inputs), *written)
-    return peak * size
+    return peak * size + 4 * BAND_BYTES
 
 
 def synced_spill_host_bytes(vae: torch.nn.Module, h: int, w: int, dtype: torch.dtype, *,
