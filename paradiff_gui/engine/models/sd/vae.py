@@ -2,10 +2,9 @@
 
 Two tiled decoders, so the GPU only ever holds one tile's activations:
 
-- :func:`decode_synced` (used whenever the host has room for it): stage by stage over the whole
-  canvas, every GroupNorm with whole-canvas statistics — equal to a whole decode up to float
-  rounding on canvases up to 128² latent px, and up to the middle block's attention (tile-local)
-  beyond;
+- :func:`decode_synced` (used whenever the host, or the scratch disk, has room for it): stage by
+  stage over the whole canvas, every GroupNorm with whole-canvas statistics and the middle
+  block's attention over the whole canvas — equal to a whole decode up to float rounding;
 - :func:`decode_latents`: overlapping latent tiles decoded independently (per-tile GroupNorm
   statistics: each tile its own brightness and contrast), cross-faded with cosine windows and
   assembled on the CPU; the fallback when the host cannot hold the exact decode's canvases.
@@ -97,11 +96,12 @@ def decode_latents(
 # the same sums.
 
 SYNC_CORE = 64  # latent px: the tile grid of every stage (scaled with the feature maps)
-ATTENTION_HALO = 16  # latent px of context around a tile for the middle block's attention
-# Up to this many latent px (128², a 1024² image) the attention runs on the whole canvas at
-# once, as in a whole decode; SDPA keeps its memory linear on a GPU (the CPU's math kernel holds
-# the 16k x 16k score matrix: 1 GiB).
-ATTENTION_WHOLE_PX = 128 * 128
+ATTENTION_HALO = 16  # latent px of context around a tile for the tile-local attention (an option)
+# The middle block's attention runs over the whole canvas, as in a whole decode, up to this many
+# latent px (None: always). Its cost grows with the square of the canvas (SD1.5 at 8192²: 2.2
+# PFLOP, against 0.5 PFLOP for all the convolutions); tile-local attention is the cheaper option.
+ATTENTION_WHOLE_PX: int | None = None
+ATTENTION_CHUNK_BYTES = 1 << 30  # the attention scores of one chunk of queries, if a kernel keeps them
 BAND_BYTES = 512 * 2**20  # a spilled stage's bands in host memory: its inputs' and its output's
 SPILL_MIN_BYTES = 64 * 2**20  # when spilling, smaller canvases stay in memory (at most three at once)
 SPILL_ROWS_MIN = 8  # feature-map rows of a spilled band, at least
@@ -348,13 +348,14 @@ def _encoder_ops(vae: torch.nn.Module) -> list[tuple]:
     return ops
 
 
-def _canvas_sizes(ops: list[tuple], px: int, channels: int, final: bool) -> list[tuple[list[int], list[int]]]:
-    """Per op, the element counts of its input canvases and of what it writes (its hidden canvas,
-    then its output; none for a final stage that goes straight into the picture)."""
+def _canvas_sizes(ops: list[tuple], px: int, channels: int, final: bool) -> list[tuple[list[int], list[int], int]]:
+    """Per op, the element counts of its input canvases, of what it writes (its hidden canvas, then
+    its output; none for a final stage that goes straight into the picture) and of what it keeps
+    on the device besides (the whole-canvas attention's keys and values)."""
     sizes = []
     for k, (kind, *args) in enumerate(ops):
         last = final and k == len(ops) - 1
-        inputs = [channels * px]
+        inputs, extra = [channels * px], 0
         if kind == "module":
             channels = args[0].out_channels
             written = [channels * px]
@@ -363,7 +364,7 @@ def _canvas_sizes(ops: list[tuple], px: int, channels: int, final: bool) -> list
             hidden, channels = m.conv1.out_channels, m.conv2.out_channels
             written = [hidden * px, channels * px]
         elif kind == "attention":
-            written = [channels * px]
+            written, extra = [channels * px], 2 * channels * px
         elif kind in ("upsample", "downsample"):
             m = args[0]
             channels = m.conv.out_channels if hasattr(m, "conv") else m.channels
@@ -372,11 +373,11 @@ def _canvas_sizes(ops: list[tuple], px: int, channels: int, final: bool) -> list
         else:  # out
             channels = args[2].out_channels
             written = [channels * px]
-        sizes.append((inputs, [] if last else written))
+        sizes.append((inputs, [] if last else written, extra))
     return sizes
 
 
-def _program(vae: torch.nn.Module, h: int, w: int, encoder: bool) -> list[tuple[list[int], list[int]]]:
+def _program(vae: torch.nn.Module, h: int, w: int, encoder: bool) -> list[tuple[list[int], list[int], int]]:
     if encoder:
         return _canvas_sizes(_encoder_ops(vae), h * w, vae.encoder.conv_in.in_channels, final=False)
     return _canvas_sizes(_decoder_ops(vae), h * w, vae.decoder.conv_in.in_channels, final=True)
@@ -386,10 +387,11 @@ def synced_host_bytes(vae: torch.nn.Module, h: int, w: int, dtype: torch.dtype, 
     """Peak host memory of the exact decode (or, with ``encoder``, encode of an (h, w) image) of an
     (h, w) latent canvas, its stage canvases in memory: the largest set alive at once — for a
     resnet block its input (kept for the skip connection), the hidden canvas and the output; for
-    an upsampler its input and its output. (SD1.5 at 4096², fp16: the last block's first resnet,
-    256 + 2·128 channels at full size: 17.2 GB.)"""
+    an upsampler its input and its output; for the attention its input and output, and the keys
+    and values (on the device, which on a CPU is the host). (SD1.5 at 4096², fp16: the last
+    block's first resnet, 256 + 2·128 channels at full size: 17.2 GB.)"""
     size = torch.tensor([], dtype=dtype).element_size()
-    return max(sum(inputs) + sum(written) for inputs, written in _program(vae, h, w, encoder)) * size
+    return max(sum(inputs) + sum(written) + extra for inputs, written, extra in _program(vae, h, w, encoder)) * size
 
 
 def synced_disk_bytes(vae: torch.nn.Module, h: int, w: int, dtype: torch.dtype, *, encoder: bool = False) -> int:
@@ -399,7 +401,7 @@ def synced_disk_bytes(vae: torch.nn.Module, h: int, w: int, dtype: torch.dtype, 
     files not yet closed behind the bands (four bands' worth at most)."""
     size = torch.tensor([], dtype=dtype).element_size()
     peak = 0
-    for inputs, written in _program(vae, h, w, encoder):
+    for inputs, written, _ in _program(vae, h, w, encoder):
         if len(written) == 2:  # resnet: input + hidden, then (shrinking) they and the (growing) output
             peak = max(peak, sum(inputs) + written[0], written[1])
         else:
@@ -410,11 +412,12 @@ def synced_disk_bytes(vae: torch.nn.Module, h: int, w: int, dtype: torch.dtype, 
 def synced_spill_host_bytes(vae: torch.nn.Module, h: int, w: int, dtype: torch.dtype, *,
                             encoder: bool = False) -> int:
     """Peak host memory of the exact decode with its stage canvases spilled: the canvases small
-    enough to stay (under SPILL_MIN_BYTES each) and two bands' worth (the bands read and written,
-    and the copy a written band is turned into for its file)."""
+    enough to stay (under SPILL_MIN_BYTES each), the attention's keys and values (counted here
+    whatever the device) and two bands' worth (the bands read and written, and the copy a written
+    band is turned into for its file)."""
     size = torch.tensor([], dtype=dtype).element_size()
-    small = max(sum(n for n in inputs + written if n * size < SPILL_MIN_BYTES)
-                for inputs, written in _program(vae, h, w, encoder))
+    small = max(sum(n for n in inputs + written if n * size < SPILL_MIN_BYTES) + extra
+                for inputs, written, extra in _program(vae, h, w, encoder))
     return small * size + 2 * BAND_BYTES
 
 
@@ -433,6 +436,7 @@ class StageStorage:
     disk: int  # bytes: the scratch disk's peak when spilled
     free: int  # bytes free in the scratch folder
     folder: Path
+    spilled_memory: int = 0  # bytes of host memory when spilled (bands, small canvases)
 
     def describe(self, what: str) -> str:
         """What a user is told up front about ``what`` ("the exact tiled decode of 8192x8192")."""
@@ -442,6 +446,8 @@ class StageStorage:
             return (f"{need}: they spill to {self.folder} (up to {self.disk / GiB:.1f} GiB on disk, "
                     f"{self.free / GiB:.1f} GiB free there), which makes it slower; set {SCRATCH_ENV} to use "
                     "another disk")
+        if self.spilled_memory > self.budget:
+            return f"{need}, and {self.spilled_memory / GiB:.1f} GiB even with its canvases spilled to disk"
         return (f"{need}, and spilling them to {self.folder} would take {self.disk / GiB:.1f} GiB of its "
                 f"{self.free / GiB:.1f} GiB free (set {SCRATCH_ENV} to a folder on a larger disk)")
 
@@ -454,13 +460,14 @@ def stage_storage(vae: torch.nn.Module, h: int, w: int, dtype: torch.dtype, *, e
     folder = scratch_dir() if folder is None else folder
     disk = synced_disk_bytes(vae, h, w, dtype, encoder=encoder)
     free = disk_free(folder)
+    spilled = synced_spill_host_bytes(vae, h, w, dtype, encoder=encoder)
     if memory <= budget:
         where = "memory"
-    elif disk + SCRATCH_MARGIN <= free and synced_spill_host_bytes(vae, h, w, dtype, encoder=encoder) <= budget:
+    elif disk + SCRATCH_MARGIN <= free and spilled <= budget:
         where = "disk"
     else:
         where = "none"
-    return StageStorage(where, memory, budget, disk, free, folder)
+    return StageStorage(where, memory, budget, disk, free, folder, spilled)
 
 
 def _run_program(ops: list[tuple], x: torch.Tensor, device: torch.device, dtype: torch.dtype,
@@ -491,13 +498,12 @@ def _run_program(ops: list[tuple], x: torch.Tensor, device: torch.device, dtype:
         return made
 
     def run(fn: Callable, inputs: list[_Canvas], halo: int, up: float, out_channels: int, groups: int | None,
-            *, whole: bool = False, square: bool = False, final: bool = False, keep: bool = False) -> Any:
+            *, square: bool = False, final: bool = False, keep: bool = False) -> Any:
         """One pass of a stage over the canvas, band by band; unless ``keep`` (a later pass reads
         them again), the inputs' files close behind it."""
         nonlocal done
         h, w = inputs[0].h, inputs[0].w
-        step = max(h, w) if whole else int(core * factor)
-        halo = 0 if whole else halo  # one tile holds the whole canvas: nothing to read around it
+        step = int(core * factor)
 
         def at(v: int) -> int:  # input px -> output px (up is 2, 1 or 1/2 on even coordinates)
             return int(v * up)
@@ -545,6 +551,52 @@ def _run_program(ops: list[tuple], x: torch.Tensor, device: torch.device, dtype:
         on_progress(done, total)
         return out
 
+    def attend(m: Any, x_canvas: _Canvas, stats: tuple[torch.Tensor, torch.Tensor], groups: int | None) -> _Canvas:
+        """The middle block's self-attention over the whole canvas, as diffusers' AttnProcessor2_0
+        computes it, one query tile at a time: a first pass puts every pixel's key and value on the
+        device (attention has no positions, so their order is free), the second lets each tile's
+        queries attend to all of them."""
+        h, w, step = x_canvas.h, x_canvas.w, int(core * factor)
+
+        def tokens(t: torch.Tensor) -> torch.Tensor:  # (1, C, th, tw) -> normalised (1, th·tw, C)
+            return _norm(t, m.group_norm, stats).flatten(2).transpose(1, 2)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (1, n, inner) -> (1, heads, n, inner / heads)
+            return t.view(1, t.shape[1], m.heads, -1).transpose(1, 2)
+
+        keys = values = None
+        filled = 0
+        for y0 in range(0, h, step):
+            band = x_canvas.rows(y0, min(y0 + step, h))
+            for x0 in range(0, w, step):
+                tok = tokens(band[..., x0 : x0 + step].to(device).contiguous())
+                k, v = m.to_k(tok), m.to_v(tok)
+                if keys is None:
+                    keys = torch.empty((1, h * w, k.shape[-1]), device=device, dtype=k.dtype)
+                    values = torch.empty((1, h * w, v.shape[-1]), device=device, dtype=v.dtype)
+                keys[:, filled : filled + k.shape[1]] = k
+                values[:, filled : filled + v.shape[1]] = v
+                filled += k.shape[1]
+        keys, values = heads(keys), heads(values)
+        if m.norm_k is not None:
+            keys = m.norm_k(keys)
+        chunk = max(64, ATTENTION_CHUNK_BYTES // (4 * h * w))  # queries at once: the score rows stay bounded
+
+        def tile(t: torch.Tensor) -> torch.Tensor:
+            _, c, th, tw = t.shape
+            q = heads(m.to_q(tokens(t)))
+            if m.norm_q is not None:
+                q = m.norm_q(q)
+            out = torch.cat([torch.nn.functional.scaled_dot_product_attention(q[:, :, i : i + chunk], keys, values)
+                             for i in range(0, q.shape[2], chunk)], dim=2)
+            out = m.to_out[1](m.to_out[0](out.transpose(1, 2).reshape(1, th * tw, -1).to(q.dtype)))
+            out = out.transpose(1, 2).reshape(1, c, th, tw)
+            if m.residual_connection:
+                out = out + t
+            return out / m.rescale_output_factor
+
+        return run(tile, [x_canvas], 0, 1, x_canvas.c, groups, square=True)  # (keys and values go with it)
+
     try:
         x_canvas: _Canvas = _MemoryCanvas(x.shape[1], x.shape[2], x.shape[3], dtype, None, data=x)
         for k, (kind, *args) in enumerate(ops):
@@ -568,13 +620,15 @@ def _run_program(ops: list[tuple], x: torch.Tensor, device: torch.device, dtype:
 
                 result = run(second, [hidden, x_canvas], 1, 1, m.conv2.out_channels, groups)
                 hidden.close()
-            elif kind == "attention":
+            elif kind == "attention" and attention_whole:
+                m = args[0]
+                result = attend(m, x_canvas, x_canvas.stats(m.group_norm.num_groups), groups)
+            elif kind == "attention":  # tile-local: each tile attends within its halo
                 m = args[0]
                 stats = x_canvas.stats(m.group_norm.num_groups)
                 m.group_norm.forward = lambda t, n=m.group_norm, s=stats: _norm(t, n, s)  # shadows the method
                 try:
-                    result = run(m, [x_canvas], int(attention_halo * factor), 1, x_canvas.c, groups,
-                                 whole=attention_whole, square=True)
+                    result = run(m, [x_canvas], int(attention_halo * factor), 1, x_canvas.c, groups, square=True)
                 finally:
                     del m.group_norm.forward
             elif kind == "upsample":  # nearest x2, then a 3x3 convolution at the new size
@@ -609,7 +663,7 @@ def decode_synced(
     convert: Callable[[np.ndarray], np.ndarray] = to_uint8,
     core: int = SYNC_CORE,
     attention_halo: int = ATTENTION_HALO,
-    attention_whole_px: int = ATTENTION_WHOLE_PX,
+    attention_whole_px: int | None = ATTENTION_WHOLE_PX,
     wrap: str = "none",
     spill: Path | None = None,
 ) -> np.ndarray:
@@ -619,9 +673,10 @@ def decode_synced(
     folder on a disk with :func:`synced_disk_bytes` free) bands of them. ``wrap`` (x, y, xy):
     circular padding across those edges."""
     device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
+    whole = attention_whole_px is None or z.shape[-2] * z.shape[-1] <= attention_whole_px
     return _run_program(_decoder_ops(vae), z.to("cpu", dtype), device, dtype, on_progress, core=core, factor=1,
-                        attention_halo=attention_halo, convert=convert,
-                        attention_whole=z.shape[-2] * z.shape[-1] <= attention_whole_px, wrap=wrap, spill=spill)
+                        attention_halo=attention_halo, convert=convert, attention_whole=whole, wrap=wrap,
+                        spill=spill)
 
 
 @torch.no_grad()
@@ -632,7 +687,7 @@ def encode_synced(
     *,
     core: int = SYNC_CORE,
     attention_halo: int = ATTENTION_HALO,
-    attention_whole_px: int = ATTENTION_WHOLE_PX,
+    attention_whole_px: int | None = ATTENTION_WHOLE_PX,
     spill: Path | None = None,
 ) -> torch.Tensor:
     """Encode an image (1, 3, H, W) in [-1, 1] (H and W multiples of the VAE's factor, 8 for SD)
@@ -642,6 +697,6 @@ def encode_synced(
     device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
     factor = 2 ** (len(vae.encoder.down_blocks) - 1)  # image px per latent px
     h, w = image.shape[-2:]
+    whole = attention_whole_px is None or (h // factor) * (w // factor) <= attention_whole_px
     return _run_program(_encoder_ops(vae), image.to("cpu", dtype), device, dtype, on_progress, core=core,
-                        factor=factor, attention_halo=attention_halo, convert=None,
-                        attention_whole=(h // factor) * (w // factor) <= attention_whole_px, spill=spill)
+                        factor=factor, attention_halo=attention_halo, convert=None, attention_whole=whole, spill=spill)
