@@ -16,7 +16,8 @@ values; nothing is downloaded). Measures, on the same card in the same process:
 7. a 16384² SD1.5 generation (one step) to the end: peak VRAM, peak host memory, decode method;
 8. Paradiff at batch B again with ``--compile`` (torch.compile, channels-last);
 9. bridges (issue 12): ms per view at 2048² with full and attention bridges against bridges off,
-   the same request otherwise (target: full ≤ 1.15× off).
+   the same request otherwise (target: full ≤ 1.15× off);
+10. the exact tiled decode alone at 4096² and 8192²: where its stage canvases go, time, VRAM.
 
 Writes ``benchmarks/results/gpu-<card>.json`` (card, driver, torch, diffusers, date).
 """
@@ -305,6 +306,33 @@ def main() -> int:
                          "full_to_off": round(per_view["full"] / per_view["off"], 3),
                          "attention_to_off": round(per_view["attention"] / per_view["off"], 3),
                          "timed": "median step time over steps 1.., divided by the plan's tiles; previews on"})
+
+    # 10. The exact tiled decode alone (issue 14): SD1.5's VAE at 4096² and 8192², where the
+    #     planner puts its stage canvases (memory, or spilled to $PARADIFF_SCRATCH), its time and
+    #     the peak VRAM; a smooth random latent.
+    from paradiff_gui.engine.models.sd import vae as vae_mod
+
+    decodes = {}
+    for side in (4096 // s, 8192 // s):
+        h = side // den.scale
+        coarse = torch.randn(1, 4, h // 8, h // 8, generator=torch.Generator().manual_seed(1))
+        z = torch.nn.functional.interpolate(coarse, size=(h, h), mode="bicubic")
+        store = vae_mod.stage_storage(den.vae, h, h, den._vae_dtype)
+        row = {"where": store.where, "host_estimate_gib": round(store.memory / GiB, 1),
+               "disk_estimate_gib": round(store.disk / GiB, 1), "scratch_free_gib": round(store.free / GiB, 1)}
+        if store.where != "none":
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            sync(device)
+            t0 = time.perf_counter()
+            vae_mod.decode_synced(den.vae, z.to(den._vae_dtype), lambda d, n: None,
+                                  spill=store.folder if store.where == "disk" else None)
+            sync(device)
+            row["seconds"] = round(time.perf_counter() - t0, 2)
+            if device.type == "cuda":
+                row["peak_vram_gib"] = round(torch.cuda.max_memory_allocated() / GiB, 2)
+        decodes[f"{side}x{side}"] = row
+    log("exact_decode", {**decodes, "timed": "decode_synced alone (latents on the host in, uint8 picture out)"})
 
     # 8. torch.compile (and channels-last on CUDA): Paradiff ms/view at batch B again, compiled.
     if args.smoke:

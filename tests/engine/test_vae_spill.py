@@ -101,8 +101,10 @@ def test_a_stopped_decode_closes_its_scratch_files(tmp_path, spill_everything):
     assert _open_in(tmp_path) == []
 
 
-def test_files_close_behind_the_last_reader(tmp_path, spill_everything):
-    # Never the whole of every canvas at once: the disk's peak is what synced_disk_bytes says.
+@pytest.mark.parametrize("wrap", ["none", "xy"])
+def test_files_close_behind_the_last_reader(tmp_path, spill_everything, wrap):
+    # Never the whole of every canvas at once: the disk's peak is what synced_disk_bytes says
+    # (across a wrapped edge too, where the first rows are kept for the last band).
     peak = [0]
     real_store = V._SpilledCanvas._store
 
@@ -114,7 +116,7 @@ def test_files_close_behind_the_last_reader(tmp_path, spill_everything):
     V._SpilledCanvas._store = store
     try:
         with torch.no_grad():
-            V.decode_synced(VAE, _latent(), lambda d, n: None, spill=tmp_path)
+            V.decode_synced(VAE, _latent(), lambda d, n: None, spill=tmp_path, wrap=wrap)
     finally:
         V._SpilledCanvas._store = real_store
     bound = V.synced_disk_bytes(VAE, 96, 160, torch.float32)

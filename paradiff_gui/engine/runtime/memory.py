@@ -127,8 +127,9 @@ def check_fits(fp: Footprint, tile_batch: int, free_bytes: int | None, device_ty
 # picture and its weight sum: 16 bytes a pixel; the terrain decode's float64 heights: 24), an init
 # image as float32, the regions' mixing weights — and on a CPU the device's own footprint (weights,
 # the denoising canvases, one tile batch), since there the device *is* the host. The exact tiled
-# decode's stage canvases are not counted: it runs only when they fit and otherwise falls back,
-# saying so (see models/sd/vae.py).
+# decode's stage canvases are not counted: they stay in memory only when half the free memory
+# holds them, and otherwise spill to the scratch disk (host memory then holds bands of them) or
+# give way to the per-tile decoder, which is said up front (see models/sd/vae.py).
 
 HOST_DECODE_BYTES_PER_PX = {"rgb": 16, "height": 24}  # working copies of the decode, per image px
 # The process itself: Python, torch, diffusers and their libraries (a 1024² terrain run, 1 step,

@@ -24,7 +24,7 @@ import torch
 
 from ...core import blend
 from ...core.plan import TilePlan
-from ...runtime.memory import SCRATCH_ENV, GiB, disk_free, scratch_dir
+from ...runtime.memory import SCRATCH_ENV, GiB, disk_free, host_available, scratch_dir
 
 DECODE_TILE = 64  # latent px (512 image px for SD)
 DECODE_OVERLAP = 16  # latent px
@@ -82,8 +82,9 @@ def decode_latents(
 # whose group statistics (float64) are summed as its bands are written, and the next stage reads
 # each tile's core plus a halo of one pixel (what its 3x3 convolution needs) from it.
 # Convolutions and normalisation are then exact. The middle block's self-attention spans the
-# whole latent canvas in a whole decode; up to ATTENTION_WHOLE_PX it does here too, beyond it
-# each tile attends within a 16 px halo.
+# whole latent canvas in a whole decode, and here too: every pixel's key and value are put on the
+# device first, then each tile's queries attend to all of them (tile-local attention, within a
+# 16 px halo, remains as a cheaper option: ATTENTION_WHOLE_PX).
 #
 # Stage canvases are large (SD1.5 at 8192², fp16: up to 68.7 GB alive at once), so where the
 # host cannot hold them they are *spilled*: each band goes to an anonymous temporary file in a
@@ -108,11 +109,11 @@ SPILL_ROWS_MIN = 8  # feature-map rows of a spilled band, at least
 
 
 def host_budget() -> int:
-    """Host memory the exact decode may take: half of what is free now (8 GiB if unknown)."""
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
-    except (AttributeError, ValueError, OSError):
-        return 8 << 30
+    """Host memory the exact decode may take: half of what the kernel can give now without
+    swapping (MemAvailable: the page cache a spilled decode fills counts as available), 8 GiB if
+    unknown."""
+    available = host_available()
+    return 8 << 30 if available is None else available // 2
 
 
 class _Stats:
@@ -202,8 +203,8 @@ class _Canvas:
             y += end - start
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
 
-    def release(self, below: int) -> None:
-        """No reader needs rows above ``below`` any more."""
+    def release(self, below: int, keep_top: int = 0) -> None:
+        """No reader needs rows above ``below`` any more, except the first ``keep_top``."""
 
     def close(self) -> None:
         """Nobody reads this canvas any more."""
@@ -285,10 +286,10 @@ class _SpilledCanvas(_Canvas):
                               (lo - y0) * self.row_bytes)
         return out.permute(1, 0, 2)[None]
 
-    def release(self, below: int) -> None:
+    def release(self, below: int, keep_top: int = 0) -> None:
         keep = []
         for y0, y1, f in self.chunks:
-            if y1 <= below:
+            if y1 <= below and y0 >= keep_top:
                 f.close()  # the file was unlinked at creation: its space goes back now
             else:
                 keep.append((y0, y1, f))
@@ -544,9 +545,9 @@ def _run_program(ops: list[tuple], x: torch.Tensor, device: torch.device, dtype:
             del bands
             if not final:
                 out.commit(at(y0), target)
-            if not keep and not wrap_y:  # (a wrapped canvas's last band reads its first rows again)
+            if not keep:  # (across a wrapped edge, the last band reads the first rows again)
                 for c in inputs:
-                    c.release(y1 - halo)
+                    c.release(y1 - halo, keep_top=halo if wrap_y else 0)
         done += 1
         on_progress(done, total)
         return out
