@@ -18,7 +18,10 @@ def test_bench_gpu_smoke_run_writes_every_section(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert {"unet_vs_paradiff", "panorama_vs_paradiff", "end_to_end_4096", "vram_8192", "end_to_end_16384",
-            "bridges_2048"} <= set(r)
+            "bridges_2048", "exact_decode"} <= set(r)
+    decodes = {k: v for k, v in r["exact_decode"].items() if k != "timed"}
+    assert set(decodes) == {"512x512", "1024x1024"} and r["exact_decode"]["timed"]
+    assert all(d["where"] in ("memory", "disk") and d["seconds"] > 0 for d in decodes.values())
     br = r["bridges_2048"]
     assert set(br["ms_per_view"]) == {"off", "full", "attention"} and all(v > 0 for v in br["ms_per_view"].values())
     a, b = br["ms_per_view"]["full"], br["ms_per_view"]["off"]
