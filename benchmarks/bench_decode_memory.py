@@ -91,6 +91,7 @@ print(json.dumps({{"width": width, "height": height, "store": store, "device": d
                   "scratch_peak_gib": round(disk_peak[0] / 2**30, 2),
                   "estimate_in_memory_gib": round(V.synced_host_bytes(vae, h, w, dtype) / 2**30, 2),
                   "estimate_spilled_host_gib": round(V.synced_spill_host_bytes(vae, h, w, dtype) / 2**30, 2),
+                  "estimate_tile_gib": round(V.synced_tile_bytes(vae, h, w, dtype) / 2**30, 2),
                   "estimate_disk_gib": round(V.synced_disk_bytes(vae, h, w, dtype) / 2**30, 2),
                   "picture": list(image.shape)}}))
 """

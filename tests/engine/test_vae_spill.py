@@ -150,11 +150,14 @@ def test_sd15_stage_canvases_in_memory_and_on_disk():
 
 
 def test_where_the_canvases_go_is_chosen_up_front(tmp_path, monkeypatch):
-    need = V.synced_host_bytes(VAE, 96, 160, torch.float32)
+    # On a CPU (the tiny VAE here) the tiles' activations are host memory as well.
+    tile = V.synced_tile_bytes(VAE, 96, 160, torch.float32)
+    assert 0 < tile < V.synced_host_bytes(VAE, 96, 160, torch.float32)
+    need = V.synced_host_bytes(VAE, 96, 160, torch.float32) + tile
     monkeypatch.setattr(V, "SPILL_MIN_BYTES", 0)
     monkeypatch.setattr(V, "BAND_BYTES", 1 << 18)
     monkeypatch.setattr(V, "SCRATCH_MARGIN", 0)
-    spill_host = V.synced_spill_host_bytes(VAE, 96, 160, torch.float32)
+    spill_host = V.synced_spill_host_bytes(VAE, 96, 160, torch.float32) + tile
     disk = V.synced_disk_bytes(VAE, 96, 160, torch.float32)
 
     def choose(budget: int, free: int) -> V.StageStorage:
@@ -172,6 +175,11 @@ def test_where_the_canvases_go_is_chosen_up_front(tmp_path, monkeypatch):
     assert f"{need / 2**30:.1f} GiB of host memory" in said and "PARADIFF_SCRATCH" in said
 
 
+def _in_memory(vae) -> int:
+    """What the exact decode of a 1024x512 canvas needs in memory on a CPU: canvases and tiles."""
+    return V.synced_host_bytes(vae, 64, 128, torch.float32) + V.synced_tile_bytes(vae, 64, 128, torch.float32)
+
+
 def test_generate_spills_says_so_and_gives_the_same_picture(tmp_path, monkeypatch):
     from paradiff_gui.engine import GenerationRequest, events, generate
     from paradiff_gui.engine.models.sd.backend import SDDenoiser
@@ -184,7 +192,7 @@ def test_generate_spills_says_so_and_gives_the_same_picture(tmp_path, monkeypatc
     monkeypatch.setenv("PARADIFF_SCRATCH", str(tmp_path))
     monkeypatch.setattr(V, "SPILL_MIN_BYTES", 0)
     monkeypatch.setattr(V, "BAND_BYTES", 1 << 20)
-    monkeypatch.setattr(V, "host_budget", lambda: V.synced_host_bytes(den.vae, 64, 128, torch.float32) - 1)
+    monkeypatch.setattr(V, "host_budget", lambda: _in_memory(den.vae) - 1)
     seen = []
     spilled = generate(req, seen.append, denoiser=den)
     notices = [i for i, e in enumerate(seen) if isinstance(e, events.Notice) and "spill to" in e.message]
@@ -204,7 +212,7 @@ def test_a_cancel_during_a_long_decode_stops_it(tmp_path, monkeypatch):
     monkeypatch.setenv("PARADIFF_SCRATCH", str(tmp_path))
     monkeypatch.setattr(V, "SPILL_MIN_BYTES", 0)
     monkeypatch.setattr(V, "BAND_BYTES", 1 << 20)
-    monkeypatch.setattr(V, "host_budget", lambda: V.synced_host_bytes(den.vae, 64, 128, torch.float32) - 1)
+    monkeypatch.setattr(V, "host_budget", lambda: _in_memory(den.vae) - 1)
     cancel = CancelToken()
     seen = []
 
