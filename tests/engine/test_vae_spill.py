@@ -50,7 +50,8 @@ def spill_everything(monkeypatch):
 
 @torch.no_grad()
 @pytest.mark.parametrize("wrap", ["none", "xy"])
-def test_a_spilled_decode_is_the_in_memory_decode(tmp_path, spill_everything, wrap):
+@pytest.mark.parametrize("recompute", [False, True])
+def test_a_spilled_decode_is_the_in_memory_decode(tmp_path, spill_everything, wrap, recompute):
     z = _latent()
     kept = V.decode_synced(VAE, z, lambda d, n: None, convert=lambda a: a, wrap=wrap)
     seen: list[list[str]] = []
@@ -61,7 +62,7 @@ def test_a_spilled_decode_is_the_in_memory_decode(tmp_path, spill_everything, wr
         seen.append(_open_in(tmp_path))
         assert os.listdir(tmp_path) == []
 
-    spilled = V.decode_synced(VAE, z, progress, convert=lambda a: a, wrap=wrap, spill=tmp_path)
+    spilled = V.decode_synced(VAE, z, progress, convert=lambda a: a, wrap=wrap, spill=tmp_path, recompute=recompute)
     assert any(seen) and all(name.endswith("(deleted)") for names in seen for name in names)
     # Bands of a few rows change the convolutions' shapes, nothing else: float rounding.
     assert np.abs(spilled - kept).max() < 2e-4
@@ -102,9 +103,14 @@ def test_a_stopped_decode_closes_its_scratch_files(tmp_path, spill_everything):
 
 
 @pytest.mark.parametrize("wrap", ["none", "xy"])
-def test_files_close_behind_the_last_reader(tmp_path, spill_everything, wrap):
+@pytest.mark.parametrize("recompute", [False, True])
+def test_files_close_behind_the_last_reader(tmp_path, monkeypatch, wrap, recompute):
     # Never the whole of every canvas at once: the disk's peak is what synced_disk_bytes says
-    # (across a wrapped edge too, where the first rows are kept for the last band).
+    # (across a wrapped edge too, where the first rows are kept for the last band); with the
+    # hidden canvases recomputed, less. (Bands of 1 MiB: small, yet never below SPILL_ROWS_MIN
+    # rows, which would make them larger than BAND_BYTES.)
+    monkeypatch.setattr(V, "SPILL_MIN_BYTES", 0)
+    monkeypatch.setattr(V, "BAND_BYTES", 1 << 20)
     peak = [0]
     real_store = V._SpilledCanvas._store
 
@@ -116,11 +122,13 @@ def test_files_close_behind_the_last_reader(tmp_path, spill_everything, wrap):
     V._SpilledCanvas._store = store
     try:
         with torch.no_grad():
-            V.decode_synced(VAE, _latent(), lambda d, n: None, spill=tmp_path, wrap=wrap)
+            V.decode_synced(VAE, _latent(), lambda d, n: None, spill=tmp_path, wrap=wrap, recompute=recompute)
     finally:
         V._SpilledCanvas._store = real_store
-    bound = V.synced_disk_bytes(VAE, 96, 160, torch.float32)
+    bound = V.synced_disk_bytes(VAE, 96, 160, torch.float32, recompute=recompute)
     assert 0 < peak[0] <= bound < V.synced_host_bytes(VAE, 96, 160, torch.float32)
+    if recompute:
+        assert bound < V.synced_disk_bytes(VAE, 96, 160, torch.float32)
 
 
 def _fds_in(folder: Path) -> list[str]:
@@ -146,6 +154,9 @@ def test_sd15_stage_canvases_in_memory_and_on_disk():
     # (128) at 8192² on disk; host memory keeps two bands, and at the attention its keys and values
     # (512 channels each at 1024² latent px: 2 GiB, on the device).
     assert round((V.synced_disk_bytes(sd15, 1024, 1024, torch.float16) - 4 * V.BAND_BYTES) / gb, 1) == 51.5
+    # Recomputing the hidden canvases instead: the upsampler's output (256 channels at 8192²).
+    leaner = V.synced_disk_bytes(sd15, 1024, 1024, torch.float16, recompute=True)
+    assert round((leaner - 4 * V.BAND_BYTES) / gb, 1) == 34.4
     assert V.synced_spill_host_bytes(sd15, 1024, 1024, torch.float16) == 2 * 2**30 + 2 * V.BAND_BYTES
 
 
@@ -168,10 +179,14 @@ def test_where_the_canvases_go_is_chosen_up_front(tmp_path, monkeypatch):
     assert choose(need, 0).where == "memory"
     spilled = choose(need - 1, disk)
     assert spilled.where == "disk" and str(tmp_path) in spilled.describe("the exact tiled decode of 1280x768")
-    assert choose(need - 1, disk - 1).where == "none"  # the disk is too small
+    leaner = V.synced_disk_bytes(VAE, 96, 160, torch.float32, recompute=True)
+    tight = choose(need - 1, disk - 1)  # the disk holds the canvases only without the hidden ones
+    assert tight.where == "disk" and tight.recompute and tight.disk == leaner and "twice" in tight.describe("it")
+    assert not spilled.recompute
+    assert choose(need - 1, leaner - 1).where == "none"  # the disk is too small
     assert choose(spill_host - 1, 10 * disk).where == "none"  # not even the bands fit
     assert "even with its canvases spilled" in choose(spill_host - 1, 10 * disk).describe("the exact tiled decode")
-    said = choose(need - 1, disk - 1).describe("the exact tiled decode of 1280x768")
+    said = choose(need - 1, leaner - 1).describe("the exact tiled decode of 1280x768")
     assert f"{need / 2**30:.1f} GiB of host memory" in said and "PARADIFF_SCRATCH" in said
 
 

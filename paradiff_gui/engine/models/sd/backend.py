@@ -38,6 +38,7 @@ from . import preview as previews
 from .schedulers import make_scheduler
 from .vae import (
     DECODE_THRESHOLD,
+    StageStorage,
     decode_latents,
     decode_synced,
     encode_synced,
@@ -117,16 +118,16 @@ class SDDenoiser:
                 self._check_encode(request.height, request.width, said)
         return said
 
-    def _check_encode(self, height: int, width: int, said: list[str] | None = None) -> Path | None:
-        """Where the exact tiled encode of a (height, width) picture keeps its stages (None: in
-        memory); refuses, naming init_image, an encode that fits neither memory nor disk."""
+    def _check_encode(self, height: int, width: int, said: list[str] | None = None) -> StageStorage:
+        """Where the exact tiled encode of a (height, width) picture keeps its stages (a
+        StageStorage); refuses, naming init_image, an encode that fits neither memory nor disk."""
         store = stage_storage(self.vae, height, width, self._vae_dtype, encoder=True)
         what = f"encoding the {width}x{height} init image"
         if store.where == "none":
             raise RequestError("init_image", f"{store.describe(what)}; use a smaller size or free some memory")
         if store.where == "disk" and said is not None:
             said.append(store.describe(what))
-        return store.folder if store.where == "disk" else None
+        return store
 
     def make_scheduler(self, sampler: str) -> Any:
         return make_scheduler(sampler, self.scheduler_config)
@@ -228,8 +229,9 @@ class SDDenoiser:
             mean = self.vae.encode(x.to(self.device, self._vae_dtype)).latent_dist.mean
             on_progress(1, 1)
         else:
-            spill = self._check_encode(x.shape[-2], x.shape[-1])
-            moments = encode_synced(self.vae, x.to(self._vae_dtype), on_progress, spill=spill)
+            store = self._check_encode(x.shape[-2], x.shape[-1])
+            moments = encode_synced(self.vae, x.to(self._vae_dtype), on_progress,
+                                    spill=store.folder if store.where == "disk" else None, recompute=store.recompute)
             mean = moments[:, : moments.shape[1] // 2]
         return ((mean.float() - shift) * cfg.scaling_factor).cpu()
 
@@ -250,10 +252,11 @@ class SDDenoiser:
         if store is not None and store.where != "none":
             # Tiled, with every GroupNorm on whole-canvas statistics (vae.py).
             self.decode_method = "tiled, whole-canvas GroupNorm" + (f", wraps {wrap}" if wrap != "none" else "") \
-                + (", stages spilled to disk" if store.where == "disk" else "")
+                + (", stages spilled to disk" if store.where == "disk" else "") \
+                + (" (hidden canvases recomputed)" if store.recompute else "")
             z = latents.to(self.device, self._vae_dtype) / cfg.scaling_factor + shift
             return decode_synced(self.vae, z, on_progress, wrap=wrap,
-                                 spill=store.folder if store.where == "disk" else None)
+                                 spill=store.folder if store.where == "disk" else None, recompute=store.recompute)
         self.decode_method = "whole" if small else \
             "tiled, per-tile GroupNorm (host memory and scratch disk too small for exact)"
         if wrap != "none":

@@ -241,6 +241,13 @@ class _MemoryCanvas(_Canvas):
         self.data = torch.empty(0, dtype=self.dtype)
 
 
+class _SumsOnly(_Canvas):
+    """A canvas nobody reads back: it only sums the statistics of what is written to it."""
+
+    def _store(self, y0: int, band: torch.Tensor) -> None:
+        pass
+
+
 def _read_exactly(f: Any, into: memoryview, offset: int) -> None:
     """Fill ``into`` from ``f`` at ``offset`` (a read returns at most ~2 GiB on Linux: loop)."""
     done = 0
@@ -395,18 +402,20 @@ def synced_host_bytes(vae: torch.nn.Module, h: int, w: int, dtype: torch.dtype, 
     return max(sum(inputs) + sum(written) + extra for inputs, written, extra in _program(vae, h, w, encoder)) * size
 
 
-def synced_disk_bytes(vae: torch.nn.Module, h: int, w: int, dtype: torch.dtype, *, encoder: bool = False) -> int:
+def synced_disk_bytes(vae: torch.nn.Module, h: int, w: int, dtype: torch.dtype, *, encoder: bool = False,
+                      recompute: bool = False) -> int:
     """Peak scratch-disk use of the same, its stage canvases spilled: a stage's inputs' files close
     as its last pass goes past them while its output's grow, so at most the inputs and the hidden
     canvas, or the output, are on disk at once (SD1.5 at 8192², fp16: 51.5 GB), give or take the
-    files not yet closed behind the bands (four bands' worth at most)."""
+    files not yet closed behind the bands (four bands' worth at most). With ``recompute`` no hidden
+    canvas is stored: at most a stage's input or its output (34.4 GB)."""
     size = torch.tensor([], dtype=dtype).element_size()
     peak = 0
     for inputs, written, _ in _program(vae, h, w, encoder):
-        if len(written) == 2:  # resnet: input + hidden, then (shrinking) they and the (growing) output
+        if len(written) == 2 and not recompute:  # resnet: input + hidden, then they shrink as the output grows
             peak = max(peak, sum(inputs) + written[0], written[1])
         else:
-            peak = max(peak, sum(inputs), *written)
+            peak = max(peak, sum(inputs), written[-1] if written else 0)
     return peak * size + 4 * BAND_BYTES
 
 
@@ -438,8 +447,9 @@ SCRATCH_MARGIN = 1 << 30  # bytes left free on the scratch disk beyond the decod
 @dataclass(frozen=True)
 class StageStorage:
     """Where the exact tiled decode (or encode) keeps its stage canvases: in host memory when they
-    fit half of what is free, else spilled to the scratch folder when its disk has room, else
-    nowhere (the caller falls back, and says so)."""
+    fit half of what is free, else spilled to the scratch folder when its disk has room (when it
+    has room only without the resnets' hidden canvases, those are computed twice instead:
+    ``recompute``), else nowhere (the caller falls back, and says so)."""
 
     where: str  # "memory", "disk" or "none"
     memory: int  # bytes: the canvases in host memory
@@ -448,14 +458,17 @@ class StageStorage:
     free: int  # bytes free in the scratch folder
     folder: Path
     spilled_memory: int = 0  # bytes of host memory when spilled (bands, small canvases)
+    recompute: bool = False  # spilled, and the resnets' hidden canvases recomputed, not stored
 
     def describe(self, what: str) -> str:
         """What a user is told up front about ``what`` ("the exact tiled decode of 8192x8192")."""
         need = (f"{what} needs {self.memory / GiB:.1f} GiB of host memory for its stage canvases and tiles and "
                 f"{self.budget / GiB:.1f} GiB may be used now")
         if self.where == "disk":
+            again = (", computing the resnets' hidden canvases twice so as not to store them"
+                     if self.recompute else "")
             return (f"{need}: they spill to {self.folder} (up to {self.disk / GiB:.1f} GiB on disk, "
-                    f"{self.free / GiB:.1f} GiB free there), which makes it slower; set {SCRATCH_ENV} to use "
+                    f"{self.free / GiB:.1f} GiB free there{again}), which makes it slower; set {SCRATCH_ENV} to use "
                     "another disk")
         if self.spilled_memory > self.budget:
             return f"{need}, and {self.spilled_memory / GiB:.1f} GiB even with its canvases spilled to disk"
@@ -473,28 +486,36 @@ def stage_storage(vae: torch.nn.Module, h: int, w: int, dtype: torch.dtype, *, e
     memory, budget = synced_host_bytes(vae, h, w, dtype, encoder=encoder) + tile, host_budget()
     folder = scratch_dir() if folder is None else folder
     disk = synced_disk_bytes(vae, h, w, dtype, encoder=encoder)
+    leaner = synced_disk_bytes(vae, h, w, dtype, encoder=encoder, recompute=True)
     free = disk_free(folder)
     spilled = synced_spill_host_bytes(vae, h, w, dtype, encoder=encoder) + tile
+    recompute = False
     if memory <= budget:
         where = "memory"
-    elif disk + SCRATCH_MARGIN <= free and spilled <= budget:
-        where = "disk"
-    else:
+    elif spilled > budget:
         where = "none"
-    return StageStorage(where, memory, budget, disk, free, folder, spilled)
+    elif disk + SCRATCH_MARGIN <= free:
+        where = "disk"
+    elif leaner + SCRATCH_MARGIN <= free:  # slower on a CPU (measured), but it fits
+        where, disk, recompute = "disk", leaner, True
+    else:
+        where, disk = "none", leaner  # (the smallest it could have been)
+    return StageStorage(where, memory, budget, disk, free, folder, spilled, recompute)
 
 
 def _run_program(ops: list[tuple], x: torch.Tensor, device: torch.device, dtype: torch.dtype,
                  on_progress: Callable[[int, int], None], *, core: int, factor: float, attention_halo: int,
                  attention_whole: bool, convert: Callable[[np.ndarray], np.ndarray] | None,
-                 wrap: str = "none", spill: Path | None = None) -> Any:
+                 wrap: str = "none", spill: Path | None = None, recompute: bool = False) -> Any:
     """Run a VAE half as a list of stages over host canvases (see the section comment).
 
     ``factor`` is feature-map px per latent px at the start (1 for the decoder, 8 for the
     encoder); ``convert`` (if given) turns the last stage's tiles into the output array. Along a
     ``wrap`` axis (x, y or xy) the halos come from the opposite edge: every convolution pads
     circularly, so the picture continues across the edge (a seamless texture). With ``spill`` (a
-    folder), canvases of SPILL_MIN_BYTES or more live in temporary files there.
+    folder), canvases of SPILL_MIN_BYTES or more live in temporary files there; with ``recompute``
+    the resnets whose input is spilled compute their hidden canvas twice instead of spilling it
+    too (a third less on the disk at its peak, a third more convolutions in those blocks).
     """
     wrap_y, wrap_x = "y" in wrap, "x" in wrap
     total = sum(2 if op[0] == "resnet" else 1 for op in ops)
@@ -503,8 +524,10 @@ def _run_program(ops: list[tuple], x: torch.Tensor, device: torch.device, dtype:
     size = torch.tensor([], dtype=dtype).element_size()
     opened: list[_Canvas] = []
 
-    def canvas(c: int, h: int, w: int, groups: int | None) -> _Canvas:
-        if spill is not None and c * h * w * size >= SPILL_MIN_BYTES:
+    def canvas(c: int, h: int, w: int, groups: int | None, discard: bool = False) -> _Canvas:
+        if discard:
+            made: _Canvas = _SumsOnly(c, h, w, dtype, groups)
+        elif spill is not None and c * h * w * size >= SPILL_MIN_BYTES:
             made: _Canvas = _SpilledCanvas(c, h, w, dtype, groups, spill)
         else:
             made = _MemoryCanvas(c, h, w, dtype, groups)
@@ -512,9 +535,10 @@ def _run_program(ops: list[tuple], x: torch.Tensor, device: torch.device, dtype:
         return made
 
     def run(fn: Callable, inputs: list[_Canvas], halo: int, up: float, out_channels: int, groups: int | None,
-            *, square: bool = False, final: bool = False, keep: bool = False) -> Any:
+            *, square: bool = False, final: bool = False, keep: bool = False, discard: bool = False) -> Any:
         """One pass of a stage over the canvas, band by band; unless ``keep`` (a later pass reads
-        them again), the inputs' files close behind it."""
+        them again), the inputs' files close behind it. With ``discard`` the output only sums its
+        statistics."""
         nonlocal done
         h, w = inputs[0].h, inputs[0].w
         step = int(core * factor)
@@ -522,7 +546,7 @@ def _run_program(ops: list[tuple], x: torch.Tensor, device: torch.device, dtype:
         def at(v: int) -> int:  # input px -> output px (up is 2, 1 or 1/2 on even coordinates)
             return int(v * up)
 
-        out: Any = None if final else canvas(out_channels, at(h), at(w), groups)
+        out: Any = None if final else canvas(out_channels, at(h), at(w), groups, discard)
         rows, tile_w = step, step
         spilled = any(isinstance(c, _SpilledCanvas) for c in [*inputs, out])
         if spilled and not square:
@@ -622,8 +646,15 @@ def _run_program(ops: list[tuple], x: torch.Tensor, device: torch.device, dtype:
             elif kind == "resnet":
                 m = args[0]
                 s1 = x_canvas.stats(m.norm1.num_groups)
-                hidden = run(lambda t, m=m, s1=s1: m.conv1(m.nonlinearity(_norm(t, m.norm1, s1))), [x_canvas], 1,
-                             1, m.conv1.out_channels, m.norm2.num_groups, keep=True)
+
+                def first(t: torch.Tensor, m=m, s1=s1) -> torch.Tensor:
+                    return m.conv1(m.nonlinearity(_norm(t, m.norm1, s1)))
+
+                # With ``recompute``, a spilled input's hidden canvas is not stored: the first pass
+                # only sums its statistics, the second computes it again from a halo of two.
+                again = recompute and isinstance(x_canvas, _SpilledCanvas)
+                hidden = run(first, [x_canvas], 1, 1, m.conv1.out_channels, m.norm2.num_groups, keep=True,
+                             discard=again)
                 s2 = hidden.stats(m.norm2.num_groups)
 
                 def second(h: torch.Tensor, skip: torch.Tensor, m=m, s2=s2) -> torch.Tensor:
@@ -632,7 +663,11 @@ def _run_program(ops: list[tuple], x: torch.Tensor, device: torch.device, dtype:
                         skip = m.conv_shortcut(skip)
                     return (skip + out) / m.output_scale_factor
 
-                result = run(second, [hidden, x_canvas], 1, 1, m.conv2.out_channels, groups)
+                if again:
+                    result = run(lambda t, first=first, second=second: second(first(t), t), [x_canvas], 2, 1,
+                                 m.conv2.out_channels, groups)
+                else:
+                    result = run(second, [hidden, x_canvas], 1, 1, m.conv2.out_channels, groups)
                 hidden.close()
             elif kind == "attention" and attention_whole:
                 m = args[0]
@@ -680,17 +715,18 @@ def decode_synced(
     attention_whole_px: int | None = ATTENTION_WHOLE_PX,
     wrap: str = "none",
     spill: Path | None = None,
+    recompute: bool = False,
 ) -> np.ndarray:
     """Decode VAE-space latents ``z`` (1, C, h, w) — already divided by the scaling factor — tile by
     tile with whole-canvas GroupNorm statistics. Device memory holds one tile's stage; the host
     holds up to three canvases of a stage (see :func:`synced_host_bytes`), or with ``spill`` (a
-    folder on a disk with :func:`synced_disk_bytes` free) bands of them. ``wrap`` (x, y, xy):
-    circular padding across those edges."""
+    folder on a disk with :func:`synced_disk_bytes` free) bands of them (``recompute``: see
+    :func:`_run_program`). ``wrap`` (x, y, xy): circular padding across those edges."""
     device, dtype = next(vae.parameters()).device, next(vae.parameters()).dtype
     whole = attention_whole_px is None or z.shape[-2] * z.shape[-1] <= attention_whole_px
     return _run_program(_decoder_ops(vae), z.to("cpu", dtype), device, dtype, on_progress, core=core, factor=1,
                         attention_halo=attention_halo, convert=convert, attention_whole=whole, wrap=wrap,
-                        spill=spill)
+                        spill=spill, recompute=recompute)
 
 
 @torch.no_grad()
@@ -703,6 +739,7 @@ def encode_synced(
     attention_halo: int = ATTENTION_HALO,
     attention_whole_px: int | None = ATTENTION_WHOLE_PX,
     spill: Path | None = None,
+    recompute: bool = False,
 ) -> torch.Tensor:
     """Encode an image (1, 3, H, W) in [-1, 1] (H and W multiples of the VAE's factor, 8 for SD)
     tile by tile with whole-canvas GroupNorm statistics; returns the latent distribution's moments
@@ -713,4 +750,5 @@ def encode_synced(
     h, w = image.shape[-2:]
     whole = attention_whole_px is None or (h // factor) * (w // factor) <= attention_whole_px
     return _run_program(_encoder_ops(vae), image.to("cpu", dtype), device, dtype, on_progress, core=core,
-                        factor=factor, attention_halo=attention_halo, convert=None, attention_whole=whole, spill=spill)
+                        factor=factor, attention_halo=attention_halo, convert=None, attention_whole=whole, spill=spill,
+                        recompute=recompute)
