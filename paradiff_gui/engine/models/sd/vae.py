@@ -462,7 +462,7 @@ class StageStorage:
 
     def describe(self, what: str) -> str:
         """What a user is told up front about ``what`` ("the exact tiled decode of 8192x8192")."""
-        need = (f"{what} needs {self.memory / GiB:.1f} GiB of host memory for its stage canvases and tiles and "
+        need = (f"{what} needs {self.memory / GiB:.1f} GiB of host memory to keep its stage canvases, and "
                 f"{self.budget / GiB:.1f} GiB may be used now")
         if self.where == "disk":
             again = (", computing the resnets' hidden canvases twice so as not to store them"
