@@ -515,7 +515,7 @@ def _run_program(ops: list[tuple], x: torch.Tensor, device: torch.device, dtype:
     circularly, so the picture continues across the edge (a seamless texture). With ``spill`` (a
     folder), canvases of SPILL_MIN_BYTES or more live in temporary files there; with ``recompute``
     the resnets whose input is spilled compute their hidden canvas twice instead of spilling it
-    too (a third less on the disk at its peak, a third more convolutions in those blocks).
+    too (a third less on the disk at its peak; those blocks run half again as many convolutions).
     """
     wrap_y, wrap_x = "y" in wrap, "x" in wrap
     total = sum(2 if op[0] == "resnet" else 1 for op in ops)
