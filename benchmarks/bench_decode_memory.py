@@ -4,6 +4,7 @@
     python benchmarks/bench_decode_memory.py sd15 --sizes 1024x1024 --store memory,disk
     python benchmarks/bench_decode_memory.py tiny       # a whole tiny-SD run at 4096², 1 step (the CLI)
     python benchmarks/bench_decode_memory.py accuracy   # spilled decode against a whole decode, tiny VAE
+    python benchmarks/bench_decode_memory.py flops      # SD1.5's decode: convolutions against attention
 
 ``sd15``: SD1.5's VAE (its published configuration, random weights: the memory and the time do
 not depend on the weights) decodes a smooth random latent of each size, each run in a fresh
@@ -21,6 +22,10 @@ everything included (loading, denoising, decode, PNG export).
 ``accuracy``: the tests' tiny VAE, a smooth latent, the exact tiled decode with every canvas
 spilled (small bands) against ``vae.decode`` on the whole latent, PSNR over [-1, 1]; with the
 middle block's attention over the whole canvas (the default) and tile-local (the option).
+
+``flops``: SD1.5's VAE decoder counted by ``torch.utils.flop_counter`` on a 512² decode (meta
+tensors: nothing runs); its convolutions scaled with the area, against the whole-canvas
+attention's 4·N²·512 FLOP (N latent px), at 4096² and 8192².
 """
 
 from __future__ import annotations
@@ -189,9 +194,30 @@ def accuracy(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def flops(args: argparse.Namespace) -> list[dict]:
+    import torch
+    from diffusers import AutoencoderKL
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            vae.decode(torch.randn(1, 4, 64, 64))
+    conv = sum(v for k, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(k))
+    rows = []
+    for side in (512, 4096, 8192):
+        n = (side // 8) ** 2
+        row = {"size": f"{side}x{side}", "convolutions_pflop": round(conv * (side / 512) ** 2 / 1e15, 3),
+               "whole_canvas_attention_pflop": round(4 * n * n * 512 / 1e15, 3)}
+        print(row)
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["sd15", "tiny", "accuracy"])
+    ap.add_argument("what", choices=["sd15", "tiny", "accuracy", "flops"])
     ap.add_argument("--sizes", default="8192x512,8192x1024", help="sd15: WIDTHxHEIGHT image sizes, comma-separated")
     ap.add_argument("--store", default="disk", help="sd15: memory, disk, disk-recompute (comma-separated)")
     ap.add_argument("--scratch", help="sd15: the scratch folder (default: a new temporary folder)")
@@ -199,12 +225,12 @@ def main() -> None:
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "paradiff-bench"), help="tiny: model folder")
     ap.add_argument("--out", help="results JSON (default benchmarks/results/decode-memory-<what>.json)")
     args = ap.parse_args()
-    rows = {"sd15": sd15, "tiny": tiny, "accuracy": accuracy}[args.what](args)
+    rows = {"sd15": sd15, "tiny": tiny, "accuracy": accuracy, "flops": flops}[args.what](args)
     out = Path(args.out) if args.out else RESULTS / f"decode-memory-{args.what}.json"
     out.write_text(json.dumps({"what": args.what, "machine": machine(), "timed": {
         "sd15": "the decode call alone (weights already loaded), in a fresh process per run",
         "tiny": "the whole CLI run: loading, 1 step, decode, PNG export",
-        "accuracy": "no timing"}[args.what], "runs": rows}, indent=2) + "\n")
+        "accuracy": "no timing", "flops": "no timing (counted)"}[args.what], "runs": rows}, indent=2) + "\n")
     print("wrote", out)
 
 

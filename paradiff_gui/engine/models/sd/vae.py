@@ -99,8 +99,9 @@ def decode_latents(
 SYNC_CORE = 64  # latent px: the tile grid of every stage (scaled with the feature maps)
 ATTENTION_HALO = 16  # latent px of context around a tile for the tile-local attention (an option)
 # The middle block's attention runs over the whole canvas, as in a whole decode, up to this many
-# latent px (None: always). Its cost grows with the square of the canvas (SD1.5 at 8192²: 2.2
-# PFLOP, against 0.5 PFLOP for all the convolutions); tile-local attention is the cheaper option.
+# latent px (None: always). Its cost grows with the square of the canvas (SD1.5 at 8192²: 2.25
+# PFLOP, against 0.63 PFLOP for all the convolutions: `bench_decode_memory.py flops`); tile-local
+# attention is the cheaper option.
 ATTENTION_WHOLE_PX: int | None = None
 ATTENTION_CHUNK_BYTES = 1 << 30  # the attention scores of one chunk of queries, if a kernel keeps them
 BAND_BYTES = 512 * 2**20  # a spilled stage's bands in host memory: its inputs' and its output's
