@@ -7,6 +7,7 @@ Exit codes: 0 done; 2 invalid input (the message names the field and the allowed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -397,8 +398,8 @@ def _launch_local_group(args: argparse.Namespace, request: rq.GenerationRequest,
     port = distributed.free_port()
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
     reports = ctx.SimpleQueue()  # (rank, exit code, message) of members that stop on an error
-    procs = [ctx.Process(target=_group_member, args=(rank, args.devices, port, request.to_json(), str(out),
-                                                     args.relief, args.quiet or rank > 0, reports))
+    procs = [ctx.Process(target=_group_member, args=(os.getpid(), rank, args.devices, port, request.to_json(),
+                                                     str(out), args.relief, args.quiet or rank > 0, reports))
              for rank in range(len(args.devices))]
     for proc in procs:
         proc.start()
@@ -457,27 +458,40 @@ def _peer_failure(exc: BaseException) -> bool:
                                    "gloo", "nccl", "timed out", "socket"))
 
 
-def _leave_with_the_launcher(poll_s: float = 0.5) -> None:
+def _leave_with_the_launcher(launcher: int, poll_s: float = 0.5) -> None:
     """A member whose launcher is gone (killed, even with SIGKILL) stops too, instead of denoising on
-    for nobody: a daemon thread watches the parent process id."""
+    for nobody.
+
+    The launcher hands its pid to each member, so a member that starts watching only after the
+    launcher died (start-up and imports take seconds on a busy machine) sees at once that its parent
+    is someone else, instead of recording the new parent as the one to watch. On Linux the kernel
+    also signals the member the moment its parent dies (PR_SET_PDEATHSIG), set before the check so
+    that no death falls between the two; elsewhere a daemon thread polls the parent pid."""
     import threading
 
-    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != launcher:
+        os._exit(EXIT_INTERRUPTED)
 
     def watch() -> None:
         while True:
             time.sleep(poll_s)
-            if os.getppid() != parent:
+            if os.getppid() != launcher:
                 os._exit(EXIT_INTERRUPTED)
 
     threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
 
 
-def _group_member(rank: int, devices: list[str], port: int, request_json: str, out: str, relief: str | None,
-                  quiet: bool, reports: Any) -> None:
+def _group_member(launcher: int, rank: int, devices: list[str], port: int, request_json: str, out: str,
+                  relief: str | None, quiet: bool, reports: Any) -> None:
+    _leave_with_the_launcher(launcher)  # first: before torch's import, which takes seconds
     from .engine.runtime import distributed
 
-    _leave_with_the_launcher()
     request = rq.GenerationRequest.from_json(request_json).replace(device=devices[rank])
     args = argparse.Namespace(relief=relief, quiet=quiet)
     code = EXIT_ERROR
