@@ -3,6 +3,7 @@
     python benchmarks/bench_decode_memory.py sd15 --sizes 8192x512,8192x1024 --store disk
     python benchmarks/bench_decode_memory.py sd15 --sizes 1024x1024 --store memory,disk
     python benchmarks/bench_decode_memory.py tiny       # a whole tiny-SD run at 4096², 1 step (the CLI)
+    python benchmarks/bench_decode_memory.py tiny --host-memory none,2   # the same, then under a 2 GiB budget
     python benchmarks/bench_decode_memory.py accuracy   # spilled decode against a whole decode, tiny VAE
     python benchmarks/bench_decode_memory.py flops      # SD1.5's decode: convolutions against attention
 
@@ -17,7 +18,9 @@ resnets' hidden canvases twice instead of storing them.
 
 ``tiny``: ``paradiff generate --model <tiny SD folder> --size 4096x4096 --steps 1`` in a fresh
 process (the tests' tiny SD, saved once to ``--cache``): its peak resident memory and wall time,
-everything included (loading, denoising, decode, PNG export).
+everything included (loading, denoising, decode, PNG export); with ``--host-memory none,2`` once
+without a budget and once under ``--host-memory 2``: where the decode kept its canvases (the
+recipe's ``decode``) and whether the picture is the same, pixel for pixel.
 
 ``accuracy``: the tests' tiny VAE, a smooth latent, the exact tiled decode with every canvas
 spilled (small bands) against ``vae.decode`` on the whole latent, PSNR over [-1, 1]; with the
@@ -146,22 +149,40 @@ def sd15(args: argparse.Namespace) -> list[dict]:
 
 
 def tiny(args: argparse.Namespace) -> list[dict]:
+    import hashlib
+
+    from PIL import Image
+
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny import save, tiny_sd
+
+    from paradiff_gui.engine.io.metadata import read_recipe
 
     folder = Path(args.cache) / "tiny-sd"
     if not (folder / "model_index.json").exists():
         save(tiny_sd(), folder)
-    with tempfile.TemporaryDirectory() as out:
-        cmd = ["generate", "--model", str(folder), "--size", "4096x4096", "--steps", "1", "--device", "cpu",
-               "--seed", "1", "--prompt", "a castle", "-o", str(Path(out) / "t.png")]
-        res = subprocess.run([sys.executable, "-c", TINY.format(root=str(ROOT)), *cmd], capture_output=True,
-                             text=True, check=True)
-    kb, seconds, code = res.stdout.strip().splitlines()[-1].split()[1:]
-    row = {"command": "paradiff " + " ".join(cmd[:-2]) + " -o t.png", "peak_rss_gib": round(int(kb) / 2**20, 2),
-           "seconds": float(seconds), "exit": int(code)}
-    print(row)
-    return [row]
+    rows, pictures = [], {}
+    budgets = [b.strip() for b in args.host_memory.split(",")] if args.host_memory else ["none"]
+    for budget in budgets:
+        with tempfile.TemporaryDirectory() as out:
+            cmd = ["generate", "--model", str(folder), "--size", "4096x4096", "--steps", "1", "--device", "cpu",
+                   "--seed", "1", "--prompt", "a castle"] + (["--host-memory", budget] if budget != "none" else [])
+            target = Path(out) / "t.png"
+            env = {k: v for k, v in os.environ.items() if k != "PARADIFF_HOST_MEMORY"}
+            res = subprocess.run([sys.executable, "-c", TINY.format(root=str(ROOT)), *cmd, "-o", str(target)],
+                                 capture_output=True, text=True, check=True, env=env)
+            with Image.open(target) as im:
+                pixels = im.tobytes()
+            decode = read_recipe(target)["info"].get("decode")
+        kb, seconds, code = res.stdout.strip().splitlines()[-1].split()[1:]
+        pictures[budget] = pixels
+        row = {"command": "paradiff " + " ".join(cmd) + " -o t.png", "host_memory_gib": budget,
+               "peak_rss_gib": round(int(kb) / 2**20, 2), "seconds": float(seconds), "exit": int(code),
+               "decode": decode, "picture_sha256": hashlib.sha256(pixels).hexdigest(),
+               "same_picture_as_first": pixels == pictures[budgets[0]]}
+        print(row, flush=True)
+        rows.append(row)
+    return rows
 
 
 def accuracy(args: argparse.Namespace) -> list[dict]:
@@ -223,6 +244,8 @@ def main() -> None:
     ap.add_argument("--scratch", help="sd15: the scratch folder (default: a new temporary folder)")
     ap.add_argument("--cpu", action="store_true", help="sd15: on the CPU even with a GPU")
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "paradiff-bench"), help="tiny: model folder")
+    ap.add_argument("--host-memory", help="tiny: budgets in GiB to run under, comma-separated (none: no budget), "
+                                          "e.g. none,2")
     ap.add_argument("--out", help="results JSON (default benchmarks/results/decode-memory-<what>.json)")
     args = ap.parse_args()
     rows = {"sd15": sd15, "tiny": tiny, "accuracy": accuracy, "flops": flops}[args.what](args)

@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spread the tiles over these devices, one process each (e.g. cuda:0,cuda:1; cpu,cpu "
                         "for CPU processes); under torchrun every process already is one rank")
     g.add_argument("--dtype", choices=rq.DTYPES)
+    g.add_argument("--host-memory", dest="host_memory", type=_float_arg(rq.MIN_HOST_MEMORY, rq.MAX_HOST_MEMORY),
+                   metavar="GiB", help="the most host memory (RAM) the run may take, e.g. 8: the plan, the tile batch "
+                                       "on a CPU and the exact decode's spilling keep within it (default: "
+                                       "$PARADIFF_HOST_MEMORY, else what the machine has)")
     g.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                    help="a model option (repeatable), e.g. --set terrain_difficulty=60 for builtin:terrain; "
                         "`paradiff models` lists each model's options")
@@ -180,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--tile-batch", dest="tile_batch", type=_tile_batch_arg, metavar="auto|N")
     u.add_argument("--device", metavar="auto|cpu|cuda|cuda:N|mps")
     u.add_argument("--dtype", choices=rq.DTYPES)
+    u.add_argument("--host-memory", dest="host_memory", type=_float_arg(rq.MIN_HOST_MEMORY, rq.MAX_HOST_MEMORY),
+                   metavar="GiB", help="the most host memory each pass may take (default: $PARADIFF_HOST_MEMORY)")
     u.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
     u.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -200,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _OVERRIDES = ("model", "prompt", "negative_prompt", "overlap", "steps", "guidance", "sampler", "seed",
               "fusion", "jitter", "global_context", "bridges", "bridge_width", "tile_batch", "device", "dtype",
-              "compile", "init_image", "strength", "wrap")
+              "host_memory", "compile", "init_image", "strength", "wrap")
 _REGION_SPEC = re.compile(r"\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*:(.*)", re.S)
 _OPTION = re.compile(r"\s*([a-z][a-z0-9_]*)\s*=(.*)", re.S)
 
@@ -594,7 +600,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
     partials.sweep()
     fields = {k: getattr(args, k) for k in ("model", "prompt", "negative_prompt", "steps", "seed", "sampler",
-                                             "tile_batch", "device", "dtype") if getattr(args, k) is not None}
+                                             "tile_batch", "device", "dtype", "host_memory")
+              if getattr(args, k) is not None}
     try:
         try:
             base = load_request(args.image)

@@ -75,15 +75,18 @@ class Summary:
         return [self.plan.image_rect(t) for t in self.plan.tiles] if self.plan is not None else []
 
 
-def _host_memory_text(host_bytes: int) -> str:
-    """The run's host-memory peak next to the device's, red when the machine cannot hold it (the
-    engine then refuses the run before any work)."""
+def _host_memory_text(host_bytes: int, limit: int | None) -> str:
+    """The run's host-memory peak next to the device's, red when the machine or the person's
+    budget (``limit``, bytes) cannot hold it (the engine then refuses the run before any work)."""
     from ..engine.runtime import memory
 
     available = memory.host_available()
-    over = available is not None and host_bytes > available * memory.HOST_MARGIN
+    over = (available is not None and host_bytes > available * memory.HOST_MARGIN) \
+        or (limit is not None and host_bytes > limit)
     colour = " style='color:#e5534b'" if over else ""
     room = f" of {fmt_bytes(available)} available" if available is not None else ""
+    if limit is not None:
+        room = f" of a {fmt_bytes(limit)} budget" + (f" ({fmt_bytes(available)} available)" if available else "")
     return f"<br><span{colour}>host ≈ {fmt_bytes(host_bytes)}{room}</span>"
 
 
@@ -107,9 +110,11 @@ def summarise(token: int, request: rq.GenerationRequest, info: ModelInfo, speeds
     """Build the plan, estimate and memory check of ``request`` (a worker thread: may query the
     device). ``speeds``: learnt seconds per model call by device type."""
     from ..engine.runtime.estimate import estimate
+    from ..engine.runtime.memory import host_limit
 
     try:
         plan = info.plan(request)
+        limit = host_limit(request)  # a malformed $PARADIFF_HOST_MEMORY is said here, by name
     except rq.RequestError as exc:
         return Summary(token, request, error=str(exc))
     device = resolved_device(request.device)
@@ -123,7 +128,7 @@ def summarise(token: int, request: rq.GenerationRequest, info: ModelInfo, speeds
         mem += f" + {fmt_bytes(est.weight_bytes)} weights"
     if device == "cuda":
         mem = _gpu_memory_text(request, info)
-    mem += _host_memory_text(est.host_bytes)
+    mem += _host_memory_text(est.host_bytes, limit)
     html = (f"<b>{len(plan)} tiles</b> ({plan.rows}×{plan.cols} of {plan.tile_w * plan.scale}×"
             f"{plan.tile_h * plan.scale} px) · overlap {overlaps} px{_wrap_text(plan)}<br>"
             f"overhead {plan.overhead:.2f}× · {est.total_views} model calls<br>{time_text} · {mem}")

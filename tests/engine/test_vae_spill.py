@@ -243,3 +243,41 @@ def test_a_cancel_during_a_long_decode_stops_it(tmp_path, monkeypatch):
     assert decoding[-1].done == 3 < decoding[-1].total  # stopped at the next pass, not at the end
     assert not any(isinstance(e, events.Finished) for e in seen)
     assert _open_in(tmp_path) == []
+
+
+def test_the_host_memory_budget_makes_the_decode_spill_and_the_picture_stays(tmp_path, monkeypatch):
+    """The user's budget, not the machine, decides: with all the memory free, a budget that leaves
+    the decode one byte less than its canvases need spills them (said up front), and the picture
+    is the one kept in memory; a budget that leaves less than the spilled bands falls back to the
+    per-tile decoder, said too."""
+    from paradiff_gui.engine import GenerationRequest, events, generate
+    from paradiff_gui.engine.core.plan import TilePlan
+    from paradiff_gui.engine.models.sd.backend import SDDenoiser
+    from paradiff_gui.engine.runtime import memory
+    from paradiff_gui.engine.sampling.sampler import _loaded_info
+
+    den = SDDenoiser(tiny_sd(), "tiny-sd", torch.device("cpu"), torch.float32)
+    req = GenerationRequest(model="tiny", prompt="x", width=1024, height=512, tile=256, overlap=64, steps=1, seed=3,
+                            device="cpu")
+    monkeypatch.delenv(memory.HOST_MEMORY_ENV, raising=False)
+    monkeypatch.setattr(memory, "host_available", lambda: 64 * memory.GiB)
+    kept = generate(req, denoiser=den)
+    assert kept.info["decode"] == "tiled, whole-canvas GroupNorm"
+    monkeypatch.setenv("PARADIFF_SCRATCH", str(tmp_path))
+    monkeypatch.setattr(V, "SPILL_MIN_BYTES", 0)
+    monkeypatch.setattr(V, "BAND_BYTES", 1 << 20)
+    # What the rest of the run holds while decoding: the budget minus this is the decode's room.
+    plan = TilePlan.for_request(req, den.scale, den.native_tile)
+    held = memory.host_plan(req, _loaded_info(req, den, plan), "cpu", "fp32", None)[0].held_while_decoding
+    seen = []
+    spilled = generate(req.replace(host_memory=(held + _in_memory(den.vae) - 1) / memory.GiB), seen.append,
+                       denoiser=den)
+    first_step = next(i for i, e in enumerate(seen) if isinstance(e, events.StepStarted))
+    assert any(isinstance(e, events.Notice) and "spill to" in e.message for e in seen[:first_step])
+    assert spilled.info["decode"] == "tiled, whole-canvas GroupNorm, stages spilled to disk"
+    assert np.abs(spilled.image.astype(int) - kept.image.astype(int)).max() <= 1
+    seen = []
+    lean = generate(req.replace(host_memory=(held + (1 << 20)) / memory.GiB), seen.append, denoiser=den)
+    assert lean.info["decode"].startswith("tiled, per-tile GroupNorm")
+    first_step = next(i for i, e in enumerate(seen) if isinstance(e, events.StepStarted))
+    assert any(isinstance(e, events.Notice) and "decoded tile by tile" in e.message for e in seen[:first_step])

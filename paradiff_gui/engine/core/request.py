@@ -49,6 +49,7 @@ MIN_GUIDANCE, MAX_GUIDANCE = 1.0, 30.0
 MAX_SEED = 2**32 - 1
 MAX_TILE_BATCH = 1024
 MAX_PROMPT_CHARS = 4000
+MIN_HOST_MEMORY, MAX_HOST_MEMORY = 0.5, 65536.0  # GiB: a host-memory budget (the process alone takes ~0.5)
 
 DEFAULT_MODEL = "builtin:terrain"
 
@@ -140,6 +141,7 @@ class GenerationRequest:
     wrap: str = "none"  # seamless: none, x, y or xy
     tile_batch: int | str = "auto"  # tiles per model call, or "auto": the most that fit (engine.memory)
     device: str = "auto"
+    host_memory: float | None = None  # GiB the run may keep in host memory (None: $PARADIFF_HOST_MEMORY or all)
     compile: bool = False  # torch.compile the UNet (CUDA: channels-last too); speed only, same picture
     dtype: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -208,6 +210,13 @@ class GenerationRequest:
         if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
             raise RequestError("device", f"must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         _check_choice("dtype", self.dtype, DTYPES)
+        if self.host_memory is not None:
+            if isinstance(self.host_memory, bool) or not isinstance(self.host_memory, (int, float)) \
+                    or not MIN_HOST_MEMORY <= float(self.host_memory) <= MAX_HOST_MEMORY:  # also NaN
+                raise RequestError("host_memory", f"must be a number of GiB from {MIN_HOST_MEMORY} to "
+                                                  f"{MAX_HOST_MEMORY}, or none (all the machine has); got "
+                                                  f"{self.host_memory!r}")
+            object.__setattr__(self, "host_memory", float(self.host_memory))
         if not isinstance(self.compile, bool):
             raise RequestError("compile", f"must be true or false, got {self.compile!r}")
         if not isinstance(self.extra, dict):

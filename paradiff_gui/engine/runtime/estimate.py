@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..core.modelinfo import ModelInfo
 from ..core.request import GenerationRequest
-from .memory import footprint, host_footprint
+from .memory import footprint, host_footprint, host_limit, host_plan
 
 
 @dataclass(frozen=True)
@@ -43,5 +43,8 @@ def estimate(request: GenerationRequest, info: ModelInfo, seconds_per_view: floa
     seconds = rate * views * evals if rate is not None else None
     canvas = footprint(request, info, "fp32").canvas
     image = request.width * request.height * (2 if info.output == "height" else 3)
-    host = host_footprint(request, info, "cpu" if device == "cpu" else "cuda").total
+    device_type = "cpu" if device == "cpu" else "cuda"
+    limit = host_limit(request)
+    host = host_plan(request, info, device_type, "fp32", limit)[0].total if limit is not None \
+        else host_footprint(request, info, device_type).total
     return Estimate(len(plan), views, evals, seconds, canvas + image, info.weight_bytes, host)

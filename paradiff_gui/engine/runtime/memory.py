@@ -24,13 +24,15 @@ They are estimates: ``--tile-batch auto`` keeps a 15 % margin below the free mem
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import math
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.modelinfo import ModelInfo
-from ..core.request import MAX_TILE_BATCH, GenerationRequest, RequestError
+from ..core.request import MAX_HOST_MEMORY, MAX_TILE_BATCH, MIN_HOST_MEMORY, GenerationRequest, RequestError
 
 UNET_BYTES_PER_CHANNEL_PX = 80  # x base channels x latent px x dtype bytes = activations of one view
 VAE_DECODE_BYTES_PER_PX = 1350  # x dtype bytes (2.7 kB at fp16) per decoded image pixel
@@ -147,10 +149,19 @@ class HostFootprint:
     inputs: int  # an init image (float32), the regions' mixing weights
     device: int  # on a CPU: the device footprint (weights, denoising canvases, a tile batch)
     process: int = HOST_PROCESS_BYTES
+    output: int = 0  # of ``picture``: the finished picture alone (8 or 16 bits a sample)
+    weights: int = 0  # of ``device``: the model's weights (they stay while the picture decodes)
 
     @property
     def total(self) -> int:
         return self.canvases + self.picture + self.inputs + self.device + self.process
+
+    @property
+    def held_while_decoding(self) -> int:
+        """What the rest of the run holds while the exact decode works: the process, the latents,
+        the inputs, the finished picture and (on a CPU) the weights — not the denoising canvases,
+        the tile batch or the per-tile decoder's working copies, which are gone or not used then."""
+        return self.canvases + self.inputs + self.output + self.weights + self.process
 
     def describe(self) -> str:
         device = f", model and denoising {self.device / GiB:.1f}" if self.device else ""
@@ -159,8 +170,10 @@ class HostFootprint:
                 f"decode {self.picture / GiB:.1f}{inputs}{device}, the process {self.process / GiB:.1f})")
 
 
-def host_footprint(request: GenerationRequest, info: ModelInfo, device_type: str, dtype: str = "fp32") -> HostFootprint:
-    """What ``request`` keeps in host memory with ``info``'s model on a ``device_type`` device."""
+def host_footprint(request: GenerationRequest, info: ModelInfo, device_type: str, dtype: str = "fp32",
+                   tile_batch: int | None = None) -> HostFootprint:
+    """What ``request`` keeps in host memory with ``info``'s model on a ``device_type`` device;
+    on a CPU with ``tile_batch`` tiles a call (default: the request's, or the automatic one)."""
     plan = info.plan(request)
     latent = info.channels * plan.height * plan.width * 4
     px = request.width * request.height
@@ -168,11 +181,14 @@ def host_footprint(request: GenerationRequest, info: ModelInfo, device_type: str
     picture = px * (out_bytes + HOST_DECODE_BYTES_PER_PX.get(info.output, 16))
     inputs = (px * (1 if info.output == "height" else 3) * 4 if request.init_image else 0) \
         + (len(request.regions) + 1) * plan.height * plan.width * 4 * (1 if request.regions else 0)
-    device = 0
+    device = weights = 0
     if device_type == "cpu":
         fp = footprint(request, info, dtype)
-        device = fp.denoise_peak(min(fp.tiles, CPU_AUTO_BATCH))
-    return HostFootprint(2 * latent, picture, inputs, device)
+        if tile_batch is None:
+            tile_batch = request.tile_batch if isinstance(request.tile_batch, int) else CPU_AUTO_BATCH
+        device = fp.denoise_peak(max(1, min(fp.tiles, tile_batch)))
+        weights = fp.weights
+    return HostFootprint(2 * latent, picture, inputs, device, output=px * out_bytes, weights=weights)
 
 
 def host_available() -> int | None:
@@ -190,13 +206,89 @@ def host_available() -> int | None:
         return None
 
 
-def check_host_fits(hf: HostFootprint, available: int | None) -> None:
+def check_host_fits(hf: HostFootprint, available: int | None, limit: int | None = None,
+                    smallest: HostFootprint | None = None) -> None:
     """Refuse, with the estimate and what to change, a request the host's memory cannot hold —
-    before any work, instead of the kernel's out-of-memory killer hours later."""
+    before any work, instead of the kernel's out-of-memory killer hours later — or one over the
+    user's budget (``limit``, bytes), saying the smallest budget that would work (that of
+    ``smallest``, the leanest plan of the same request; ``hf`` itself by default)."""
+    if limit is not None:
+        least = (smallest or hf).total
+        if least > limit:
+            need = math.ceil(least / GiB * 10) / 10
+            raise RequestError("host_memory", f"the run needs {(smallest or hf).describe()} but the budget is "
+                                              f"{limit / GiB:.1f} GiB; the smallest budget that would work is "
+                                              f"{need:.1f} GiB (or use a smaller size)")
     if available is None or hf.total <= available * HOST_MARGIN:
         return
     raise RequestError("size", f"needs {hf.describe()} but this machine has {available / GiB:.1f} GiB available; "
                                "use a smaller size, a GPU (--device cuda), or close what else uses memory")
+
+
+# -- The user's host-memory budget ------------------------------------------------------------------
+#
+# A person who keeps working in other programs while an 8K picture decodes says how much memory the
+# run may take: ``request.host_memory`` (GiB; the CLI's --host-memory, the app's setting), else
+# $PARADIFF_HOST_MEMORY, else none (what the machine has). It caps, it never grants: the run also
+# stays within what the machine has. It bounds the refusal above, a CPU's automatic tile batch, and
+# the exact decode's choice of where its stage canvases live (in memory, spilled, recomputed, or
+# the per-tile decoder: models/sd/vae.py), which reads the room left by the rest of the run from
+# ``decode_room`` while a generation runs.
+
+HOST_MEMORY_ENV = "PARADIFF_HOST_MEMORY"
+
+_DECODE_ROOM: contextvars.ContextVar[int | None] = contextvars.ContextVar("paradiff_decode_room", default=None)
+
+
+def host_limit(request: GenerationRequest) -> int | None:
+    """The budget in bytes for ``request``: its ``host_memory``, else ``$PARADIFF_HOST_MEMORY``
+    (GiB), else None. A malformed environment value is refused by name, never ignored."""
+    if request.host_memory is not None:
+        return int(request.host_memory * GiB)
+    text = os.environ.get(HOST_MEMORY_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        gib = float(text)
+    except ValueError:
+        gib = math.nan
+    if not MIN_HOST_MEMORY <= gib <= MAX_HOST_MEMORY:  # also NaN
+        raise RequestError("host_memory", f"${HOST_MEMORY_ENV} must be a number of GiB from {MIN_HOST_MEMORY} to "
+                                          f"{MAX_HOST_MEMORY}; got {text!r}")
+    return int(gib * GiB)
+
+
+def host_plan(request: GenerationRequest, info: ModelInfo, device_type: str, dtype: str,
+              limit: int | None) -> tuple[HostFootprint, HostFootprint, int | None]:
+    """The host footprint of ``request`` as it will run, that of its leanest plan (one tile a
+    call), and on a CPU with tile_batch auto under a budget the tile batch that keeps within it
+    (the largest up to the usual automatic batch; None where the budget does not choose it)."""
+    auto_cpu = device_type == "cpu" and request.tile_batch == "auto"
+    smallest = host_footprint(request, info, device_type, dtype, tile_batch=1)
+    if not auto_cpu or limit is None:
+        return host_footprint(request, info, device_type, dtype), smallest, None
+    batch = 1
+    for b in range(2, CPU_AUTO_BATCH + 1):
+        if host_footprint(request, info, device_type, dtype, tile_batch=b).total > limit:
+            break
+        batch = b
+    return host_footprint(request, info, device_type, dtype, tile_batch=batch), smallest, batch
+
+
+@contextlib.contextmanager
+def decode_budget(room: int | None):
+    """While a generation runs: the bytes of host memory its exact decode may take under the
+    user's budget (None: no budget)."""
+    token = _DECODE_ROOM.set(None if room is None else max(0, room))
+    try:
+        yield
+    finally:
+        _DECODE_ROOM.reset(token)
+
+
+def decode_room() -> int | None:
+    """The room the user's budget leaves the exact decode in the current run (None: no budget)."""
+    return _DECODE_ROOM.get()
 
 
 # -- Scratch disk: where data too big for the host memory goes -------------------------------------

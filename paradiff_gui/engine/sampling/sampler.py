@@ -455,9 +455,10 @@ def _reach(request: GenerationRequest, plan: TilePlan) -> int:
 
 
 def _tile_batch(request: GenerationRequest, den: Denoiser, plan: TilePlan, emit: EventSink,
-                bridge_bytes: int = 0) -> int:
-    """The request's tile batch, or for ``auto`` the largest that fits (engine.memory); on a GPU a
-    batch whose estimated peak exceeds the free memory is refused here, before any denoising."""
+                bridge_bytes: int = 0, host_batch: int | None = None) -> int:
+    """The request's tile batch, or for ``auto`` the largest that fits (engine.memory) — on a CPU
+    under a host-memory budget, at most ``host_batch``; on a GPU a batch whose estimated peak
+    exceeds the free memory is refused here, before any denoising."""
     device = torch.device(den.device)
     info = _loaded_info(request, den, plan)
     fp = memory.footprint(request, info, dtype_name(den.dtype))
@@ -466,6 +467,9 @@ def _tile_batch(request: GenerationRequest, den: Denoiser, plan: TilePlan, emit:
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
     if request.tile_batch == "auto":
         batch = memory.choose_tile_batch(fp, free, device.type)
+        if host_batch is not None and host_batch < batch:
+            batch = host_batch
+            emit(Notice(f"tile batch {batch} (auto): more tiles a call would not fit the host-memory budget"))
         if free is not None:
             emit(Notice(f"tile batch {batch} (auto): {fp.describe(batch)} of {free / memory.GiB:.1f} GiB free"))
         return batch
@@ -473,14 +477,15 @@ def _tile_batch(request: GenerationRequest, den: Denoiser, plan: TilePlan, emit:
     return int(request.tile_batch)
 
 
-def _check_host(request: GenerationRequest, info: ModelInfo, device: torch.device, dtype: torch.dtype) -> None:
-    """Refuse what the host's memory cannot hold (runtime.memory), from the model's description:
-    nothing is loaded yet."""
+def _check_host(request: GenerationRequest, info: ModelInfo, device: torch.device, dtype: torch.dtype,
+                limit: int | None) -> None:
+    """Refuse what the host's memory, or the user's budget (``limit``), cannot hold
+    (runtime.memory), from the model's description: nothing is loaded yet."""
     try:
-        hf = memory.host_footprint(request, info, device.type, dtype_name(dtype))
+        hf, smallest, _ = memory.host_plan(request, info, device.type, dtype_name(dtype), limit)
     except RequestError:
         return  # a plan the model refuses is reported, with its own field, once the model is loaded
-    memory.check_host_fits(hf, memory.host_available())
+    memory.check_host_fits(hf, memory.host_available(), limit, smallest)
 
 
 def _init_latents(den: Denoiser, request: GenerationRequest, plan: TilePlan, emit: EventSink) -> torch.Tensor | None:
@@ -549,16 +554,24 @@ def generate(
     cancel = cancel or CancelToken()
     started = time.perf_counter()
     run: _Denoise | None = None
+    budget = contextlib.ExitStack()
     try:
-        # 1. Device, model, plan; a request the host's memory cannot hold is refused before any of it.
+        # 1. Device, model, plan; a request the host's memory (or the user's budget for it) cannot
+        #    hold is refused before any of it.
+        limit = memory.host_limit(request)
         if denoiser is None:
             device = resolve_device(request.device)
             dtype = resolve_dtype(request.dtype, device)
-            _check_host(request, describe_model(request.model), device, dtype)
+            _check_host(request, describe_model(request.model), device, dtype, limit)
             den = load_denoiser(request, device, dtype)
         else:
             den = denoiser
         plan = TilePlan.for_request(request, den.scale, den.native_tile)
+        host, _, host_batch = memory.host_plan(request, _loaded_info(request, den, plan), torch.device(den.device).type,
+                                               dtype_name(den.dtype), limit)
+        # What the budget leaves the exact decode, read by the decoder's storage choice (up front
+        # for the Notice, and again at the decode).
+        budget.enter_context(memory.decode_budget(None if limit is None else limit - host.held_while_decoding))
         probe = den.make_scheduler(request.sampler)  # second-order samplers evaluate more than `steps`
         probe.set_timesteps(request.steps, device="cpu")
         passes = 2 if request.global_context > 0 and request.fusion != "independent" \
@@ -577,7 +590,7 @@ def generate(
         run.regional = regional(den, request, plan, cond)
         init = _init_latents(den, request, plan, emit) if request.init_image is not None else None
         run.total_steps = total_steps
-        run.batch = _tile_batch(request, den, plan, emit, _bridge_cost(den, plan, request, cond, emit))
+        run.batch = _tile_batch(request, den, plan, emit, _bridge_cost(den, plan, request, cond, emit), host_batch)
 
         # 3. Noise for the whole canvas from one CPU generator: the image depends on the seed
         #    alone, not on tile_batch, the device or the number of devices.
@@ -626,3 +639,5 @@ def generate(
     except Exception as exc:
         emit(Failed(f"{type(exc).__name__}: {exc}", "runtime"))
         raise
+    finally:
+        budget.close()

@@ -52,6 +52,7 @@ class FormValues:
     device: str
     dtype: str
     compile: bool
+    host_memory: float = 0.0  # GiB; 0 = no budget (request.host_memory None)
     # options.py: the model's controls by key; ``given`` ones are kept even at their default (the
     # shown request named them), ``carried`` extras have no control and pass through untouched.
     controls: dict[str, int] = field(default_factory=dict)
@@ -98,6 +99,7 @@ def to_request(info: ModelInfo, v: FormValues) -> GenerationRequest:
         device=v.device.strip(),
         dtype=v.dtype,
         compile=v.compile,
+        host_memory=round(v.host_memory, 1) or None,  # the field shows one decimal
         extra={**v.carried, **model_controls(info, named)},
         regions=_regions_for(info, v.regions),
     ), info)
@@ -144,6 +146,7 @@ def from_request(info: ModelInfo, request: GenerationRequest) -> FormValues:
         device=request.device,
         dtype=request.dtype,
         compile=request.compile,
+        host_memory=request.host_memory or 0.0,
         controls=controls,
         given=frozenset(k for k in request.extra if k in keys),
         carried={k: x for k, x in request.extra.items() if k not in keys},

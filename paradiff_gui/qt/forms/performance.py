@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtWidgets import QCheckBox, QComboBox, QFormLayout
+from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout
 
 from ...engine.core import request as rq
 from .base import Form, spin
@@ -32,6 +32,21 @@ class PerformanceForm(Form):
         for d in rq.DTYPES:
             self.dtype.addItem(d)
         layout.addRow("Precision", self.dtype)
+        self.host_memory = QDoubleSpinBox()
+        self.host_memory.setObjectName("host_memory")
+        # 0 = no budget; otherwise the request's own range (below its minimum is not offered).
+        self.host_memory.setRange(0.0, rq.MAX_HOST_MEMORY)
+        self.host_memory.setDecimals(1)
+        self.host_memory.setSingleStep(1.0)
+        self.host_memory.setSuffix(" GiB")
+        self.host_memory.setSpecialValueText("All available")
+        self.host_memory.setKeyboardTracking(False)
+        self.host_memory.setToolTip(
+            "The most RAM a run may take, so other programs keep theirs while a big picture decodes. The tile "
+            "batch on a CPU and the exact decode keep within it (spilling to the scratch disk: slower, the same "
+            "picture); a run that cannot is refused with the smallest budget that would work. At least "
+            f"{rq.MIN_HOST_MEMORY} GiB. All available: $PARADIFF_HOST_MEMORY if set, else what the machine has.")
+        layout.addRow("Host memory", self.host_memory)
         self.compile = QCheckBox("Compile the model (torch.compile)")
         self.compile.setObjectName("compile")
         self.compile.setToolTip("Faster steps after a slow first one (a minute or more); the picture is the same. "
@@ -48,15 +63,18 @@ class PerformanceForm(Form):
         self.tile_batch.valueChanged.connect(self._changed)
         self.device.currentTextChanged.connect(self._changed)
         self.dtype.currentIndexChanged.connect(self._changed)
+        self.host_memory.valueChanged.connect(self._changed)
         self.compile.toggled.connect(self._changed)
 
     def values(self) -> dict[str, Any]:
         return {"tile_batch": self.tile_batch.value(), "device": self.device.currentText(),
-                "dtype": self.dtype.currentText(), "compile": self.compile.isChecked()}
+                "dtype": self.dtype.currentText(), "host_memory": self.host_memory.value(),
+                "compile": self.compile.isChecked()}
 
     def show_values(self, v: FormValues) -> None:
         with self.showing():
             self.tile_batch.setValue(v.tile_batch)
             self.device.setCurrentText(v.device)
             self.dtype.setCurrentIndex(max(0, self.dtype.findText(v.dtype)))
+            self.host_memory.setValue(v.host_memory)
             self.compile.setChecked(v.compile)

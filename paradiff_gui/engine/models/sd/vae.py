@@ -24,7 +24,7 @@ import torch
 
 from ...core import blend
 from ...core.plan import TilePlan
-from ...runtime.memory import SCRATCH_ENV, GiB, disk_free, host_available, scratch_dir
+from ...runtime.memory import SCRATCH_ENV, GiB, decode_room, disk_free, host_available, scratch_dir
 
 DECODE_TILE = 64  # latent px (512 image px for SD)
 DECODE_OVERLAP = 16  # latent px
@@ -112,9 +112,11 @@ SPILL_ROWS_MIN = 8  # feature-map rows of a spilled band, at least
 def host_budget() -> int:
     """Host memory the exact decode may take: half of what the kernel can give now without
     swapping (MemAvailable: the page cache a spilled decode fills counts as available), 8 GiB if
-    unknown."""
+    unknown — and never more than the user's host-memory budget leaves it (runtime.memory)."""
     available = host_available()
-    return 8 << 30 if available is None else available // 2
+    machine = 8 << 30 if available is None else available // 2
+    room = decode_room()
+    return machine if room is None else min(machine, room)
 
 
 class _Stats:
