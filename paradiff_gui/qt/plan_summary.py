@@ -86,7 +86,7 @@ def _host_memory_text(host_bytes: int, limit: int | None) -> str:
     colour = " style='color:#e5534b'" if over else ""
     room = f" of {fmt_bytes(available)} available" if available is not None else ""
     if limit is not None:
-        room = f" of a {fmt_bytes(limit)} budget" + (f" ({fmt_bytes(available)} available)" if available else "")
+        room = f" of the {fmt_bytes(limit)} budget" + (f" ({fmt_bytes(available)} available)" if available else "")
     return f"<br><span{colour}>host ≈ {fmt_bytes(host_bytes)}{room}</span>"
 
 

@@ -32,7 +32,7 @@ def panel(qtbot, monkeypatch):
 def requests(sd_like: str) -> list[rq.GenerationRequest]:
     return [
         request_for(TERRAIN, width=384, height=256, overlap=32, steps=5, seed=4_000_000_000, fusion="gaussian",
-                    jitter=True, global_context=0.25, tile_batch=4, device="cpu", dtype="fp32",
+                    jitter=True, global_context=0.25, tile_batch=4, device="cpu", dtype="fp32", host_memory=6.5,
                     extra={"terrain_difficulty": 70, "from_elsewhere": "kept"}),
         request_for(sd_like, prompt="a castle", negative_prompt="blur", width=1024, height=512, grid=(2, 3),
                     overlap=64, steps=7, guidance=5.5, sampler="euler_a", seed=9, fusion="uniform",
@@ -96,6 +96,17 @@ def test_a_loaded_option_out_of_range_is_refused_not_clamped():
 # -- limits ----------------------------------------------------------------------------------------
 
 
+def test_the_host_memory_budget_is_offered_with_none_as_its_lowest_value(panel):
+    f = panel.performance_form
+    panel.set_request(request_for(TERRAIN, host_memory=3.0))
+    assert f.host_memory.value() == 3.0 and panel.request().host_memory == 3.0
+    f.host_memory.setValue(0)
+    assert f.host_memory.text() == "All available" and panel.request().host_memory is None
+    f.host_memory.setValue(0.3)  # below the request's least: refused by name, never raised silently
+    with pytest.raises(rq.RequestError, match=r"host_memory: must be a number of GiB from 0\.5"):
+        panel.request()
+
+
 def test_no_field_can_hold_a_value_outside_the_request_limits(panel, sd_like):
     panel.set_request(request_for(sd_like))
     s, t, m, c, f = panel.size_form, panel.tiles_form, panel.sampling_form, panel.coherence_form, \
@@ -105,7 +116,8 @@ def test_no_field_can_hold_a_value_outside_the_request_limits(panel, sd_like):
               (t.tile, rq.MIN_TILE, rq.MAX_TILE), (t.rows, 1, rq.MAX_GRID), (t.cols, 1, rq.MAX_GRID),
               (t.overlap, 0, rq.MAX_OVERLAP), (m.steps, 1, rq.MAX_STEPS),
               (m.guidance, rq.MIN_GUIDANCE, rq.MAX_GUIDANCE), (m.seed, 0, rq.MAX_SEED),
-              (c.global_context, 0.0, 1.0), (f.tile_batch, 0, rq.MAX_TILE_BATCH)]
+              (c.global_context, 0.0, 1.0), (f.tile_batch, 0, rq.MAX_TILE_BATCH),
+              (f.host_memory, 0.0, rq.MAX_HOST_MEMORY)]
     for end in (0, 1):  # every field at its lowest, then at its highest
         for widget, lo, hi in limits:
             widget.setValue(hi + 10**9 if end else lo - 10**9)

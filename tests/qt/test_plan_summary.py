@@ -92,3 +92,19 @@ def test_the_summary_shows_the_host_memory_and_marks_what_does_not_fit(qapp, mon
     assert "color:#e5534b'>host" not in small.html
     huge = ps.summarise(2, request_for("builtin:terrain", width=65536, height=65536, device="cpu"), INFO, {})
     assert "color:#e5534b'>host ≈ 264" in huge.html
+
+
+def test_the_summary_measures_the_host_estimate_against_the_budget(qapp, monkeypatch):
+    from paradiff_gui.engine.runtime import memory
+
+    monkeypatch.setattr(memory, "host_available", lambda: 24 * memory.GiB)
+    monkeypatch.delenv(memory.HOST_MEMORY_ENV, raising=False)
+    fits = ps.summarise(1, request_for("builtin:terrain", width=512, height=512, device="cpu", host_memory=8), INFO,
+                        {})
+    assert "of the 8.0 GiB budget" in fits.html and "color:#e5534b'>host" not in fits.html
+    over = ps.summarise(2, request_for("builtin:terrain", width=2048, height=2048, device="cpu", host_memory=0.5),
+                        INFO, {})
+    assert "color:#e5534b'>host" in over.html and "of the 512.0 MiB budget" in over.html
+    monkeypatch.setenv(memory.HOST_MEMORY_ENV, "lots")
+    bad = ps.summarise(3, request_for("builtin:terrain", device="cpu"), INFO, {})
+    assert bad.error is not None and bad.error.startswith("host_memory: $PARADIFF_HOST_MEMORY must be")
