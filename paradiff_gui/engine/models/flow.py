@@ -277,14 +277,27 @@ def pipeline_class_name(model: str) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def check_folder(path: Path, parts: Sequence[str], kind: str) -> None:
+def check_folder(path: Path, parts: Sequence[str], kind: str, optional: Sequence[str] = ()) -> list[str]:
     """A diffusers folder of ``kind`` must hold every component the pipeline loads; name the
-    missing ones (a half-copied download fails here, not deep inside diffusers)."""
-    index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
-    missing = [p for p in parts if index.get(p, [None, None])[0] is not None and not (path / p).is_dir()]
+    missing ones (a half-copied download fails here, not deep inside diffusers). Returns the
+    ``optional`` components it does not have (named null in model_index.json, or no folder)."""
+    try:
+        index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelUnavailable(f"model: {path} is a folder but not a diffusers model (no model_index.json)") from None
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(f"model: {path / 'model_index.json'} is not a valid diffusers model index ({exc})") \
+            from None
+
+    def absent(part: str) -> bool:
+        entry = index.get(part)
+        return not isinstance(entry, list) or entry[:1] == [None] or not (path / part).is_dir()
+
+    missing = [p for p in parts if p not in optional and absent(p)]
     if missing:
-        raise ModelUnavailable(f"model: {path} is a {kind} folder without {', '.join(missing)}/: copy the whole "
-                               "model folder (every component model_index.json names)")
+        raise ModelUnavailable(f"model: {path} is a {kind} folder without {', '.join(m + '/' for m in missing)}: "
+                               "copy the whole model folder (every component model_index.json names)")
+    return [p for p in optional if absent(p)]
 
 
 # What the keys of a single-file checkpoint say it holds. FLUX and SD3 files come in the
@@ -317,10 +330,11 @@ def checkpoint_kind(path: Path) -> str:
 
 
 def load_pipeline(pipe_cls: Any, transformer_cls: Any, kind: str, label: str, model: str, dtype: torch.dtype, *,
-                  transformer: str | None, allow_download: bool) -> Any:
+                  transformer: str | None, allow_download: bool, optional: Sequence[str] = ()) -> Any:
     """A FLUX or SD3 pipeline from a diffusers folder or a cached hub id (the network only with
     ``allow_download``), its transformer optionally from a single ``.safetensors`` file (the
-    folder then needs only the transformer's config.json)."""
+    folder then needs only the transformer's config.json). ``optional`` components (SD3's T5) may
+    be missing from a folder: the pipeline gets None for them."""
     from diffusers.utils import logging as dlogging
     from huggingface_hub import constants
     from transformers.utils import logging as tlogging
@@ -332,9 +346,9 @@ def load_pipeline(pipe_cls: Any, transformer_cls: Any, kind: str, label: str, mo
     source = str(path) if path.is_dir() else model
     parts = [p for p in ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2",
                          "text_encoder_3", "tokenizer_3", "transformer") if not (transformer and p == "transformer")]
-    if path.is_dir():
-        check_folder(path, parts, label)
     kwargs: dict[str, Any] = {}
+    if path.is_dir():
+        kwargs.update(dict.fromkeys(check_folder(path, parts, label, optional)))
     if transformer:
         kwargs["transformer"] = load_transformer_file(transformer_cls, kind, label, Path(transformer).expanduser(),
                                                       source, dtype, local_only)
