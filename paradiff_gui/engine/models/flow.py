@@ -289,11 +289,14 @@ def check_folder(path: Path, parts: Sequence[str], kind: str, optional: Sequence
         raise ModelUnavailable(f"model: {path / 'model_index.json'} is not a valid diffusers model index ({exc})") \
             from None
 
-    def absent(part: str) -> bool:
+    def named(part: str) -> bool:
         entry = index.get(part)
-        return not isinstance(entry, list) or entry[:1] == [None] or not (path / part).is_dir()
+        return isinstance(entry, list) and entry[:1] != [None]
 
-    missing = [p for p in parts if p not in optional and absent(p)]
+    def absent(part: str) -> bool:
+        return not named(part) or not (path / part).is_dir()
+
+    missing = [p for p in parts if p not in optional and named(p) and absent(p)]
     if missing:
         raise ModelUnavailable(f"model: {path} is a {kind} folder without {', '.join(m + '/' for m in missing)}: "
                                "copy the whole model folder (every component model_index.json names)")
