@@ -255,25 +255,27 @@ def group_by(tiles: Sequence[Tile], key: Any) -> list[list[int]]:
 # -- loading ----------------------------------------------------------------------------------------
 
 
-def pipeline_class_name(model: str) -> str | None:
-    """The ``_class_name`` of a diffusers folder or of a hub id in the local cache; None for
-    anything else (single files, built-ins, unknown ids)."""
+def model_folder(model: str) -> Path | None:
+    """The folder of a diffusers model: the path itself, or a hub id's snapshot in the local cache
+    (where its model_index.json is); None for anything else (single files, built-ins, unknown ids)."""
     path = Path(model).expanduser()
-    index: Path | None = path / "model_index.json" if path.is_dir() else None
-    if index is None and not path.exists() and "/" in model and not model.startswith(("/", ".", "~")):
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(model, "model_index.json")
-        except Exception:  # an id the hub library rejects is simply not cached
-            cached = None
-        index = Path(cached) if isinstance(cached, str) else None
-    if index is None or not index.is_file():
+    if path.is_dir():
+        return path if (path / "model_index.json").is_file() else None
+    if path.exists() or "/" not in model or model.startswith(("/", ".", "~", "builtin:")):
         return None
     try:
-        name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
-    except (OSError, ValueError, AttributeError):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model, "model_index.json")
+    except Exception:  # an id the hub library rejects is simply not cached
         return None
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def pipeline_class_name(model: str) -> str | None:
+    """The ``_class_name`` in a diffusers model's model_index.json (see :func:`model_folder`)."""
+    folder = model_folder(model)
+    name = _json(folder / "model_index.json").get("_class_name") if folder is not None else None
     return name if isinstance(name, str) else None
 
 
@@ -383,3 +385,53 @@ def load_transformer_file(transformer_cls: Any, kind: str, label: str, file: Pat
             f"transformer: could not load {file.name} with the configuration in {source}/transformer "
             f"({str(exc).splitlines()[0]}); the model folder needs transformer/config.json of the same {label} "
             "variant") from None
+
+
+# -- describing a model without loading it ----------------------------------------------------------
+
+FLOW_PIPELINES = {"FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3"}
+# A rule of thumb, not measured: about 20 live (tokens × hidden) tensors per block at the peak of
+# a transformer call (attention through SDPA, no n² scores), one token per 2×2 latent px: bytes per
+# latent px per dtype byte = 20·hidden/4.
+LIVE_TENSORS = 20
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def describe_folder(folder: Path) -> dict[str, Any] | None:
+    """What a FLUX or SD3 diffusers folder is, from its JSON configs alone: ``kind``, ``defaults``
+    (request fields that suit it: the pipeline's own steps and guidance, Euler) and ``info``
+    (:class:`~..core.modelinfo.ModelInfo` fields). None for any other folder."""
+    kind = FLOW_PIPELINES.get(_json(folder / "model_index.json").get("_class_name", ""))
+    if kind is None:
+        return None
+    transformer = _json(folder / "transformer" / "config.json")
+    scheduler = _json(folder / "scheduler" / "scheduler_config.json")
+    vae = _json(folder / "vae" / "config.json")
+    scale = 2 ** (len(vae.get("block_out_channels") or [0] * 4) - 1)  # image px per latent px
+    hidden = int(transformer.get("num_attention_heads", 24)) * int(transformer.get("attention_head_dim", 128))
+    info: dict[str, Any] = {
+        "scale": scale,
+        "channels": int(vae.get("latent_channels", 16)),
+        "tile_multiple": PATCH * scale,
+        "samplers": samplers_for(scheduler),
+        "view_bytes_per_px": LIVE_TENSORS * hidden // (PATCH * PATCH),
+    }
+    if kind == "flux":
+        dev = bool(transformer.get("guidance_embeds", False))
+        info.update(native_tile=1024, guidance=dev, guidance_embedded=dev,
+                    label=f"{folder.name} (FLUX.1 {'dev' if dev else 'schnell'})")
+        # The pipeline's defaults: 28 steps and guidance 3.5 for dev; schnell is distilled for 4
+        # steps without guidance.
+        defaults = {"steps": 28, "guidance": 3.5} if dev else {"steps": 4, "guidance": 1.0}
+    else:
+        info.update(native_tile=int(transformer.get("sample_size", 128)) * scale, guidance=True,
+                    label=f"{folder.name} (SD3)")
+        defaults = {"steps": 28, "guidance": 7.0}  # StableDiffusion3Pipeline's defaults
+    return {"kind": kind, "defaults": {**defaults, "sampler": "euler"}, "info": info}

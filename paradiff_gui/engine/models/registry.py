@@ -37,7 +37,11 @@ def model_defaults(model: str) -> dict[str, Any]:
     if model.startswith("builtin:"):
         builtin = _BUILTINS.get(model.split(":", 1)[1])
         return dict(builtin.defaults) if builtin else {}
-    return {}
+    from .flow import describe_folder, model_folder  # configs only: nothing heavy is imported
+
+    folder = model_folder(model)
+    described = describe_folder(folder) if folder is not None else None
+    return dict(described["defaults"]) if described else {}
 
 
 def builtin_names() -> list[str]:
