@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{rq.DEFAULT_STRENGTH}); 1 is text-to-image")
     g.add_argument("--wrap", choices=rq.WRAPS,
                    help="seamless: the tile plan wraps across these canvas edges, so the picture tiles")
+    g.add_argument("--positions", choices=rq.POSITIONS,
+                   help="diffusion transformers (FLUX, SD3): each tile's token positions start at 0, as for a "
+                        "picture of its size (local, the default), or sit at its place on the canvas (canvas)")
+    g.add_argument("--transformer", metavar="FILE.safetensors",
+                   help="FLUX/SD3: a single-file transformer checkpoint used in place of the --model folder's own "
+                        "(the folder gives the text encoders, the VAE and the transformer's config.json)")
     g.add_argument("--tile-batch", dest="tile_batch", type=_tile_batch_arg, metavar="auto|N",
                    help="tiles per model call; auto (the default) picks the most that fit in memory")
     g.add_argument("--device", metavar="auto|cpu|cuda|cuda:N|mps")
@@ -206,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _OVERRIDES = ("model", "prompt", "negative_prompt", "overlap", "steps", "guidance", "sampler", "seed",
               "fusion", "jitter", "global_context", "bridges", "bridge_width", "tile_batch", "device", "dtype",
-              "host_memory", "compile", "init_image", "strength", "wrap")
+              "host_memory", "compile", "init_image", "strength", "wrap", "positions", "transformer")
 _REGION_SPEC = re.compile(r"\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*:(.*)", re.S)
 _OPTION = re.compile(r"\s*([a-z][a-z0-9_]*)\s*=(.*)", re.S)
 
@@ -646,18 +652,20 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     entries = list_models()
     # A model's options (--set KEY=VALUE) come from the same table the app draws its controls from.
+    infos = {e.id: describe_model(e.id) for e in entries}  # configs only: nothing loads
     options = {e.id: [{"key": c[0], "label": c[1], "min": c[2], "max": c[3], "default": c[4]}
-                      for c in describe_model(e.id).controls] if e.kind == "builtin" else [] for e in entries}
+                      for c in infos[e.id].controls] if e.kind == "builtin" else [] for e in entries}
     if args.json:
-        print(json.dumps([{**e.__dict__, "options": options[e.id]} for e in entries], indent=2))
+        print(json.dumps([{**e.__dict__, "label": infos[e.id].label, "options": options[e.id]} for e in entries],
+                         indent=2))
         return EXIT_OK
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("model", "kind", "where", "options (--set KEY=VALUE)", title="Models Paradiff can use")
+    table = Table("model", "kind", "what", "where", "options (--set KEY=VALUE)", title="Models Paradiff can use")
     for e in entries:
         opts = ", ".join(f"{o['key']}={o['min']}..{o['max']} (default {o['default']})" for o in options[e.id])
-        table.add_row(e.id, e.kind, e.where, opts)
+        table.add_row(e.id, e.kind, infos[e.id].label, e.where, opts)
     console = Console()
     console.print(table)
     if not entries:

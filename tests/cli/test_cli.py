@@ -144,7 +144,8 @@ def test_models_lists_local_folders(sd_folder, capsys, monkeypatch):
     code, out, _ = run(["models", "--json"], capsys)
     assert code == 0
     entries = json.loads(out)
-    assert {"id": str(sd_folder), "kind": "folder", "where": str(sd_folder.parent), "options": []} in entries
+    assert {"id": str(sd_folder), "kind": "folder", "where": str(sd_folder.parent),
+            "label": "tiny-sd (Stable Diffusion)", "options": []} in entries
 
 
 def _cli(*args, env=None, **kw):

@@ -23,7 +23,9 @@ class ModelInfo:
     native_tile: int = SD_NATIVE  # image px
     fixed_tile: bool = False  # the model only accepts tiles of native_tile
     text: bool = True  # conditioned on a prompt
-    guidance: bool = True  # classifier-free guidance applies (2 views per tile when > 1)
+    guidance: bool = True  # the guidance value means something (2 views per tile when > 1, unless embedded)
+    guidance_embedded: bool = False  # guidance is an input of the model (FLUX.1-dev): one view per tile
+    tile_multiple: int = 8  # image px that tile sides and the canvas must be multiples of (FLUX/SD3: 16)
     channels: int = 4  # latent channels
     samplers: tuple[str, ...] = SAMPLERS
     output: str = "rgb"  # "rgb" (8-bit colour) or "height" (16-bit single channel)
@@ -37,3 +39,8 @@ class ModelInfo:
 
     def plan(self, request: GenerationRequest) -> TilePlan:
         return TilePlan.for_request(request, self.scale, self.native_tile)
+
+    @property
+    def views_per_tile(self) -> int:
+        """Model calls per tile for a request's guidance: 2 with classifier-free guidance above 1."""
+        return 2 if self.text and self.guidance and not self.guidance_embedded else 1

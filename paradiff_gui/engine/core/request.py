@@ -35,6 +35,12 @@ BRIDGES = ("off", "halos", "norms", "attention", "full")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 # Seamless canvases: the tile plan wraps across these canvas edges (a torus), so the picture tiles.
 WRAPS = ("none", "x", "y", "xy")
+# Diffusion transformers (FLUX, SD3): where each tile's image tokens sit in the model's positional
+# encoding. ``local``: at the origin, as for a picture of the tile's size — what the models were
+# trained on, and the default (canvas positions put tiles where no training picture reached: FLUX's
+# text sits at rotary position 0, SD3's table ends at pos_embed_max_size). ``canvas``: at the
+# tile's place on the canvas. UNet models (SD, terrain) have no such positions and ignore it.
+POSITIONS = ("local", "canvas")
 DEFAULT_STRENGTH = 0.6  # image-to-image: how much of the init image is re-drawn when no strength is given
 
 # Limits in image pixels. Sizes and tiles are multiples of 8 so that they map to whole latent
@@ -139,6 +145,8 @@ class GenerationRequest:
     init_image: str | None = None  # image-to-image: the picture to start from (a file path)
     strength: float | None = None  # 0 < S <= 1: how much of init_image is re-drawn (None: DEFAULT_STRENGTH)
     wrap: str = "none"  # seamless: none, x, y or xy
+    positions: str = "local"  # diffusion transformers: tiles' token positions, local or canvas (POSITIONS)
+    transformer: str | None = None  # FLUX/SD3: a single-file transformer (.safetensors) used in place of model's
     tile_batch: int | str = "auto"  # tiles per model call, or "auto": the most that fit (engine.memory)
     device: str = "auto"
     host_memory: float | None = None  # GiB the run may keep in host memory (None: $PARADIFF_HOST_MEMORY or all)
@@ -254,6 +262,10 @@ class GenerationRequest:
             raise RequestError("init_image", "starts the shared canvas from a picture, and fusion independent has no "
                                              "shared canvas: use another fusion with init_image")
         _check_choice("wrap", self.wrap, WRAPS)
+        _check_choice("positions", self.positions, POSITIONS)
+        if self.transformer is not None and (not isinstance(self.transformer, str) or not self.transformer.strip()
+                                             or len(self.transformer) > 4096):
+            raise RequestError("transformer", f"must be the path of a .safetensors file, got {self.transformer!r}")
         if self.wrap != "none" and self.global_context > 0:
             raise RequestError("wrap", "the global-context pass is one tile across and cannot wrap: use "
                                        "global_context 0 with wrap")

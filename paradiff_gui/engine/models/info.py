@@ -9,6 +9,7 @@ from typing import Any
 
 from ..core.modelinfo import SD_NATIVE, SD_SCALE, ModelInfo
 from ..core.request import SAMPLERS
+from .flow import describe_folder
 from .registry import builtin_info
 
 
@@ -47,7 +48,19 @@ def _stored_dtype_bytes(folder: Path) -> int:
     return {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}.get(dtypes[0] if dtypes else "", 4)
 
 
+def _from_flow_folder(model: str, folder: Path, info: dict[str, Any]) -> ModelInfo:
+    """A FLUX or SD3 folder (models/flow.describe_folder), with its weights' size on disk."""
+    return ModelInfo(
+        id=model, **info,
+        weight_bytes=_weights_size(folder, ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")),
+        weight_dtype_bytes=_stored_dtype_bytes(folder / "transformer"),
+    )
+
+
 def _from_folder(model: str, folder: Path) -> ModelInfo:
+    described = describe_folder(folder)
+    if described is not None:
+        return _from_flow_folder(model, folder, described["info"])
     index = _read_json(folder / "model_index.json")
     unet = _read_json(folder / "unet" / "config.json")
     vae = _read_json(folder / "vae" / "config.json")

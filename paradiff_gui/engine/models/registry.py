@@ -37,7 +37,11 @@ def model_defaults(model: str) -> dict[str, Any]:
     if model.startswith("builtin:"):
         builtin = _BUILTINS.get(model.split(":", 1)[1])
         return dict(builtin.defaults) if builtin else {}
-    return {}
+    from .flow import describe_folder, model_folder  # configs only: nothing heavy is imported
+
+    folder = model_folder(model)
+    described = describe_folder(folder) if folder is not None else None
+    return dict(described["defaults"]) if described else {}
 
 
 def builtin_names() -> list[str]:
@@ -47,12 +51,19 @@ def builtin_names() -> list[str]:
 # One loaded model is kept: the GUI and tests generate many times with the same weights, and
 # loading an SD checkpoint costs seconds. A different model/device/dtype replaces it, and so does
 # a different CPU thread limit (the backend's pools are sized when it loads).
-_CACHE: dict[tuple[str, str, str, bool, int | None], Denoiser] = {}
+_CACHE: dict[tuple[str, str | None, str, str, bool, int | None], Denoiser] = {}
+
+# diffusers pipelines (a folder's or a cached hub id's ``model_index.json`` ``_class_name``) that a
+# backend other than the SD one runs: module and loader, imported when used.
+_PIPELINES = {
+    "FluxPipeline": ("flux", "load_flux"),
+    "StableDiffusion3Pipeline": ("sd3", "load_sd3"),
+}
 
 
 def load_denoiser(request: GenerationRequest, device: torch.device, dtype: torch.dtype) -> Denoiser:
     """Load (or reuse) the backend for ``request.model`` on ``device`` in ``dtype``."""
-    key = (request.model, str(device), str(dtype), request.compile, cpu_threads())
+    key = (request.model, request.transformer, str(device), str(dtype), request.compile, cpu_threads())
     if key in _CACHE:
         return _CACHE[key]
     if request.model.startswith("builtin:"):
@@ -62,14 +73,40 @@ def load_denoiser(request: GenerationRequest, device: torch.device, dtype: torch
             raise ModelUnavailable(f"model: there is no built-in model {name!r} (built-in: {known})")
         den = _BUILTINS[name].factory(request, device, dtype)
     else:
-        from .sd.backend import load_sd  # diffusers pipelines import slowly; only pay when used
-
-        den = load_sd(request.model, device, dtype, allow_download=downloads_allowed(), allow_pickle=pickle_allowed())
+        den = _load_diffusers(request, device, dtype)
         if request.compile:
             den.enable_compile()
     _CACHE.clear()
     _CACHE[key] = den
     return den
+
+
+def _load_diffusers(request: GenerationRequest, device: torch.device, dtype: torch.dtype) -> Any:
+    """A diffusers model, by the pipeline its folder (or cached hub id) names; SD for the rest."""
+    import importlib
+    from pathlib import Path
+
+    from .flow import KIND_NAMES, checkpoint_kind, pipeline_class_name
+
+    name = pipeline_class_name(request.model)
+    if name in _PIPELINES:
+        module, loader = _PIPELINES[name]
+        load = getattr(importlib.import_module(f".{module}.backend", __package__), loader)
+        return load(request.model, device, dtype, transformer=request.transformer, allow_download=downloads_allowed())
+    path = Path(request.model).expanduser()
+    if request.transformer is not None:
+        what = f"a {name} model" if name else f"{path.name}"
+        raise ModelUnavailable(f"transformer: a single-file transformer goes with a FLUX.1 or SD3 model folder (its "
+                               f"text encoders and VAE); {what} is neither: leave --transformer out, or give --model "
+                               "the folder the transformer belongs to")
+    if path.suffix == ".safetensors" and path.is_file() and checkpoint_kind(path) in ("flux", "sd3"):
+        kind = KIND_NAMES[checkpoint_kind(path)]
+        raise ModelUnavailable(f"model: {path.name} holds {kind} alone, without the text encoders and the VAE: give "
+                               "--model the diffusers folder of that model (FLUX.1 or SD3) and --transformer "
+                               f"{path.name}")
+    from .sd.backend import load_sd  # diffusers pipelines import slowly; only pay when used
+
+    return load_sd(request.model, device, dtype, allow_download=downloads_allowed(), allow_pickle=pickle_allowed())
 
 
 def clear_cache() -> None:

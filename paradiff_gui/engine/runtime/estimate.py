@@ -31,7 +31,7 @@ def estimate(request: GenerationRequest, info: ModelInfo, seconds_per_view: floa
     """Views, time and memory of ``request``. ``seconds_per_view`` (measured on this machine)
     wins over the model's prior for ``device``."""
     plan = info.plan(request)
-    cfg = 2 if info.guidance and info.text and request.guidance > 1.0 else 1
+    cfg = info.views_per_tile if request.guidance > 1.0 else 1
     views = len(plan) * cfg
     evals = request.steps * (2 if request.sampler == "heun" else 1)
     if request.global_context > 0 and request.fusion != "independent":

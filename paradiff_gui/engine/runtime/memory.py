@@ -90,7 +90,7 @@ def footprint(request: GenerationRequest, info: ModelInfo, dtype: str = "fp16") 
         per_view = UNET_BYTES_PER_CHANNEL_PX * info.unet_channels * tile_px * b
     else:
         per_view = 64 * info.channels * tile_px * 4  # a small pixel-space model: its input many times over
-    views = 2 if info.text and info.guidance and request.guidance > 1.0 else 1
+    views = info.views_per_tile if request.guidance > 1.0 else 1
     canvas = CANVASES * info.channels * plan.height * plan.width * 4
     decode_px = min(request.width * request.height, DECODE_TILE_PX)
     decode = VAE_DECODE_BYTES_PER_PX * decode_px * b if info.scale > 1 else 0

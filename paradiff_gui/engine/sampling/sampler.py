@@ -77,6 +77,16 @@ class GenerationResult:
     info: dict[str, Any]
 
 
+def new_scheduler(den: Denoiser, sampler: str, plan: TilePlan) -> Any:
+    """A fresh scheduler for a run over ``plan``. A schedule that depends on how much the model
+    sees at once (the resolution-dependent shift of flow models, models/flow.py) offers
+    ``for_tile`` and is set for one tile: the model sees a tile, never the whole canvas."""
+    scheduler = den.make_scheduler(sampler)
+    if hasattr(scheduler, "for_tile"):
+        scheduler.for_tile(plan.tile_h, plan.tile_w)
+    return scheduler
+
+
 def _step_kwargs(scheduler: Any, generator: torch.Generator) -> dict[str, Any]:
     # Only ancestral/stochastic samplers take a generator; passing it to others is an error.
     return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
@@ -286,7 +296,7 @@ def _synchronized(run: _Denoise, plan: TilePlan, noise: torch.Tensor, generator:
     timesteps that ``strength`` keeps (strength 1: from pure noise, as text-to-image).
     """
     den, request = run.den, run.request
-    scheduler = den.make_scheduler(request.sampler)
+    scheduler = new_scheduler(den, request.sampler, plan)
     scheduler.set_timesteps(request.steps, device=den.device)
     timesteps = scheduler.timesteps
     if init is not None and strength < 1.0:
@@ -356,7 +366,7 @@ def _independent(run: _Denoise, noise: torch.Tensor, seed: int) -> torch.Tensor:
     result does not depend on ``tile_batch`` either; only the model calls are batched.
     """
     den, plan = run.den, run.plan
-    scheds = [den.make_scheduler(run.request.sampler) for _ in plan.tiles]
+    scheds = [new_scheduler(den, run.request.sampler, plan) for _ in plan.tiles]
     for s in scheds:
         s.set_timesteps(run.request.steps, device=den.device)
     gens = [torch.Generator("cpu").manual_seed(seed + 1 + tl.index) for tl in plan.tiles]
@@ -433,7 +443,7 @@ def _bridge_cost(den: Denoiser, plan: TilePlan, request: GenerationRequest, cond
     config = dataclasses.replace(config_for(request.bridges, _reach(request, plan)), fresh=False)
     survey = Bridge(module, plan, config)
     tile = plan.tiles[0]
-    scheduler = den.make_scheduler(request.sampler)
+    scheduler = new_scheduler(den, request.sampler, plan)
     scheduler.set_timesteps(request.steps, device=den.device)
     x = torch.zeros(1, den.channels, tile.height, tile.width, device=den.device, dtype=den.dtype)
     with torch.inference_mode(), getattr(den, "bridgeable", contextlib.nullcontext)(), survey.installed():
@@ -572,7 +582,7 @@ def generate(
         # What the budget leaves the exact decode, read by the decoder's storage choice (up front
         # for the Notice, and again at the decode).
         budget.enter_context(memory.decode_budget(None if limit is None else limit - host.held_while_decoding))
-        probe = den.make_scheduler(request.sampler)  # second-order samplers evaluate more than `steps`
+        probe = new_scheduler(den, request.sampler, plan)  # second-order samplers evaluate more than `steps`
         probe.set_timesteps(request.steps, device="cpu")
         passes = 2 if request.global_context > 0 and request.fusion != "independent" \
             and min(plan.height, plan.width) > den.native_tile // den.scale else 1

@@ -12,12 +12,11 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from transformers.utils import logging as _tlogging
 
@@ -31,21 +30,12 @@ finally:
     _tlogging.set_verbosity(_verbosity)
 
 from ...core.plan import Tile, TilePlan
-from ...core.request import GenerationRequest, RequestError
+from ...core.request import GenerationRequest
 from ..base import ModelUnavailable
 from . import bridging
 from . import preview as previews
+from .codec import VaeCodec
 from .schedulers import make_scheduler
-from .vae import (
-    DECODE_THRESHOLD,
-    StageStorage,
-    decode_latents,
-    decode_synced,
-    encode_synced,
-    stage_storage,
-    synced_decode_supported,
-    to_uint8,
-)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +56,7 @@ class SDConditioning:
     canvas_hw: tuple[int, int]  # image px
 
 
-class SDDenoiser:
+class SDDenoiser(VaeCodec):
     """A diffusers Stable Diffusion (1.x / 2.x / XL) pipeline behind the Denoiser protocol."""
 
     def __init__(self, pipe: Any, name: str, device: torch.device, dtype: torch.dtype) -> None:
@@ -97,37 +87,6 @@ class SDDenoiser:
             self.vae.to(dtype=self._vae_dtype)
 
     # -- Denoiser protocol ------------------------------------------------------------------
-
-    def notices(self, request: GenerationRequest) -> list[str]:
-        """Said before any work: where the exact tiled decode (and an init image's encode) will keep
-        its stage canvases when the host cannot hold them — spilled to the scratch disk, or, for
-        the decode when that disk has no room either, per-tile statistics instead (the recipe's
-        ``decode`` says so too; an encode that fits nowhere is refused)."""
-        said = []
-        h, w = request.height // self.scale, request.width // self.scale
-        if max(h, w) > DECODE_THRESHOLD and synced_decode_supported(self.vae):
-            store = stage_storage(self.vae, h, w, self._vae_dtype)
-            what = f"the exact tiled decode of {request.width}x{request.height}"
-            if store.where == "disk":
-                said.append(store.describe(what))
-            elif store.where == "none":
-                said.append(f"{store.describe(what)}: the picture will be decoded tile by tile with each tile's own "
-                            "GroupNorm statistics (small brightness and contrast steps between 512 px tiles are "
-                            "possible)")
-            if request.init_image is not None:
-                self._check_encode(request.height, request.width, said)
-        return said
-
-    def _check_encode(self, height: int, width: int, said: list[str] | None = None) -> StageStorage:
-        """Where the exact tiled encode of a (height, width) picture keeps its stages (a
-        StageStorage); refuses, naming init_image, an encode that fits neither memory nor disk."""
-        store = stage_storage(self.vae, height, width, self._vae_dtype, encoder=True)
-        what = f"encoding the {width}x{height} init image"
-        if store.where == "none":
-            raise RequestError("init_image", f"{store.describe(what)}; use a smaller size or free some memory")
-        if store.where == "disk" and said is not None:
-            said.append(store.describe(what))
-        return store
 
     def make_scheduler(self, sampler: str) -> Any:
         return make_scheduler(sampler, self.scheduler_config)
@@ -214,54 +173,6 @@ class SDDenoiser:
         ti = min(max(round(t), 0), len(self._alphas_cumprod) - 1)
         x0 = previews.x0_from_vp(x.float(), pred.float(), float(self._alphas_cumprod[ti]), self.prediction_type)
         return previews.apply_linear_rgb(x0, self._rgb)
-
-    @torch.no_grad()
-    def encode(self, pixels: np.ndarray, on_progress: Callable[[int, int], None]) -> torch.Tensor:
-        """An (H, W, 3) picture in [0, 1] as a latent canvas (1, C, H/8, W/8): the mean of the VAE's
-        latent distribution (no sampling: the same picture always gives the same canvas), tiled with
-        whole-canvas GroupNorm statistics above the decode threshold (vae.encode_synced)."""
-        cfg = self.vae.config
-        shift = getattr(cfg, "shift_factor", None) or 0.0
-        x = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))[None].float() * 2 - 1
-        h, w = x.shape[-2] // self.scale, x.shape[-1] // self.scale
-        if max(h, w) <= DECODE_THRESHOLD or not synced_decode_supported(self.vae):
-            on_progress(0, 1)
-            mean = self.vae.encode(x.to(self.device, self._vae_dtype)).latent_dist.mean
-            on_progress(1, 1)
-        else:
-            store = self._check_encode(x.shape[-2], x.shape[-1])
-            moments = encode_synced(self.vae, x.to(self._vae_dtype), on_progress,
-                                    spill=store.folder if store.where == "disk" else None, recompute=store.recompute)
-            mean = moments[:, : moments.shape[1] // 2]
-        return ((mean.float() - shift) * cfg.scaling_factor).cpu()
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor, on_progress: Callable[[int, int], None],
-               wrap: str = "none") -> np.ndarray:
-        cfg = self.vae.config
-        shift = getattr(cfg, "shift_factor", None) or 0.0
-
-        def decode_fn(z: torch.Tensor) -> torch.Tensor:
-            return self.vae.decode(z.to(self._vae_dtype) / cfg.scaling_factor + shift, return_dict=False)[0]
-
-        h, w = latents.shape[-2:]
-        small = max(h, w) <= DECODE_THRESHOLD
-        # A wrapped canvas always goes through the staged decoder: it is the one that pads circularly.
-        store = stage_storage(self.vae, h, w, self._vae_dtype) \
-            if (not small or wrap != "none") and synced_decode_supported(self.vae) else None
-        if store is not None and store.where != "none":
-            # Tiled, with every GroupNorm on whole-canvas statistics (vae.py).
-            self.decode_method = "tiled, whole-canvas GroupNorm" + (f", wraps {wrap}" if wrap != "none" else "") \
-                + (", stages spilled to disk" if store.where == "disk" else "") \
-                + (" (hidden canvases recomputed)" if store.recompute else "")
-            z = latents.to(self.device, self._vae_dtype) / cfg.scaling_factor + shift
-            return decode_synced(self.vae, z, on_progress, wrap=wrap,
-                                 spill=store.folder if store.where == "disk" else None, recompute=store.recompute)
-        self.decode_method = "whole" if small else \
-            "tiled, per-tile GroupNorm (host memory and scratch disk too small for exact)"
-        if wrap != "none":
-            self.decode_method += "; does not wrap (this VAE or the host memory does not allow the staged decoder)"
-        return to_uint8(decode_latents(decode_fn, latents, self.scale, on_progress))
 
 
 # -- loading ---------------------------------------------------------------------------------
