@@ -62,6 +62,23 @@ def sd_like(tmp_path):
 
 
 @pytest.fixture
+def flux_like(tmp_path):
+    """A FLUX.1-dev-like diffusers folder with configs only (guidance embedded, dynamic shift, a
+    16-channel VAE), described without any weights."""
+    folder = tmp_path / "flux-like"
+    for part, name, config in (
+            ("transformer", "config.json", {"guidance_embeds": True, "num_attention_heads": 24,
+                                            "attention_head_dim": 128}),
+            ("scheduler", "scheduler_config.json", {"_class_name": "FlowMatchEulerDiscreteScheduler",
+                                                    "use_dynamic_shifting": True}),
+            ("vae", "config.json", {"block_out_channels": [128, 256, 512, 512], "latent_channels": 16})):
+        (folder / part).mkdir(parents=True)
+        (folder / part / name).write_text(json.dumps(config))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    return str(folder)
+
+
+@pytest.fixture
 def canvas(qtbot):
     """A shown 600x500 canvas widget."""
     from paradiff_gui.qt.widgets.canvas import CanvasWidget

@@ -107,6 +107,20 @@ def test_the_host_memory_budget_is_offered_with_none_as_its_lowest_value(panel):
         panel.request()
 
 
+def test_positions_are_offered_to_diffusion_transformers_alone(panel, flux_like):
+    f, t, m = panel.coherence_form, panel.tiles_form, panel.sampling_form
+    flux = request_for(flux_like, prompt="a harbour", width=2048, height=1024, tile=1024, overlap=256,
+                       positions="canvas")
+    panel.set_request(flux)
+    assert f.positions.isEnabled() and f.positions.currentData() == "canvas"
+    assert panel.request() == flux
+    assert t.tile.singleStep() == 16  # whole 2x2 patches of the 16-channel latent
+    assert [m.sampler.itemData(i) for i in range(m.sampler.count())] == ["euler"]  # dynamic shift: no Heun
+    panel.set_request(request_for(TERRAIN))
+    assert not f.positions.isEnabled() and panel.request().positions == "local"
+    assert t.tile.singleStep() == rq.SIZE_MULTIPLE
+
+
 def test_no_field_can_hold_a_value_outside_the_request_limits(panel, sd_like):
     panel.set_request(request_for(sd_like))
     s, t, m, c, f = panel.size_form, panel.tiles_form, panel.sampling_form, panel.coherence_form, \

@@ -26,6 +26,7 @@ class ModelInfo:
     guidance: bool = True  # the guidance value means something (2 views per tile when > 1, unless embedded)
     guidance_embedded: bool = False  # guidance is an input of the model (FLUX.1-dev): one view per tile
     tile_multiple: int = 8  # image px that tile sides and the canvas must be multiples of (FLUX/SD3: 16)
+    positions: bool = False  # image tokens carry positions (FLUX/SD3): request.positions applies
     channels: int = 4  # latent channels
     samplers: tuple[str, ...] = SAMPLERS
     output: str = "rgb"  # "rgb" (8-bit colour) or "height" (16-bit single channel)

@@ -420,6 +420,7 @@ def describe_folder(folder: Path) -> dict[str, Any] | None:
         "scale": scale,
         "channels": int(vae.get("latent_channels", 16)),
         "tile_multiple": PATCH * scale,
+        "positions": True,
         "samplers": samplers_for(scheduler),
         "view_bytes_per_px": LIVE_TENSORS * hidden // (PATCH * PATCH),
     }

@@ -9,6 +9,7 @@ from typing import Any
 from PySide6.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QSpinBox
 
 from ...engine.core import request as rq
+from ...engine.core.modelinfo import ModelInfo
 from .base import Form
 from .mapping import FormValues
 
@@ -33,6 +34,11 @@ WRAP_LABELS = {
     "x": "Horizontal (left ↔ right)",
     "y": "Vertical (top ↔ bottom)",
     "xy": "Both",
+}
+# Diffusion transformers (FLUX, SD3): where each tile's image tokens sit (request.positions).
+POSITION_LABELS = {
+    "local": "Tile-local (as trained)",
+    "canvas": "Canvas (each tile at its place)",
 }
 # Only attention bridges reach into a strip.
 WIDTH_BRIDGES = ("attention", "full")
@@ -79,6 +85,17 @@ class CoherenceForm(Form):
         for w in rq.WRAPS:
             self.wrap.addItem(WRAP_LABELS[w], w)
         layout.addRow("Seamless", self.wrap)
+        self.positions = QComboBox()
+        self.positions.setObjectName("positions")
+        self.positions.setToolTip(
+            "Diffusion transformers (FLUX, SD3) only: where each tile's image tokens sit in the model's positional "
+            "encoding. Tile-local: each tile at the origin, as a picture of its size (what the model was trained "
+            "on). Canvas: each tile at its place on the canvas (FLUX then runs one tile a call).")
+        for k in rq.POSITIONS:
+            self.positions.addItem(POSITION_LABELS[k], k)
+        self.positions.setEnabled(False)
+        layout.addRow("Positions", self.positions)
+        self.positions.currentIndexChanged.connect(self._changed)
         self.wrap.currentIndexChanged.connect(self._changed)
         self.bridges.currentIndexChanged.connect(self._bridges_changed)
         self.bridge_width.valueChanged.connect(self._changed)
@@ -87,6 +104,9 @@ class CoherenceForm(Form):
         self.jitter.toggled.connect(self._changed)
         self.global_context.valueChanged.connect(self._changed)
 
+    def set_model(self, info: ModelInfo) -> None:
+        self.positions.setEnabled(info.positions)
+
     def _bridges_changed(self) -> None:
         self.bridge_width.setEnabled(self.bridges.currentData() in WIDTH_BRIDGES)
         self._changed()
@@ -94,7 +114,8 @@ class CoherenceForm(Form):
     def values(self) -> dict[str, Any]:
         return {"fusion": self.fusion.currentData(), "jitter": self.jitter.isChecked(),
                 "global_context": self.global_context.value(), "bridges": self.bridges.currentData(),
-                "bridge_width": self.bridge_width.value(), "wrap": self.wrap.currentData()}
+                "bridge_width": self.bridge_width.value(), "wrap": self.wrap.currentData(),
+                "positions": self.positions.currentData()}
 
     def show_values(self, v: FormValues) -> None:
         with self.showing():
@@ -105,3 +126,4 @@ class CoherenceForm(Form):
             self.bridge_width.setValue(v.bridge_width)
             self.bridge_width.setEnabled(v.bridges in WIDTH_BRIDGES)
             self.wrap.setCurrentIndex(max(0, self.wrap.findData(v.wrap)))
+            self.positions.setCurrentIndex(max(0, self.positions.findData(v.positions)))

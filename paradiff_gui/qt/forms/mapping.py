@@ -53,6 +53,7 @@ class FormValues:
     dtype: str
     compile: bool
     host_memory: float = 0.0  # GiB; 0 = no budget (request.host_memory None)
+    positions: str = "local"  # coherence.py; diffusion transformers only (request.positions)
     # options.py: the model's controls by key; ``given`` ones are kept even at their default (the
     # shown request named them), ``carried`` extras have no control and pass through untouched.
     controls: dict[str, int] = field(default_factory=dict)
@@ -95,6 +96,7 @@ def to_request(info: ModelInfo, v: FormValues) -> GenerationRequest:
         bridges=v.bridges,
         bridge_width=v.bridge_width if v.bridges in ("attention", "full") else 0,  # greyed: not sent
         wrap=v.wrap,
+        positions=v.positions if info.positions else "local",  # greyed for other models: not sent
         tile_batch=v.tile_batch or "auto",
         device=v.device.strip(),
         dtype=v.dtype,
@@ -142,6 +144,7 @@ def from_request(info: ModelInfo, request: GenerationRequest) -> FormValues:
         bridges=request.bridges,
         bridge_width=request.bridge_width,
         wrap=request.wrap,
+        positions=request.positions,
         tile_batch=0 if request.tile_batch == "auto" else int(request.tile_batch),
         device=request.device,
         dtype=request.dtype,

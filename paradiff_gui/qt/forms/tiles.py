@@ -55,6 +55,7 @@ class TilesForm(Form):
 
     def set_model(self, info: ModelInfo) -> None:
         self._fixed_tile = info.fixed_tile
+        self.tile.setSingleStep(max(info.tile_multiple, rq.SIZE_MULTIPLE))  # FLUX/SD3: whole 16 px patches
         with self.showing():
             if info.fixed_tile:
                 self.by_tile.setChecked(True)

@@ -98,7 +98,8 @@ class GenerationPanel(QWidget):
         self.changed.emit()
 
     def _use_model(self, info: ModelInfo) -> None:
-        for form in (self.prompt_form, self.options_form, self.regions_form, self.sampling_form, self.tiles_form):
+        for form in (self.prompt_form, self.options_form, self.regions_form, self.sampling_form, self.tiles_form,
+                     self.coherence_form):
             form.set_model(info)
 
     # -- plan and seed -------------------------------------------------------------------------------
