@@ -220,8 +220,12 @@ def test_a_budget_below_the_smallest_plan_is_refused_with_the_smallest_that_work
     assert f"invalid input: host_memory: the run needs ≈ {smallest.total / memory.GiB:.1f} GiB" in err
     assert f"the budget is 0.5 GiB; the smallest budget that would work is {said:.1f} GiB" in err
     assert "Traceback" not in err and list(tmp_path.iterdir()) == []
-    # That budget is enough: the refusal is gone (the run itself is not needed to show it).
+    # That budget is enough: the refusal is gone (the run itself is not needed to show it)...
     memory.check_host_fits(smallest, 24 * memory.GiB, int(said * memory.GiB), smallest)
+    # ... unless a tile batch fixed by the person needs more: then that field is named.
+    assert main(["generate", "--size", "2048x2048", "--device", "cpu", "--host-memory", f"{said}", "--tile-batch",
+                 "8", "-o", "x.png", "--quiet"]) == 2
+    assert "invalid input: tile_batch: the run needs" in capsys.readouterr().err
     # The environment says the same when the flag is absent; a malformed value is named.
     monkeypatch.setenv(memory.HOST_MEMORY_ENV, "0.5")
     assert main(["generate", "--size", "2048x2048", "--device", "cpu", "-o", "x.png", "--quiet"]) == 2

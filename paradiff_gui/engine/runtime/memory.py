@@ -219,6 +219,9 @@ def check_host_fits(hf: HostFootprint, available: int | None, limit: int | None 
             raise RequestError("host_memory", f"the run needs {(smallest or hf).describe()} but the budget is "
                                               f"{limit / GiB:.1f} GiB; the smallest budget that would work is "
                                               f"{need:.1f} GiB (or use a smaller size)")
+        if hf.total > limit:  # a tile batch the person fixed on a CPU: fewer tiles a call would fit
+            raise RequestError("tile_batch", f"the run needs {hf.describe()} but the host-memory budget is "
+                                             f"{limit / GiB:.1f} GiB: use --tile-batch auto, which keeps within it")
     if available is None or hf.total <= available * HOST_MARGIN:
         return
     raise RequestError("size", f"needs {hf.describe()} but this machine has {available / GiB:.1f} GiB available; "
