@@ -11,6 +11,7 @@ from diffusers import FluxImg2ImgPipeline, FluxPipeline
 from PIL import Image
 
 from paradiff_gui.engine import GenerationRequest, generate
+from paradiff_gui.engine.core.request import RequestError
 from paradiff_gui.engine.models import flow
 from paradiff_gui.engine.models.registry import load_denoiser
 
@@ -60,8 +61,9 @@ def pipeline_latents(folder, seed, guidance, sequence, **kw):
 @pytest.mark.parametrize("variant", ["dev", "schnell"])
 def test_one_tile_equals_flux_pipeline(variant, dev_folder, schnell_folder):
     folder = dev_folder if variant == "dev" else schnell_folder
-    expect, pipe = pipeline_latents(folder, 7, 3.5, 512 if variant == "dev" else 256)
-    got = generate(request(folder))
+    guidance = 3.5 if variant == "dev" else 1.0  # schnell has none (the pipeline ignores it; we refuse others)
+    expect, pipe = pipeline_latents(folder, 7, guidance, 512 if variant == "dev" else 256)
+    got = generate(request(folder, guidance=guidance))
     assert len(got.plan) == 1
     diff = (got.latents - expect).abs().max().item()
     print(f"flux {variant} one tile: max |diff| {diff:.2e}")
@@ -71,6 +73,13 @@ def test_one_tile_equals_flux_pipeline(variant, dev_folder, schnell_folder):
     with torch.no_grad():
         image = pipe.image_processor.postprocess(pipe.vae.decode(z, return_dict=False)[0], output_type="np")[0]
     assert np.abs(got.image.astype(int) - np.round(image * 255).astype(int)).max() <= 1
+
+
+def test_guidance_for_schnell_is_refused_by_name(schnell_folder):
+    with pytest.raises(RequestError) as e:
+        generate(request(schnell_folder, guidance=3.5))
+    assert e.value.field == "guidance" and "schnell has no guidance" in e.value.message
+    assert "use guidance 1" in e.value.message
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ...core.plan import Tile, TilePlan
-from ...core.request import GenerationRequest
+from ...core.request import GenerationRequest, RequestError
 from .. import flow
 
 KIND = "FLUX.1"
@@ -56,8 +56,6 @@ class FluxDenoiser(flow.FlowDenoiser):
         if request.negative_prompt:
             said.append(f"{KIND} is guidance-distilled (one view per tile, no unconditional half): the negative "
                         "prompt is ignored")
-        if not self.guidance_embeds and request.guidance != 1.0:
-            said.append(f"{KIND} schnell has no guidance: guidance is ignored")
         if request.positions == "canvas":
             said.append(f"{KIND} with positions canvas runs one tile per transformer call (each tile has its own "
                         "rotary positions); positions local batches them")
@@ -65,6 +63,9 @@ class FluxDenoiser(flow.FlowDenoiser):
 
     @torch.no_grad()
     def prepare(self, request: GenerationRequest, plan: TilePlan) -> FluxConditioning:
+        if not self.guidance_embeds and request.guidance != 1.0:  # refused, not ignored: no silent change
+            raise RequestError("guidance", f"{KIND} schnell has no guidance (it was distilled without it): use "
+                                           f"guidance 1, got {request.guidance}")
         self._prepare_common(request, plan)
         sequence = DEV_SEQUENCE if self.guidance_embeds else SCHNELL_SEQUENCE
         embeds, pooled, txt_ids = self.pipe.encode_prompt(
