@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import math
 import os
 import shutil
@@ -265,17 +266,27 @@ def host_plan(request: GenerationRequest, info: ModelInfo, device_type: str, dty
               limit: int | None) -> tuple[HostFootprint, HostFootprint, int | None]:
     """The host footprint of ``request`` as it will run, that of its leanest plan (one tile a
     call), and on a CPU with tile_batch auto under a budget the tile batch that keeps within it
-    (the largest up to the usual automatic batch; None where the budget does not choose it)."""
-    auto_cpu = device_type == "cpu" and request.tile_batch == "auto"
-    smallest = host_footprint(request, info, device_type, dtype, tile_batch=1)
-    if not auto_cpu or limit is None:
-        return host_footprint(request, info, device_type, dtype), smallest, None
+    (the largest up to the usual automatic batch; None where the budget does not choose it).
+    Only the tile batch differs between them, so the plan (slow to build for a huge canvas) is
+    built once for the canvases and once for the device footprint."""
+    leanest = host_footprint(request, info, device_type, dtype, tile_batch=1)
+    if device_type != "cpu":
+        return leanest, leanest, None
+    fp = footprint(request, info, dtype)
+
+    def at(batch: int) -> HostFootprint:
+        return dataclasses.replace(leanest, device=fp.denoise_peak(max(1, min(fp.tiles, batch))))
+
+    if request.tile_batch != "auto":
+        return at(int(request.tile_batch)), leanest, None
+    if limit is None:
+        return at(CPU_AUTO_BATCH), leanest, None
     batch = 1
     for b in range(2, CPU_AUTO_BATCH + 1):
-        if host_footprint(request, info, device_type, dtype, tile_batch=b).total > limit:
+        if at(b).total > limit:
             break
         batch = b
-    return host_footprint(request, info, device_type, dtype, tile_batch=batch), smallest, batch
+    return at(batch), leanest, batch
 
 
 @contextlib.contextmanager
