@@ -34,7 +34,7 @@ class PerformanceForm(Form):
         layout.addRow("Precision", self.dtype)
         self.host_memory = QDoubleSpinBox()
         self.host_memory.setObjectName("host_memory")
-        # 0 = no budget; otherwise the request's own range (below its minimum is not offered).
+        # 0 = no budget; 0.1-0.4 can be typed and are refused by the request, by name (never raised silently).
         self.host_memory.setRange(0.0, rq.MAX_HOST_MEMORY)
         self.host_memory.setDecimals(1)
         self.host_memory.setSingleStep(1.0)
