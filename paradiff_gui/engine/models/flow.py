@@ -404,6 +404,14 @@ def _json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def display_name(model: str, transformer: str | None) -> str:
+    """How a loaded FLUX/SD3 model is named to users: the folder's name (or the hub id), and a
+    single-file transformer's name after it."""
+    path = Path(model).expanduser()
+    name = path.name if path.exists() else model
+    return f"{name} + {Path(transformer).name}" if transformer else name
+
+
 def describe_folder(folder: Path) -> dict[str, Any] | None:
     """What a FLUX or SD3 diffusers folder is, from its JSON configs alone: ``kind``, ``defaults``
     (request fields that suit it: the pipeline's own steps and guidance, Euler) and ``info``

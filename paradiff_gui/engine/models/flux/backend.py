@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -125,8 +124,5 @@ def load_flux(model: str, device: torch.device, dtype: torch.dtype, *, transform
                               transformer=transformer, allow_download=allow_download)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
-    path = Path(model).expanduser()
-    name = path.name if path.exists() else model
-    if transformer:
-        name += f" + {Path(transformer).name}"
+    name = flow.display_name(model, transformer)
     return FluxDenoiser(pipe, name, device, dtype)

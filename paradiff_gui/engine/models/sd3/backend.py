@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -158,8 +157,5 @@ def load_sd3(model: str, device: torch.device, dtype: torch.dtype, *, transforme
                               optional=("text_encoder_3", "tokenizer_3"))
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
-    path = Path(model).expanduser()
-    name = path.name if path.exists() else model
-    if transformer:
-        name += f" + {Path(transformer).name}"
+    name = flow.display_name(model, transformer)
     return SD3Denoiser(pipe, name, device, dtype)
