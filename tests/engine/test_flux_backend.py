@@ -146,22 +146,29 @@ def _spy_ids(monkeypatch):
     return calls
 
 
-def test_canvas_positions_move_each_tiles_rotary_ids(dev_folder, monkeypatch):
+def test_canvas_positions_move_each_tiles_rotary_ids_and_a_batch_keeps_each_tiles_own(dev_folder, monkeypatch):
     calls = _spy_ids(monkeypatch)
     # 2x2 tiles of 64 px (8x8 latent px, 4x4 tokens), overlap 0: tiles start at 0 and 8 latent px.
-    res = generate(request(dev_folder, width=128, height=128, tile=64, overlap=0, steps=1, positions="canvas",
-                           tile_batch=4), previews=False)
-    assert len(res.plan) == 4 and len(calls) == 4  # one call per tile: each has its own positions
-    for (batch, ids), tile in zip(calls, res.plan.tiles):
+    kw = dict(width=128, height=128, tile=64, overlap=0, steps=1)
+    alone = generate(request(dev_folder, positions="canvas", tile_batch=1, **kw), previews=False)
+    assert len(alone.plan) == 4 and len(calls) == 4  # one tile per call: the transformer's own positions
+    for (batch, ids), tile in zip(calls, alone.plan.tiles):
         assert batch == 1
         grid = ids.reshape(4, 4, 3)
         assert (grid[..., 0] == 0).all()
         assert grid[:, 0, 1].tolist() == [tile.y0 // 2 + i for i in range(4)]
         assert grid[0, :, 2].tolist() == [tile.x0 // 2 + j for j in range(4)]
-    assert {(t.y0 // 2, t.x0 // 2) for t in res.plan.tiles} == {(0, 0), (0, 4), (4, 0), (4, 4)}
+    assert {(t.y0 // 2, t.x0 // 2) for t in alone.plan.tiles} == {(0, 0), (0, 4), (4, 0), (4, 4)}
     calls.clear()
-    generate(request(dev_folder, width=128, height=128, tile=64, overlap=0, steps=1, positions="local",
-                     tile_batch=4), previews=False)
+    # All four in one call: each row gets its own rotary positions (the opened attention), so the
+    # batch computes what the four calls computed.
+    batched = generate(request(dev_folder, positions="canvas", tile_batch=4, **kw), previews=False)
+    assert [b for b, _ in calls] == [4]
+    diff = (batched.latents - alone.latents).abs().max().item()
+    print(f"canvas positions, one call of 4 tiles vs 4 calls: max |diff| {diff:.1e}")
+    assert diff < 1e-5
+    calls.clear()
+    generate(request(dev_folder, positions="local", tile_batch=4, **kw), previews=False)
     (batch, ids), = calls  # local: all four tiles in one call, every one from the origin
     assert batch == 4 and ids.reshape(4, 4, 3)[0, 0].tolist() == [0, 0, 0]
 
@@ -209,8 +216,11 @@ def test_tiles_at_odd_latent_px_get_half_token_positions(dev_folder, monkeypatch
     # 400 px = 50 latent px in tiles of 16 latent px, overlap 3: four tiles spread evenly start at 0, 11,
     # 23 and 34 latent px — two of them half way through a token.
     calls = _spy_ids(monkeypatch)
-    res = generate(request(dev_folder, width=400, height=64, tile=128, overlap=24, steps=1, positions="canvas"),
-                   previews=False)
+    # (One tile per call, so each call's img_ids are one tile's; a batch takes the same positions per
+    # row, test_canvas_positions_move_each_tiles_rotary_ids_and_a_batch_keeps_each_tiles_own.)
+    res = generate(request(dev_folder, width=400, height=64, tile=128, overlap=24, steps=1, positions="canvas",
+                           tile_batch=1), previews=False)
+    assert len(calls) == len(res.plan.tiles)
     starts = [t.x0 for t in res.plan.tiles]
     assert any(x % 2 for x in starts), starts
     for (_, ids), tile in zip(calls, res.plan.tiles):

@@ -121,6 +121,24 @@ def test_positions_are_offered_to_diffusion_transformers_alone(panel, flux_like)
     assert t.tile.singleStep() == rq.SIZE_MULTIPLE
 
 
+def test_a_transformer_is_offered_the_bridges_it_can_take_and_they_place_tiles_on_the_canvas(panel, flux_like):
+    f = panel.coherence_form
+    panel.set_request(request_for(flux_like, prompt="a harbour", width=2048, height=1024, tile=1024, overlap=256))
+    offered = {f.bridges.itemData(i) for i in range(f.bridges.count()) if f.bridges.model().item(i).isEnabled()}
+    assert offered == {"off", "attention", "full"}  # no convolutions or group norms span its tiles
+    assert f.positions.isEnabled() and panel.request().positions == "local"
+    f.bridges.setCurrentIndex(f.bridges.findData("attention"))
+    assert not f.positions.isEnabled() and "canvas positions" in f.positions.toolTip()
+    req = panel.request()
+    assert req.bridges == "attention" and req.positions == "canvas"
+    f.bridges.setCurrentIndex(f.bridges.findData("off"))
+    assert f.positions.isEnabled()
+    # The UNets keep every bridge; positions mean nothing to them.
+    panel.set_request(request_for(TERRAIN, bridges="halos"))
+    assert all(f.bridges.model().item(i).isEnabled() for i in range(f.bridges.count()))
+    assert panel.request().bridges == "halos" and not f.positions.isEnabled()
+
+
 def test_no_field_can_hold_a_value_outside_the_request_limits(panel, sd_like):
     panel.set_request(request_for(sd_like))
     s, t, m, c, f = panel.size_form, panel.tiles_form, panel.sampling_form, panel.coherence_form, \

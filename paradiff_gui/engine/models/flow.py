@@ -184,6 +184,20 @@ def check_geometry(request: GenerationRequest, plan: TilePlan, model: str) -> No
                                   f"{hint} a multiple of {multiple} px")
 
 
+def check_bridges(request: GenerationRequest, model: str) -> None:
+    """A transformer's tiles meet in attention only (no convolution or GroupNorm spans them), and a
+    neighbour's keys carry the positions it was computed at: bridges need the tiles placed on the
+    canvas. Refuse what would run but carry nothing, or carry tokens to the wrong places."""
+    if request.bridges in ("halos", "norms"):
+        raise RequestError("bridges", f"{model}'s tiles meet only in attention (it has no convolution or group "
+                                      f"norm that spans tiles): use bridges attention or full, or off "
+                                      f"(got {request.bridges})")
+    if request.bridges != "off" and request.positions != "canvas":
+        raise RequestError("positions", f"bridges bring each neighbour's tokens into a tile's attention with the "
+                                        f"positions they were computed at: use positions canvas with bridges "
+                                        f"{request.bridges}, or bridges off (positions is {request.positions})")
+
+
 def token_origin(tile: Tile) -> tuple[float, float]:
     """Where a tile's first token sits on the canvas's token grid (rows, cols). A tile may start at
     an odd latent px (tile starts are spread evenly, and jitter moves them), hence half tokens."""
@@ -214,6 +228,10 @@ class FlowDenoiser(VaeCodec):
         self.scheduler_config = pipe.scheduler.config
         self.decode_method = ""
         self._rgb: torch.Tensor | None = None
+        # The layers bridges reach into (sampling/bridges.py): the transformer's attention, opened
+        # by the subclass's ``bridgeable``; and the bridge of the run when one is installed.
+        self.bridge_module = self.transformer
+        self.bridge: Any = None
         self._vae_dtype = torch.float32 if getattr(self.vae.config, "force_upcast", False) else dtype
         if self.vae.dtype != self._vae_dtype:
             self.vae.to(dtype=self._vae_dtype)
@@ -233,6 +251,7 @@ class FlowDenoiser(VaeCodec):
 
     def _prepare_common(self, request: GenerationRequest, plan: TilePlan) -> None:
         check_geometry(request, plan, self.kind)
+        check_bridges(request, self.kind)
         if self._rgb is None:  # once per model: one VAE encode of a colour chart
             # The fit has a bias term, so the VAE's shift_factor is absorbed like any offset.
             self._rgb = previews.fit_linear_rgb(self.vae, self.vae.config.scaling_factor, self.scale).to(self.device)
@@ -242,14 +261,6 @@ class FlowDenoiser(VaeCodec):
         # x_σ = (1 − σ)·x0 + σ·ε and v = ε − x0 give x0 = x_σ − σ·v.
         sigma = t / NUM_TRAIN_TIMESTEPS
         return previews.apply_linear_rgb(x.float() - sigma * pred.float(), self._rgb)
-
-
-def group_by(tiles: Sequence[Tile], key: Any) -> list[list[int]]:
-    """Indices of ``tiles`` grouped by ``key(tile)``, in first-seen order."""
-    groups: dict[Any, list[int]] = {}
-    for i, tl in enumerate(tiles):
-        groups.setdefault(key(tl), []).append(i)
-    return list(groups.values())
 
 
 # -- loading ----------------------------------------------------------------------------------------

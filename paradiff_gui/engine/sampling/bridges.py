@@ -13,6 +13,8 @@ tiles through three channels, each switchable:
   smoothly from tile to tile;
 - **attention** — each self-attention layer's queries also attend to the tokens of the layer
   that lie outside the tile but within ``reach`` px of its border (``None``: the whole canvas),
+  with their keys as the neighbours computed them (a diffusion transformer's keys carry their
+  positions: rotary on the canvas, or SD3's table added at the input),
   optionally with the logits rescaled for the larger token count (``rescale``: the factor
   sqrt(log N / log n) of Jin et al. 2023, n the tile's own tokens, N the tokens attended).
 
@@ -37,6 +39,9 @@ A model opts in by exposing its pieces as modules: ``nn.Conv2d`` with zero paddi
 ``nn.GroupNorm``, and self-attention modules with an ``attend(q, k, v, mask=None)`` method
 (q, k, v of shape (batch, heads, tokens, head_dim), tokens row-major over the layer's grid;
 ``mask`` as ``F.scaled_dot_product_attention``'s ``attn_mask``; see ``models/terrain/unet.py``).
+A joint attention (FLUX, SD3: text and image tokens in one attention) passes ``context=n``: the
+first ``n`` tokens of k and v are not on the grid; they are attended as they are and never sent
+to the neighbours (``models/flux/attention.py``, ``models/sd3/attention.py``).
 """
 
 from __future__ import annotations
@@ -378,10 +383,11 @@ class Bridge:
         key = (id(module), "attention")
 
         def bridged(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    mask: torch.Tensor | None = None) -> torch.Tensor:
+                    mask: torch.Tensor | None = None, context: int = 0) -> torch.Tensor:
             if self._tiles is None or mask is not None:
                 return attend(q, k, v, mask)
             rows, heads, t, d = k.shape
+            t -= context  # the tile's grid follows the context tokens (a joint attention's text)
             tile = self._tiles[0]
             f = math.isqrt(tile.height * tile.width // t)
             h, w = tile.height // f, tile.width // f
@@ -394,7 +400,8 @@ class Bridge:
                 rh = rw = -(-self.config.reach // f)
             ring = self._ring(f, h, w, rh, rw, k.device)
             # Keys and values as one layer of 2·heads·d channels over the tile's grid.
-            kv = torch.cat([k, v], dim=1).transpose(2, 3).reshape(rows, 2 * heads * d, h, w)
+            kv = torch.cat([k[:, :, context:], v[:, :, context:]], dim=1)
+            kv = kv.transpose(2, 3).reshape(rows, 2 * heads * d, h, w)
             store = self._store(key, ring, kv, halves)
             if store is None or ring.longest == 0:
                 return attend(q, k, v)  # step 0: no neighbour values yet (or nothing in reach)
@@ -407,7 +414,7 @@ class Bridge:
                 q = q * torch.sqrt(torch.log((t + counts).float()) / math.log(t)).to(q.dtype)[:, None, None, None]
             attn_mask = None
             if ring.ragged[[tile.index for tile in self._tiles]].any():
-                own = torch.ones(len(idx), t, dtype=torch.bool, device=k.device)
+                own = torch.ones(len(idx), context + t, dtype=torch.bool, device=k.device)
                 attn_mask = torch.cat([own, ring.valid[idx]], dim=1).repeat(halves, 1)[:, None, None, :]
             return attend(q, k_all, v_all, attn_mask)
 

@@ -42,6 +42,9 @@ POSITION_LABELS = {
 }
 # Only attention bridges reach into a strip.
 WIDTH_BRIDGES = ("attention", "full")
+# A diffusion transformer's tiles meet only in attention (no convolution or GroupNorm spans them),
+# and bridges carry its neighbours' tokens with their canvas positions (flow.check_bridges).
+TRANSFORMER_BRIDGES = ("off", "attention", "full")
 
 
 class CoherenceForm(Form):
@@ -90,10 +93,12 @@ class CoherenceForm(Form):
         self.positions.setToolTip(
             "Diffusion transformers (FLUX, SD3) only: where each tile's image tokens sit in the model's positional "
             "encoding. Tile-local: each tile at the origin, as a picture of its size (what the model was trained "
-            "on). Canvas: each tile at its place on the canvas (FLUX then runs one tile a call).")
+            "on). Canvas: each tile at its place on the canvas (what bridges need).")
         for k in rq.POSITIONS:
             self.positions.addItem(POSITION_LABELS[k], k)
         self.positions.setEnabled(False)
+        self._positions_tip = self.positions.toolTip()
+        self._transformer = False
         layout.addRow("Positions", self.positions)
         self.positions.currentIndexChanged.connect(self._changed)
         self.wrap.currentIndexChanged.connect(self._changed)
@@ -105,10 +110,27 @@ class CoherenceForm(Form):
         self.global_context.valueChanged.connect(self._changed)
 
     def set_model(self, info: ModelInfo) -> None:
-        self.positions.setEnabled(info.positions)
+        self._transformer = info.positions
+        items = self.bridges.model()
+        for i in range(self.bridges.count()):  # a transformer is offered only the bridges it can take
+            items.item(i).setEnabled(not info.positions or self.bridges.itemData(i) in TRANSFORMER_BRIDGES)
+        if self.bridges.currentData() not in TRANSFORMER_BRIDGES and info.positions:
+            self.bridges.setCurrentIndex(self.bridges.findData("off"))
+        self._follow_bridges()
+
+    def _follow_bridges(self) -> None:
+        """On a transformer, bridges place the tiles on the canvas: positions shows canvas and is
+        locked while bridges are on."""
+        bridged = self._transformer and self.bridges.currentData() != "off"
+        if bridged:
+            self.positions.setCurrentIndex(self.positions.findData("canvas"))
+        self.positions.setEnabled(self._transformer and not bridged)
+        self.positions.setToolTip(self._positions_tip + ("\nBridges are on: they need canvas positions."
+                                                         if bridged else ""))
 
     def _bridges_changed(self) -> None:
         self.bridge_width.setEnabled(self.bridges.currentData() in WIDTH_BRIDGES)
+        self._follow_bridges()
         self._changed()
 
     def values(self) -> dict[str, Any]:
@@ -127,3 +149,4 @@ class CoherenceForm(Form):
             self.bridge_width.setEnabled(v.bridges in WIDTH_BRIDGES)
             self.wrap.setCurrentIndex(max(0, self.wrap.findData(v.wrap)))
             self.positions.setCurrentIndex(max(0, self.positions.findData(v.positions)))
+            self._follow_bridges()

@@ -12,7 +12,8 @@ has no guidance at all (4 steps).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 from ...core.plan import Tile, TilePlan
 from ...core.request import GenerationRequest, RequestError
 from .. import flow
+from . import attention
 
 KIND = "FLUX.1"
 NATIVE = 1024  # image px: the pipeline's default size (128 latent px a side)
@@ -49,15 +51,14 @@ class FluxDenoiser(flow.FlowDenoiser):
     def __init__(self, pipe: Any, name: str, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(pipe, name, device, dtype)
         self.guidance_embeds = bool(self.transformer.config.guidance_embeds)
+        self._state = attention.OpenState()  # what the opened attention layers read for the next call
+        self._open = False  # opened for the whole run (bridges)
 
     def notices(self, request: GenerationRequest) -> list[str]:
         said = super().notices(request)
         if request.negative_prompt:
             said.append(f"{KIND} is guidance-distilled (one view per tile, no unconditional half): the negative "
                         "prompt is ignored")
-        if request.positions == "canvas":
-            said.append(f"{KIND} with positions canvas runs one tile per transformer call (each tile has its own "
-                        "rotary positions); positions local batches them")
         return said
 
     @torch.no_grad()
@@ -88,27 +89,50 @@ class FluxDenoiser(flow.FlowDenoiser):
         ids[..., 2] = ids[..., 2] + torch.arange(cols)[None, :] + ox
         return ids.reshape(rows * cols, 3).to(self.device, self.dtype)
 
+    def rotary(self, tiles: Sequence[Tile], cond: FluxConditioning) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row rotary (cos, sin), (len(tiles), text + image tokens, head_dim): each tile's text and
+        image positions through the transformer's own ``pos_embed``."""
+        parts = [self.transformer.pos_embed(torch.cat([cond.txt_ids, self.image_ids(tl, "canvas")])) for tl in tiles]
+        return torch.stack([c for c, _ in parts]), torch.stack([s for _, s in parts])
+
+    @contextlib.contextmanager
+    def bridgeable(self) -> Iterator[None]:
+        """For a bridged run: the attention layers opened (``attention.py``) until the run ends;
+        their own processors come back afterwards, also after errors and cancels."""
+        with attention.opened(self.transformer, self._state):
+            self._open = True
+            try:
+                yield
+            finally:
+                self._open = False
+
     def predict(self, x: torch.Tensor, t: torch.Tensor, tiles: Sequence[Tile], cond: FluxConditioning) -> torch.Tensor:
         _, _, h, w = x.shape
-        out = torch.empty_like(x)
-        # All tiles share their positions when local: one call. On the canvas each tile has its own,
-        # and the transformer takes one set of positions per call.
-        groups = [list(range(len(tiles)))] if cond.positions == "local" else \
-            flow.group_by(tiles, lambda tl: (tl.y0, tl.x0))
-        for rows in groups:
-            b = len(rows)
-            tokens = flow.pack(x[rows])
-            # As the pipeline: the timestep in the latents' dtype, in units of 1000.
-            timestep = t.expand(b).to(x.dtype) / flow.NUM_TRAIN_TIMESTEPS
-            guidance = None if cond.guidance is None else \
-                torch.full([1], cond.guidance, device=self.device, dtype=torch.float32).expand(b)
-            v = self.transformer(
-                hidden_states=tokens, timestep=timestep, guidance=guidance,
-                pooled_projections=cond.pooled.expand(b, -1), encoder_hidden_states=cond.embeds.expand(b, -1, -1),
-                txt_ids=cond.txt_ids, img_ids=self.image_ids(tiles[rows[0]], cond.positions), return_dict=False,
-            )[0]
-            out[rows] = flow.unpack(v, h, w).to(out.dtype)
-        return out
+        b = len(tiles)
+        # As the pipeline: the timestep in the latents' dtype, in units of 1000.
+        timestep = t.expand(b).to(x.dtype) / flow.NUM_TRAIN_TIMESTEPS
+        guidance = None if cond.guidance is None else \
+            torch.full([1], cond.guidance, device=self.device, dtype=torch.float32).expand(b)
+        # Local positions are the same for every tile: the transformer's own. On the canvas each tile
+        # has its own: one tile alone takes them as the transformer's, several take per-row rotary
+        # positions through the opened attention (one call for the whole batch).
+        per_row = cond.positions == "canvas" and (self._open or len({(tl.y0, tl.x0) for tl in tiles}) > 1)
+        with contextlib.ExitStack() as stack:
+            if per_row and not self._open:
+                stack.enter_context(attention.opened(self.transformer, self._state))
+            if self.bridge is not None:  # (the batch is one view per tile: the layout a bridge expects)
+                stack.enter_context(self.bridge.tiles(tiles))
+            self._state.text = cond.embeds.shape[1]
+            self._state.rotary = self.rotary(tiles, cond) if per_row else None
+            try:
+                v = self.transformer(
+                    hidden_states=flow.pack(x), timestep=timestep, guidance=guidance,
+                    pooled_projections=cond.pooled.expand(b, -1), encoder_hidden_states=cond.embeds.expand(b, -1, -1),
+                    txt_ids=cond.txt_ids, img_ids=self.image_ids(tiles[0], cond.positions), return_dict=False,
+                )[0]
+            finally:
+                self._state.rotary = None
+        return flow.unpack(v, h, w).to(x.dtype)
 
 
 # -- loading ------------------------------------------------------------------------------------

@@ -37,7 +37,10 @@ Attend = Callable[..., torch.Tensor]
 def plain_attend() -> Attend:
     """A new plain ``attend``: one object per module (a bridge tells layers apart by it)."""
 
-    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+               context: int = 0) -> torch.Tensor:
+        # ``context``: leading tokens of k and v that are not on the layer's grid (a joint
+        # attention's text); only a bridge needs to know them apart.
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     return attend

@@ -25,6 +25,7 @@ import torch
 from ...core.plan import Tile, TilePlan
 from ...core.request import GenerationRequest, RequestError
 from .. import flow
+from . import attention
 
 KIND = "SD3"
 
@@ -107,6 +108,13 @@ class SD3Denoiser(flow.FlowDenoiser):
         return torch.stack(out).to(self.device)
 
     @contextlib.contextmanager
+    def bridgeable(self) -> Iterator[None]:
+        """For a bridged run: the joint attention layers opened (``attention.py``) until the run ends;
+        their own processors come back afterwards, also after errors and cancels."""
+        with attention.opened(self.transformer):
+            yield
+
+    @contextlib.contextmanager
     def _placed(self, embeds: torch.Tensor | None) -> Iterator[None]:
         """The patch embedding's output with ``embeds`` (one per batch row) in place of the centre crop
         it adds; nothing changes when ``embeds`` is None."""
@@ -132,7 +140,10 @@ class SD3Denoiser(flow.FlowDenoiser):
         x_in = torch.cat([x] * halves) if cond.cfg else x
         # embeds is [neg, pos]: repeat_interleave gives b negatives then b positives, matching x_in.
         placed = self.tile_embeddings(tiles, cond).repeat(halves, 1, 1) if cond.positions == "canvas" else None
-        with self._placed(placed):
+        # The batch is [unconditional rows; conditional rows], each half the tiles in order: the
+        # layout a bridge expects.
+        bridged = self.bridge.tiles(tiles) if self.bridge is not None else contextlib.nullcontext()
+        with self._placed(placed), bridged:
             out = self.transformer(
                 hidden_states=x_in, timestep=t.expand(len(x_in)), encoder_hidden_states=cond.embeds.repeat_interleave(
                     b, dim=0), pooled_projections=cond.pooled.repeat_interleave(b, dim=0), return_dict=False,
