@@ -141,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the folder gives the text encoders, the VAE and the transformer's config.json)")
     g.add_argument("--weights", choices=rq.WEIGHTS,
                    help="FLUX/SD3: the transformer's weights on the device: full (the default, in --dtype) or fp8 "
-                        "(one byte a weight, each layer cast up as it runs: FLUX.1 in 12 GB instead of 24; a "
-                        "slightly different picture)")
+                        "(one byte a weight for two thirds of them, each layer cast up as it runs: FLUX.1-dev's "
+                        "transformer in 15 GB instead of 24; a slightly different picture)")
     g.add_argument("--tile-batch", dest="tile_batch", type=_tile_batch_arg, metavar="auto|N",
                    help="tiles per model call; auto (the default) picks the most that fit in memory")
     g.add_argument("--device", metavar="auto|cpu|cuda|cuda:N|mps")

@@ -515,9 +515,10 @@ def encoders_on(pipe: Any, device: torch.device) -> Iterator[torch.device]:
 
 def store_weights(transformer: Any, weights: str, dtype: torch.dtype) -> None:
     """``weights`` fp8 (request.WEIGHTS): the transformer's layers kept in float8 e4m3 — one byte a
-    weight, FLUX.1's 12 B in 12 GB — and each cast to the run's ``dtype`` as it runs (diffusers'
-    layerwise casting, with its own exceptions: patch and position embeddings and norms stay in
-    ``dtype``). Called before the transformer goes to the device, so only the fp8 copy travels."""
+    weight — and each cast to the run's ``dtype`` as it runs (diffusers' layerwise casting, with its
+    own exceptions: the modulation and norm layers, patch embedding and output projection stay in
+    ``dtype``, a third of the weights: :func:`fp8_full_params`). Called before the transformer goes
+    to the device, so only the fp8 copy travels."""
     if weights == "fp8":
         transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
 

@@ -25,7 +25,7 @@ the model's width, tile area and precision:
   dtype bytes`` (the scores and their softmax). FLUX.1-dev at 1024² in bf16: 0.53 GiB a view
   fused, 2.4 GiB not. Only the transformer and the VAE count as weights on the device: the text
   encoders visit it for the prompt's encode alone (models/flow.py); ``weights fp8`` stores the
-  transformer at one byte a weight;
+  transformer at one byte a weight but for the layers diffusers keeps in the run's dtype (a third);
 - VAE decode: 2.7 kB per output pixel at fp16 (41.6 GiB measured for an untiled 4096² decode
   on an H200; FLUX's and SD3's 16-channel VAE has SD's widths, so the same rule).
 
