@@ -17,7 +17,11 @@ values; nothing is downloaded). Measures, on the same card in the same process:
 8. Paradiff at batch B again with ``--compile`` (torch.compile, channels-last);
 9. bridges (issue 12): ms per view at 2048² with full and attention bridges against bridges off,
    the same request otherwise (target: full ≤ 1.15× off);
-10. the exact tiled decode alone at 4096² and 8192²: where its stage canvases go, time, VRAM.
+10. the exact tiled decode alone at 4096² and 8192²: where its stage canvases go, time, VRAM;
+11. FLUX.1-dev and SD3.5-large, random weights of the real configurations in bf16 (bench_dit.py):
+    ms per view of Paradiff's predict against the bare transformer (target ≤ 1.10×), 2048² and 4096²
+    end to end with peak VRAM and the planner's estimate, FLUX with ``weights fp8``. Alone:
+    ``python benchmarks/bench_gpu.py --dit-only`` (``--smoke --dit-only``: tiny configs on the CPU).
 
 Writes ``benchmarks/results/gpu-<card>.json`` (card, driver, torch, diffusers, date).
 """
@@ -39,9 +43,11 @@ import diffusers
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the checkout this script is in, not whichever one is installed
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import bench_dit  # noqa: E402
 from bench_engine import bare_unet_ms_per_view, sd15_random, sync  # noqa: E402
 
 from paradiff_gui.engine import GenerationRequest, generate  # noqa: E402
@@ -188,6 +194,7 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny models, small sizes (CPU is fine)")
     ap.add_argument("--batch", type=int, default=16, help="B, the tile batch of sections 1 and 2")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--dit-only", action="store_true", help="section 11 alone (FLUX.1 and SD3.5)")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -200,6 +207,12 @@ def main() -> int:
     def log(name: str, value) -> None:
         results[name] = value
         print(json.dumps({name: value}), flush=True)
+
+    name = results["card"].replace(" ", "-").lower() if not args.smoke else "smoke-cpu"
+    out = args.out or ROOT / "benchmarks" / "results" / f"gpu-{name}{'-dit' if args.dit_only else ''}.json"
+    if args.dit_only:
+        bench_dit.section(device, args.smoke, log)
+        return write(results, out)
 
     den = (tiny_sd if args.smoke else sd15_random)(device, dtype)
     view = den.native_tile // 8  # latent px of one view
@@ -347,8 +360,15 @@ def main() -> int:
         log("compiled", {"paradiff_ms_per_view": round(compiled, 3), "ratio_to_bare_eager": round(compiled / bare, 3),
                          "first_step_with_compile_s": round(compile_s, 1)})
 
-    name = results["card"].replace(" ", "-").lower() if not args.smoke else "smoke-cpu"
-    out = args.out or ROOT / "benchmarks" / "results" / f"gpu-{name}.json"
+    # 11. FLUX.1-dev and SD3.5-large (bench_dit.py); last, so a card too small for them keeps the rest.
+    del den
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    bench_dit.section(device, args.smoke, log)
+    return write(results, out)
+
+
+def write(results: dict, out: Path) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")

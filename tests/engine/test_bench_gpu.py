@@ -48,6 +48,36 @@ def test_bench_gpu_smoke_run_writes_every_section(tmp_path):
         assert isinstance(run["tile_batch_run"], int) and run["timed"]  # the estimate is at the batch that ran
     assert set(r["vram_8192"]) == {"sd15", "sdxl"}
     assert {"card", "torch", "diffusers", "date"} <= set(r)
+    _check_dit_sections(r)
+
+
+def _check_dit_sections(r: dict) -> None:
+    """Section 11 (bench_dit.py): FLUX and SD3 per-view ratio, end to end at two sizes, FLUX in fp8."""
+    for kind, calls in (("flux", 1), ("sd3", 2)):
+        row = r[f"dit_{kind}"]
+        v = row["per_view"]
+        a, b = v["paradiff_ms_per_view"], v["bare_ms_per_view"]
+        assert a > 0 and b > 0 and abs(v["ratio"] - a / b) <= (a / b) * (5e-4 / a + 5e-4 / b) * 1.01 + 5e-4
+        assert (v["batch"], v["model_calls_per_tile"], v["tile_px"]) == (2, calls, 128) and v["timed"]
+        e2e = row["end_to_end"]
+        assert set(e2e) == {"128", "256"} and [e2e[k]["tiles"] for k in ("128", "256")] == [1, 9]
+        for run in e2e.values():
+            assert run["wall_s"] > 0 and run["denoise_s"] > 0 and run["estimate_gib"] > 0 and run["timed"]
+            assert isinstance(run["tile_batch_run"], int) and run["weights"] == "full"
+    fp8 = r["dit_flux"]["end_to_end_fp8"]
+    assert fp8["weights"] == "fp8" and fp8["size"] == 128 and fp8["wall_s"] > 0
+
+
+def test_bench_gpu_dit_section_alone_runs_flux_and_sd3(tmp_path):
+    """``bench_gpu.py --smoke --dit-only``: section 11 on tiny FLUX and SD3 configs (CPU)."""
+    out = tmp_path / "dit.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--smoke", "--dit-only",
+                           "--out", str(out)], capture_output=True, text=True, timeout=HANG_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert {"dit_flux", "dit_sd3", "card", "torch", "diffusers", "date"} <= set(r)
+    assert "unet_vs_paradiff" not in r  # the other sections are not run
+    _check_dit_sections(r)
 
 
 def test_bench_engine_times_the_bare_unet_on_the_plans_own_tiles(tmp_path):

@@ -31,11 +31,18 @@ class ModelInfo:
     samplers: tuple[str, ...] = SAMPLERS
     output: str = "rgb"  # "rgb" (8-bit colour) or "height" (16-bit single channel)
     controls: tuple[tuple[str, str, int, int, int], ...] = ()  # (extra key, label, min, max, default)
-    weight_bytes: int | None = None  # on disk, in the stored precision; None when unknown
+    weight_bytes: int | None = None  # what goes on the device, its size on disk (stored precision); None: unknown
     weight_dtype_bytes: int = 4  # bytes per stored weight (fp32 checkpoints: 4, fp16 ones: 2)
     unet_channels: int | None = None  # the UNet's base width (320 for SD1.5/2.x, 320 for SDXL)
     # Measured activations of one view: bytes per tile px per dtype byte (None: a rule of thumb).
     view_bytes_per_px: int | None = None
+    # Diffusion transformers (FLUX, SD3): what one view's activations grow with (runtime.memory).
+    hidden: int | None = None  # the transformer's width (heads × head dim)
+    heads: int | None = None  # its attention heads
+    text_tokens: int = 0  # prompt tokens joined to every tile's image tokens
+    transformer_bytes: int | None = None  # of weight_bytes: the transformer's (weights fp8: 1 byte a weight…)
+    fp8_full_params: int = 0  # …but for these, which fp8 storage keeps in the run's dtype (models/flow.py)
+    host_weight_bytes: int = 0  # kept in host memory, not on the device (FLUX/SD3 text encoders; stored dtype)
     seconds_per_view: dict[str, float] = field(default_factory=dict)  # device type -> prior
 
     def plan(self, request: GenerationRequest) -> TilePlan:

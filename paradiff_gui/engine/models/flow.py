@@ -9,9 +9,10 @@ velocity is what the loop fuses across tiles, exactly as it fuses an SD model's 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 
 from ..core.plan import Tile, TilePlan
 from ..core.request import GenerationRequest, RequestError
+from ..runtime import memory
 from .base import ModelUnavailable
 from .sd import preview as previews
 from .sd.codec import VaeCodec
@@ -401,10 +403,11 @@ def load_transformer_file(transformer_cls: Any, kind: str, label: str, file: Pat
 # -- describing a model without loading it ----------------------------------------------------------
 
 FLOW_PIPELINES = {"FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3"}
-# A rule of thumb, not measured: about 20 live (tokens × hidden) tensors per block at the peak of
-# a transformer call (attention through SDPA, no n² scores), one token per 2×2 latent px: bytes per
-# latent px per dtype byte = 20·hidden/4.
-LIVE_TENSORS = 20
+# Prompt tokens every tile's image tokens attend with (their activations: runtime.memory): T5's
+# sequence for FLUX (flux/backend.py: 512 for dev, 256 for schnell); CLIP's 77 and T5's 256 for SD3
+# (the pipeline's max_sequence_length), CLIP's 77 twice without T5 (its zeros stand in).
+FLUX_TEXT_TOKENS = {True: 512, False: 256}
+SD3_TEXT_TOKENS = {True: 77 + 256, False: 77 + 77}
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -441,17 +444,121 @@ def describe_folder(folder: Path) -> dict[str, Any] | None:
         "tile_multiple": PATCH * scale,
         "positions": True,
         "samplers": samplers_for(scheduler),
-        "view_bytes_per_px": LIVE_TENSORS * hidden // (PATCH * PATCH),
+        "hidden": hidden,
+        "heads": int(transformer.get("num_attention_heads", 24)),
+        "fp8_full_params": fp8_full_params(kind, transformer),
     }
     if kind == "flux":
         dev = bool(transformer.get("guidance_embeds", False))
-        info.update(native_tile=1024, guidance=dev, guidance_embedded=dev,
+        info.update(native_tile=1024, guidance=dev, guidance_embedded=dev, text_tokens=FLUX_TEXT_TOKENS[dev],
                     label=f"{folder.name} (FLUX.1 {'dev' if dev else 'schnell'})")
         # The pipeline's defaults: 28 steps and guidance 3.5 for dev; schnell is distilled for 4
         # steps without guidance.
         defaults = {"steps": 28, "guidance": 3.5} if dev else {"steps": 4, "guidance": 1.0}
     else:
+        t5 = _json(folder / "model_index.json").get("text_encoder_3")
+        t5 = isinstance(t5, list) and t5[:1] != [None] and (folder / "text_encoder_3").is_dir()
         info.update(native_tile=int(transformer.get("sample_size", 128)) * scale, guidance=True,
-                    label=f"{folder.name} (SD3)")
+                    text_tokens=SD3_TEXT_TOKENS[t5], label=f"{folder.name} (SD3)")
         defaults = {"steps": 28, "guidance": 7.0}  # StableDiffusion3Pipeline's defaults
     return {"kind": kind, "defaults": {**defaults, "sampler": "euler"}, "info": info}
+
+
+# -- text encoders off the device while denoising ---------------------------------------------------
+#
+# FLUX's T5-XXL is 9.5 GB in bf16 (SD3.5's the same, beside 1.6 GB of CLIP-L and CLIP-G); a prompt
+# is encoded once per run and never again. So on an accelerator the text encoders live on the CPU:
+# the loader places only the transformer and the VAE on the device (``place``), ``prepare`` moves
+# the encoders there for the encode alone (``encoders_on``) and back before the first step, and the
+# denoising — the tile batch the planner picks from the free memory — has the room. When the device
+# cannot hold them beside the transformer (FLUX in fp8 on a 24 GB card), the prompt is encoded on the
+# CPU instead (slower, seconds to a minute for T5-XXL, instead of running out of memory). On a CPU
+# nothing moves.
+
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+
+
+def text_encoders(pipe: Any) -> list[torch.nn.Module]:
+    """The pipeline's text encoders that are there (SD3 may be saved without T5)."""
+    return [m for m in (getattr(pipe, n, None) for n in TEXT_ENCODERS) if isinstance(m, torch.nn.Module)]
+
+
+def module_bytes(modules: Sequence[torch.nn.Module]) -> int:
+    """Bytes of the modules' parameters and buffers as they are stored now."""
+    return sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers()))
+
+
+def place(pipe: Any, device: torch.device) -> None:
+    """Every module of ``pipe`` on ``device`` except its text encoders, which stay on the CPU
+    (moved for each encode by :func:`encoders_on`). On a CPU that is everything."""
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module):
+            component.to("cpu" if name in TEXT_ENCODERS else device)
+
+
+@contextlib.contextmanager
+def encoders_on(pipe: Any, device: torch.device) -> Iterator[torch.device]:
+    """Around ``encode_prompt``: yields the device to encode on (pass it to ``encode_prompt``; move
+    its results to the model's device). On a CPU, the CPU and nothing moves. On an accelerator, the
+    text encoders go to ``device`` for the encode when its free memory holds them (runtime.memory
+    decides), else the encode runs on the CPU; either way they are back on the CPU afterwards — after
+    an error too — and CUDA's cache is emptied so the planner's free memory sees the room."""
+    device = torch.device(device)
+    encoders = text_encoders(pipe)
+    if device.type == "cpu" or not encoders:
+        yield device
+        return
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    where = device if memory.encoders_fit(module_bytes(encoders), free) else torch.device("cpu")
+    try:
+        for m in encoders:
+            m.to(where)
+        yield where
+    finally:
+        for m in encoders:
+            m.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+# -- fp8 storage ------------------------------------------------------------------------------------
+
+
+def store_weights(transformer: Any, weights: str, dtype: torch.dtype) -> None:
+    """``weights`` fp8 (request.WEIGHTS): the transformer's layers kept in float8 e4m3 — one byte a
+    weight — and each cast to the run's ``dtype`` as it runs (diffusers' layerwise casting, with its
+    own exceptions: the modulation and norm layers, patch embedding and output projection stay in
+    ``dtype``, a third of the weights: :func:`fp8_full_params`). Called before the transformer goes
+    to the device, so only the fp8 copy travels."""
+    if weights == "fp8":
+        transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+
+
+def fp8_full_params(kind: str, config: dict[str, Any]) -> int:
+    """Parameters of a FLUX or SD3 transformer (its config.json) that fp8 storage keeps in the run's
+    dtype: diffusers' layerwise casting leaves alone every layer named ``norm`` — the adaptive norms'
+    modulation Linears (hidden → 6·hidden per stream and block: most of it), the q/k RMS norms — and
+    the patch embedding and output projection. A third of the weights (FLUX.1-dev 3.25 B of 11.9 B,
+    SD3.5-large 2.69 B of 8.06 B; exact against the models built on the meta device), so fp8 takes
+    FLUX.1-dev from 23.8 GB to 15.2 GB, not to half."""
+    hd = int(config.get("attention_head_dim", 128))
+    d = int(config.get("num_attention_heads", 24)) * hd
+    p = int(config.get("patch_size", 1 if kind == "flux" else 2))
+    out = int(config.get("out_channels") or config.get("in_channels", 64 if kind == "flux" else 16))
+
+    def ada(k: int) -> int:  # an adaptive norm's modulation: hidden → k·hidden, with bias
+        return k * d * d + k * d
+
+    tail = ada(2) + d * p * p * out + p * p * out  # norm_out's modulation, proj_out
+    if kind == "flux":
+        double, single = int(config.get("num_layers", 19)), int(config.get("num_single_layers", 38))
+        return double * (2 * ada(6) + 4 * hd) + single * (ada(3) + 2 * hd) + tail
+    blocks = int(config.get("num_layers", 24))
+    dual = set(config.get("dual_attention_layers") or ())
+    qk = 4 * hd if config.get("qk_norm") else 0
+    total = int(config.get("in_channels", 16)) * d * p * p + d  # pos_embed's patch projection (a Conv2d)
+    for i in range(blocks):
+        last = i == blocks - 1  # its context stream ends: a continuous norm (hidden → 2·hidden)
+        total += (ada(9) if i in dual else ada(6)) + (ada(2) if last else ada(6)) + qk
+        total += 2 * hd if i in dual and config.get("qk_norm") else 0
+    return total + tail

@@ -49,10 +49,14 @@ def _stored_dtype_bytes(folder: Path) -> int:
 
 
 def _from_flow_folder(model: str, folder: Path, info: dict[str, Any]) -> ModelInfo:
-    """A FLUX or SD3 folder (models/flow.describe_folder), with its weights' size on disk."""
+    """A FLUX or SD3 folder (models/flow.describe_folder), with its weights' size on disk: the
+    transformer and the VAE on the device, the text encoders on the host (flow.encoders_on)."""
+    transformer = _weights_size(folder, ("transformer",))
+    on_device = _weights_size(folder, ("transformer", "vae"))
     return ModelInfo(
         id=model, **info,
-        weight_bytes=_weights_size(folder, ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")),
+        weight_bytes=on_device, transformer_bytes=transformer,
+        host_weight_bytes=_weights_size(folder, ("text_encoder", "text_encoder_2", "text_encoder_3")) or 0,
         weight_dtype_bytes=_stored_dtype_bytes(folder / "transformer"),
     )
 

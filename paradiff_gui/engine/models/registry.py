@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..core.request import GenerationRequest
+from ..core.request import GenerationRequest, RequestError
 from ..runtime.devices import cpu_threads
 from . import terrain
 from .base import Builtin, Denoiser, Factory, ModelUnavailable, downloads_allowed, pickle_allowed
@@ -51,7 +51,7 @@ def builtin_names() -> list[str]:
 # One loaded model is kept: the GUI and tests generate many times with the same weights, and
 # loading an SD checkpoint costs seconds. A different model/device/dtype replaces it, and so does
 # a different CPU thread limit (the backend's pools are sized when it loads).
-_CACHE: dict[tuple[str, str | None, str, str, bool, int | None], Denoiser] = {}
+_CACHE: dict[tuple[str, str | None, str, str, bool, int | None, str], Denoiser] = {}
 
 # diffusers pipelines (a folder's or a cached hub id's ``model_index.json`` ``_class_name``) that a
 # backend other than the SD one runs: module and loader, imported when used.
@@ -63,7 +63,8 @@ _PIPELINES = {
 
 def load_denoiser(request: GenerationRequest, device: torch.device, dtype: torch.dtype) -> Denoiser:
     """Load (or reuse) the backend for ``request.model`` on ``device`` in ``dtype``."""
-    key = (request.model, request.transformer, str(device), str(dtype), request.compile, cpu_threads())
+    key = (request.model, request.transformer, str(device), str(dtype), request.compile, cpu_threads(),
+           request.weights)
     if key in _CACHE:
         return _CACHE[key]
     if request.model.startswith("builtin:"):
@@ -71,6 +72,7 @@ def load_denoiser(request: GenerationRequest, device: torch.device, dtype: torch
         if name not in _BUILTINS:
             known = ", ".join(f"builtin:{n}" for n in builtin_names()) or "none"
             raise ModelUnavailable(f"model: there is no built-in model {name!r} (built-in: {known})")
+        _full_weights_only(request, f"builtin:{name}")
         den = _BUILTINS[name].factory(request, device, dtype)
     else:
         den = _load_diffusers(request, device, dtype)
@@ -92,7 +94,9 @@ def _load_diffusers(request: GenerationRequest, device: torch.device, dtype: tor
     if name in _PIPELINES:
         module, loader = _PIPELINES[name]
         load = getattr(importlib.import_module(f".{module}.backend", __package__), loader)
-        return load(request.model, device, dtype, transformer=request.transformer, allow_download=downloads_allowed())
+        return load(request.model, device, dtype, transformer=request.transformer, allow_download=downloads_allowed(),
+                    weights=request.weights)
+    _full_weights_only(request, request.model)
     path = Path(request.model).expanduser()
     if request.transformer is not None:
         what = f"a {name} model" if name else f"{path.name}"
@@ -107,6 +111,13 @@ def _load_diffusers(request: GenerationRequest, device: torch.device, dtype: tor
     from .sd.backend import load_sd  # diffusers pipelines import slowly; only pay when used
 
     return load_sd(request.model, device, dtype, allow_download=downloads_allowed(), allow_pickle=pickle_allowed())
+
+
+def _full_weights_only(request: GenerationRequest, model: str) -> None:
+    """fp8 storage is offered for the diffusion transformers (FLUX.1, SD3) alone: refuse it by name."""
+    if request.weights != "full":
+        raise RequestError("weights", f"{request.weights} storage is offered for FLUX.1 and SD3 transformers; "
+                                      f"{model} is neither: use weights full")
 
 
 def clear_cache() -> None:

@@ -15,8 +15,19 @@ the model's width, tile area and precision:
 - UNet: ``80 × base channels × latent tile px × dtype bytes`` (SD1.5 at 512², fp16: 0.21 GB a
   view, from public fp16 batch-size figures; ``benchmarks/bench_gpu.py`` prints estimate and
   measurement side by side for SD1.5 and SDXL);
+- diffusion transformers (FLUX, SD3): ``20 × tokens × hidden × dtype bytes``, tokens = the tile's
+  image tokens (one per 2×2 latent px) + the prompt's (FLUX.1-dev 512, schnell 256, SD3 77 + 256):
+  about 20 (tokens × hidden) tensors alive at the peak of one block — the residual stream, its
+  normalised copy, Q, K, V and their rotated/normalised copies, the attention output, the MLP's
+  4·hidden and the single blocks' concatenation — with attention through PyTorch's SDPA, whose
+  flash / memory-efficient kernels (CUDA, fp16/bf16/fp32; the CPU's flash kernel) never hold the
+  tokens² scores. Without them (``fused_attention=False``) each view adds ``2 × heads × tokens² ×
+  dtype bytes`` (the scores and their softmax). FLUX.1-dev at 1024² in bf16: 0.53 GiB a view
+  fused, 2.4 GiB not. Only the transformer and the VAE count as weights on the device: the text
+  encoders visit it for the prompt's encode alone (models/flow.py); ``weights fp8`` stores the
+  transformer at one byte a weight but for the layers diffusers keeps in the run's dtype (a third);
 - VAE decode: 2.7 kB per output pixel at fp16 (41.6 GiB measured for an untiled 4096² decode
-  on an H200).
+  on an H200; FLUX's and SD3's 16-channel VAE has SD's widths, so the same rule).
 
 They are estimates: ``--tile-batch auto`` keeps a 15 % margin below the free memory.
 """
@@ -38,6 +49,8 @@ from ..core.request import MAX_HOST_MEMORY, MAX_TILE_BATCH, MIN_HOST_MEMORY, Gen
 UNET_BYTES_PER_CHANNEL_PX = 80  # x base channels x latent px x dtype bytes = activations of one view
 VAE_DECODE_BYTES_PER_PX = 1350  # x dtype bytes (2.7 kB at fp16) per decoded image pixel
 CANVASES = 8  # float32 canvas-sized tensors alive while denoising
+DIT_LIVE_TENSORS = 20  # (tokens × hidden) tensors alive at a transformer block's peak (a rule of thumb)
+DIT_PATCH = 2  # latent px a side of one FLUX/SD3 image token
 MARGIN = 0.85  # use at most this share of the free memory
 CPU_AUTO_BATCH = 8  # on a CPU, batching stops paying beyond a few tiles; memory is rarely the limit
 DECODE_TILE_PX = 1024 * 1024  # image px of one decode tile (vae.DECODE_TILE latent px, x8 a side)
@@ -77,15 +90,39 @@ class Footprint:
                 f"{tile_batch * self.views_per_tile * self.per_view / GiB:.1f}, decode tile {self.decode / GiB:.1f})")
 
 
+def dit_view_bytes(hidden: int, heads: int, image_tokens: int, text_tokens: int, dtype_bytes: int, *,
+                   fused_attention: bool = True) -> int:
+    """Activations of one view of a diffusion transformer (FLUX, SD3) over ``image_tokens`` +
+    ``text_tokens``: DIT_LIVE_TENSORS (tokens × hidden) tensors, plus — only where attention is not
+    computed by a fused kernel — the tokens² scores and their softmax for every head."""
+    tokens = image_tokens + text_tokens
+    scores = 0 if fused_attention else 2 * heads * tokens * tokens * dtype_bytes
+    return DIT_LIVE_TENSORS * tokens * hidden * dtype_bytes + scores
+
+
+def device_weights(info: ModelInfo, dtype_bytes: int, weights: str = "full") -> int:
+    """Bytes of ``info``'s weights on its device in a run of ``dtype_bytes`` a value: what is stored
+    on disk rescaled to the run's dtype; with ``weights`` fp8 the transformer at 1 byte a weight,
+    but for the layers fp8 storage keeps in the run's dtype (``info.fp8_full_params``)."""
+    stored = info.weight_dtype_bytes
+    total = (info.weight_bytes or 0) * dtype_bytes // stored
+    if weights == "fp8" and info.transformer_bytes:
+        params = info.transformer_bytes // stored
+        full = min(info.fp8_full_params, params)
+        total -= (params - full) * (dtype_bytes - 1)  # those go from dtype_bytes to 1 byte each
+    return total
+
+
 def footprint(request: GenerationRequest, info: ModelInfo, dtype: str = "fp16") -> Footprint:
     """What ``request`` needs with ``info``'s model in ``dtype`` (fp32, fp16 or bf16)."""
     plan = info.plan(request)
     b = _dtype_bytes(dtype)
-    weights = info.weight_bytes or 0
-    if info.weight_bytes and info.weight_dtype_bytes != b:
-        weights = weights * b // info.weight_dtype_bytes
+    weights = device_weights(info, b, request.weights)
     tile_px = plan.tile_h * plan.tile_w  # latent px
-    if info.view_bytes_per_px:
+    if info.hidden:
+        image_tokens = (plan.tile_h // DIT_PATCH) * (plan.tile_w // DIT_PATCH)
+        per_view = dit_view_bytes(info.hidden, info.heads or 1, image_tokens, info.text_tokens, b)
+    elif info.view_bytes_per_px:
         per_view = info.view_bytes_per_px * tile_px * b
     elif info.unet_channels:
         per_view = UNET_BYTES_PER_CHANNEL_PX * info.unet_channels * tile_px * b
@@ -123,6 +160,21 @@ def check_fits(fp: Footprint, tile_batch: int, free_bytes: int | None, device_ty
                               f"{hint}")
 
 
+# -- Text encoders: on the device for the encode only -------------------------------------------------
+#
+# FLUX's and SD3's text encoders stay on the CPU between runs (models/flow.py: ``encoders_on``) and
+# visit the device for the prompt's encode, when it holds them: their weights and the encode's
+# activations (a few (tokens × 4096) tensors of a 512-token prompt: tens of MB; 256 MiB allowed).
+
+ENCODE_ACTIVATION_BYTES = 256 * 2**20
+
+
+def encoders_fit(encoder_bytes: int, free_bytes: int | None) -> bool:
+    """Whether text encoders of ``encoder_bytes`` may visit a device with ``free_bytes`` free (None:
+    not known, e.g. MPS — they go) for one encode, with the planner's margin."""
+    return free_bytes is None or encoder_bytes + ENCODE_ACTIVATION_BYTES <= free_bytes * MARGIN
+
+
 # -- Host memory: planned like device memory ---------------------------------------------------------
 #
 # What a run keeps in the machine's RAM at its peak: the noise and the finished latent canvas
@@ -152,23 +204,25 @@ class HostFootprint:
     process: int = HOST_PROCESS_BYTES
     output: int = 0  # of ``picture``: the finished picture alone (8 or 16 bits a sample)
     weights: int = 0  # of ``device``: the model's weights (they stay while the picture decodes)
+    encoders: int = 0  # text encoders kept on the host on any device (FLUX/SD3: models/flow.py)
 
     @property
     def total(self) -> int:
-        return self.canvases + self.picture + self.inputs + self.device + self.process
+        return self.canvases + self.picture + self.inputs + self.device + self.process + self.encoders
 
     @property
     def held_while_decoding(self) -> int:
         """What the rest of the run holds while the exact decode works: the process, the latents,
         the inputs, the finished picture and (on a CPU) the weights — not the denoising canvases,
         the tile batch or the per-tile decoder's working copies, which are gone or not used then."""
-        return self.canvases + self.inputs + self.output + self.weights + self.process
+        return self.canvases + self.inputs + self.output + self.weights + self.process + self.encoders
 
     def describe(self) -> str:
         device = f", model and denoising {self.device / GiB:.1f}" if self.device else ""
         inputs = f", init image and regions {self.inputs / GiB:.1f}" if self.inputs else ""
+        encoders = f", text encoders {self.encoders / GiB:.1f}" if self.encoders else ""
         return (f"≈ {self.total / GiB:.1f} GiB of host memory (canvases {self.canvases / GiB:.1f}, picture and "
-                f"decode {self.picture / GiB:.1f}{inputs}{device}, the process {self.process / GiB:.1f})")
+                f"decode {self.picture / GiB:.1f}{inputs}{device}{encoders}, the process {self.process / GiB:.1f})")
 
 
 def host_footprint(request: GenerationRequest, info: ModelInfo, device_type: str, dtype: str = "fp32",
@@ -189,7 +243,9 @@ def host_footprint(request: GenerationRequest, info: ModelInfo, device_type: str
             tile_batch = request.tile_batch if isinstance(request.tile_batch, int) else CPU_AUTO_BATCH
         device = fp.denoise_peak(max(1, min(fp.tiles, tile_batch)))
         weights = fp.weights
-    return HostFootprint(2 * latent, picture, inputs, device, output=px * out_bytes, weights=weights)
+    encoders = info.host_weight_bytes * _dtype_bytes(dtype) // info.weight_dtype_bytes
+    return HostFootprint(2 * latent, picture, inputs, device, output=px * out_bytes, weights=weights,
+                         encoders=encoders)
 
 
 def host_available() -> int | None:

@@ -68,12 +68,14 @@ class FluxDenoiser(flow.FlowDenoiser):
                                            f"guidance 1, got {request.guidance}")
         self._prepare_common(request, plan)
         sequence = DEV_SEQUENCE if self.guidance_embeds else SCHNELL_SEQUENCE
-        embeds, pooled, txt_ids = self.pipe.encode_prompt(
-            prompt=request.prompt, prompt_2=None, device=self.device, num_images_per_prompt=1,
-            max_sequence_length=sequence,
-        )
-        return FluxConditioning(embeds.to(self.dtype), pooled.to(self.dtype), txt_ids,
-                                request.guidance if self.guidance_embeds else None, request.positions)
+        with flow.encoders_on(self.pipe, self.device) as where:  # T5 and CLIP leave the device after
+            embeds, pooled, txt_ids = self.pipe.encode_prompt(
+                prompt=request.prompt, prompt_2=None, device=where, num_images_per_prompt=1,
+                max_sequence_length=sequence,
+            )
+        return FluxConditioning(embeds.to(self.device, self.dtype), pooled.to(self.device, self.dtype),
+                                txt_ids.to(self.device), request.guidance if self.guidance_embeds else None,
+                                request.positions)
 
     def image_ids(self, tile: Tile, positions: str) -> torch.Tensor:
         """(tokens, 3) rotary positions of a tile's image tokens: (0, row, col) as the pipeline makes
@@ -139,14 +141,17 @@ class FluxDenoiser(flow.FlowDenoiser):
 
 
 def load_flux(model: str, device: torch.device, dtype: torch.dtype, *, transformer: str | None = None,
-              allow_download: bool = False) -> FluxDenoiser:
+              allow_download: bool = False, weights: str = "full") -> FluxDenoiser:
     """A FLUX.1 diffusers folder or cached hub id; ``transformer``: a single-file checkpoint of the
-    transformer used in place of the folder's (the rest — VAE, CLIP, T5 — from the folder)."""
+    transformer used in place of the folder's (the rest — VAE, CLIP, T5 — from the folder). ``weights`` fp8: the
+    transformer stored in float8 (flow.store_weights). Only the transformer and the VAE go to
+    ``device``; the text encoders stay on the CPU between encodes (flow.encoders_on)."""
     from diffusers import FluxPipeline, FluxTransformer2DModel
 
     pipe = flow.load_pipeline(FluxPipeline, FluxTransformer2DModel, "flux", KIND, model, dtype,
                               transformer=transformer, allow_download=allow_download)
     pipe.set_progress_bar_config(disable=True)
-    pipe.to(device)
+    flow.store_weights(pipe.transformer, weights, dtype)  # fp8: before the move, so only fp8 travels
+    flow.place(pipe, device)  # the text encoders stay on the CPU (flow.encoders_on)
     name = flow.display_name(model, transformer)
     return FluxDenoiser(pipe, name, device, dtype)

@@ -75,14 +75,15 @@ class SD3Denoiser(flow.FlowDenoiser):
                                                 f"most {most}x{most} px")
         g = request.guidance
         cfg = g > 1.0
-        pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
-            prompt=request.prompt, prompt_2=None, prompt_3=None, device=self.device, num_images_per_prompt=1,
-            do_classifier_free_guidance=cfg, negative_prompt=request.negative_prompt or None,
-        )
+        with flow.encoders_on(self.pipe, self.device) as where:  # CLIP-L/G and T5 leave the device after
+            pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
+                prompt=request.prompt, prompt_2=None, prompt_3=None, device=where, num_images_per_prompt=1,
+                do_classifier_free_guidance=cfg, negative_prompt=request.negative_prompt or None,
+            )
         embeds = torch.cat([neg, pos]) if cfg else pos
         pooled_all = torch.cat([neg_pooled, pooled]) if cfg else pooled
-        return SD3Conditioning(embeds.to(self.dtype), pooled_all.to(self.dtype), g, cfg, request.positions,
-                               (rows, cols))
+        return SD3Conditioning(embeds.to(self.device, self.dtype), pooled_all.to(self.device, self.dtype), g, cfg,
+                               request.positions, (rows, cols))
 
     def table_embedding(self, top: float, left: float, rows: int, cols: int) -> torch.Tensor:
         """(rows·cols, D) sin-cos embedding of a block of tokens whose first sits at (top, left) of
@@ -158,15 +159,18 @@ class SD3Denoiser(flow.FlowDenoiser):
 
 
 def load_sd3(model: str, device: torch.device, dtype: torch.dtype, *, transformer: str | None = None,
-             allow_download: bool = False) -> SD3Denoiser:
+             allow_download: bool = False, weights: str = "full") -> SD3Denoiser:
     """An SD3/3.5 diffusers folder or cached hub id; ``transformer``: a single-file checkpoint of the
-    transformer used in place of the folder's (the rest — VAE, CLIP-L/G, T5 — from the folder)."""
+    transformer used in place of the folder's (the rest — VAE, CLIP-L/G, T5 — from the folder). ``weights`` fp8: the
+    transformer stored in float8 (flow.store_weights). Only the transformer and the VAE go to
+    ``device``; the text encoders stay on the CPU between encodes (flow.encoders_on)."""
     from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
     pipe = flow.load_pipeline(StableDiffusion3Pipeline, SD3Transformer2DModel, "sd3", KIND, model, dtype,
                               transformer=transformer, allow_download=allow_download,
                               optional=("text_encoder_3", "tokenizer_3"))
     pipe.set_progress_bar_config(disable=True)
-    pipe.to(device)
+    flow.store_weights(pipe.transformer, weights, dtype)  # fp8: before the move, so only fp8 travels
+    flow.place(pipe, device)  # the text encoders stay on the CPU (flow.encoders_on)
     name = flow.display_name(model, transformer)
     return SD3Denoiser(pipe, name, device, dtype)
