@@ -21,6 +21,7 @@ from paradiff_gui.engine import GenerationRequest, generate
 from paradiff_gui.engine.core import events
 from paradiff_gui.engine.core.cancel import CancelToken
 from paradiff_gui.engine.core.plan import TilePlan
+from paradiff_gui.engine.core.regions import mixing_weights
 from paradiff_gui.engine.core.request import FUSIONS, RequestError
 from paradiff_gui.engine.io.metadata import load_request, read_recipe, save_png
 from paradiff_gui.engine.models.registry import load_denoiser
@@ -134,6 +135,12 @@ def test_a_regions_prompt_changes_its_region_and_not_the_far_side(models, backen
     # The region's own prompt is what it follows: another prompt, another picture inside it.
     inside = (fog.latents - sky.latents)[..., mid + 1 :].abs().mean().item()
     assert inside > 3e-3
+    # One step, before any tile has seen a changed canvas: exactly the pixels the region's mask
+    # covers moved — a tile across the region's edge takes its prompt only under the mask.
+    one = run(models, backend, steps=1, regions=[{"rect": right, "prompt": "green fog", "feather": 16}])
+    mask = torch.from_numpy(mixing_weights(one.request.regions, W, H, H // 8, W // 8)[1])
+    moved = (one.latents - run(models, backend, steps=1).latents).abs().amax(dim=(0, 1))
+    assert moved[mask == 0].max() < 1e-6 and moved[mask > 0].min() > 1e-5, (moved, mask)
 
 
 # -- image-to-image and upscale --------------------------------------------------------------------------
