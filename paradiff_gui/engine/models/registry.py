@@ -77,7 +77,11 @@ def load_denoiser(request: GenerationRequest, device: torch.device, dtype: torch
     else:
         den = _load_diffusers(request, device, dtype)
         if request.compile:
-            den.enable_compile()
+            enable = getattr(den, "enable_compile", None)
+            if enable is None:  # refused by name, not an AttributeError from deep inside the loader
+                raise RequestError("compile", f"{den.name} ({getattr(den, 'kind', type(den).__name__)}) cannot be "
+                                              "compiled yet: run it without compile (--compile)")
+            enable()
     _CACHE.clear()
     _CACHE[key] = den
     return den
