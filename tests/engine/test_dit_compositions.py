@@ -281,6 +281,11 @@ def test_global_context_runs_a_native_pass_first_and_steers_the_canvas(models, b
     assert {e.step for e in seen if isinstance(e, events.TilePreview)} == {3, 4, 5}  # only the canvas's tiles
     plain = run(models, backend, **kw)
     assert max_diff(ctx.latents, plain.latents) > 1e-2
+    # A canvas no larger than the native picture has nothing to gain: said, not silently skipped.
+    said: list = []
+    run(models, backend, said.append, global_context=0.6, width=128, height=128, tile=128, steps=3)
+    assert any(isinstance(e, events.Notice) and "global context has nothing to add" in e.message for e in said)
+    assert not any(isinstance(e, events.Notice) and "global context" in e.message for e in seen)
 
 
 # -- live previews -------------------------------------------------------------------------------------

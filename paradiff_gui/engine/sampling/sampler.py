@@ -593,6 +593,9 @@ def generate(
             emit(Notice(message))
         if request.fusion == "independent" and (request.jitter or request.global_context > 0):
             emit(Notice("fusion independent has no shared canvas: jitter and global context are ignored"))
+        elif request.global_context > 0 and passes == 1:
+            emit(Notice(f"global context has nothing to add: the canvas's short side is no larger than "
+                        f"{den.name}'s native {den.native_tile} px, where one pass already sees the whole picture"))
 
         # 2. Conditioning, computed once for all tiles and steps; the tile batch that fits.
         cond = den.prepare(request, plan)
