@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,50 @@ class Tile:
     @property
     def center(self) -> tuple[float, float]:
         return (self.y0 + self.y1) / 2, (self.x0 + self.x1) / 2
+
+
+class Tiles(Sequence[Tile]):
+    """A plan's tiles, row-major, made when first read: a 65536² canvas has a million of them (seconds
+    to build), and planning its memory needs only how many there are (``len`` builds nothing). Equal
+    to any sequence of the same tiles."""
+
+    __slots__ = ("_made", "_th", "_tw", "_xs", "_ys")
+
+    def __init__(self, ys: Sequence[int], xs: Sequence[int], tile_h: int, tile_w: int) -> None:
+        self._ys, self._xs, self._th, self._tw = tuple(ys), tuple(xs), tile_h, tile_w
+        self._made: tuple[Tile, ...] | None = None
+
+    def _all(self) -> tuple[Tile, ...]:
+        if self._made is None:
+            cols = len(self._xs)
+            self._made = tuple(Tile(r * cols + c, r, c, y, x, y + self._th, x + self._tw)
+                               for r, y in enumerate(self._ys) for c, x in enumerate(self._xs))
+        return self._made
+
+    def __len__(self) -> int:
+        return len(self._ys) * len(self._xs)
+
+    @property
+    def starts(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The rows' and the columns' starts (latent px)."""
+        return self._ys, self._xs
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._all()[i]
+
+    def __iter__(self) -> Iterator[Tile]:
+        return iter(self._all())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Tiles):
+            return (self._ys, self._xs, self._th, self._tw) == (other._ys, other._xs, other._th, other._tw)
+        return isinstance(other, Sequence) and len(self) == len(other) and tuple(self) == tuple(other)
+
+    def __hash__(self) -> int:
+        return hash((self._ys, self._xs, self._th, self._tw))
+
+    def __repr__(self) -> str:
+        return repr(self._all()) if len(self) <= 64 else f"Tiles({len(self._ys)} rows x {len(self._xs)} cols)"
 
 
 # A grid may not shrink tiles below this (latent px): a model sees nothing useful in less.
@@ -109,7 +154,7 @@ class TilePlan:
     cols: int
     overlap: int  # requested, latent px
     scale: int  # image px per latent px
-    tiles: tuple[Tile, ...]
+    tiles: Sequence[Tile]  # (Tiles: made when first read)
     # Seamless canvases: along a wrapped axis the plan lives on a torus: tiles are spread evenly
     # around it and the last ones run past the canvas edge (y1 > height or x1 > width), their
     # excess landing at the opposite edge (coordinates modulo the canvas size).
@@ -154,12 +199,8 @@ class TilePlan:
                 else _axis_from_tile(width, tw, overlap)
         ys = _wrapped_starts(height, rows) if wrap_y else _starts(height, tile_h, rows)
         xs = _wrapped_starts(width, cols) if wrap_x else _starts(width, tile_w, cols)
-        tiles = tuple(
-            Tile(r * cols + c, r, c, y, x, y + tile_h, x + tile_w)
-            for r, y in enumerate(ys)
-            for c, x in enumerate(xs)
-        )
-        return cls(height, width, tile_h, tile_w, rows, cols, overlap, scale, tiles, wrap_y, wrap_x)
+        return cls(height, width, tile_h, tile_w, rows, cols, overlap, scale, Tiles(ys, xs, tile_h, tile_w),
+                   wrap_y, wrap_x)
 
     @classmethod
     def for_request(cls, request: GenerationRequest, scale: int, native_tile: int) -> TilePlan:
@@ -227,13 +268,8 @@ class TilePlan:
         sy, sx = self.stride
         ys = axis(self.height, self.tile_h, self.row_starts, sy, dy, self.wrap_y)
         xs = axis(self.width, self.tile_w, self.col_starts, sx, dx, self.wrap_x)
-        tiles = tuple(
-            Tile(r * len(xs) + c, r, c, y, x, y + self.tile_h, x + self.tile_w)
-            for r, y in enumerate(ys)
-            for c, x in enumerate(xs)
-        )
         return TilePlan(self.height, self.width, self.tile_h, self.tile_w, len(ys), len(xs), self.overlap,
-                        self.scale, tiles, self.wrap_y, self.wrap_x)
+                        self.scale, Tiles(ys, xs, self.tile_h, self.tile_w), self.wrap_y, self.wrap_x)
 
     # -- derived ------------------------------------------------------------------------------
 
@@ -242,10 +278,14 @@ class TilePlan:
 
     @property
     def row_starts(self) -> list[int]:
+        if isinstance(self.tiles, Tiles):  # without making the tiles
+            return list(self.tiles.starts[0])
         return [self.tiles[r * self.cols].y0 for r in range(self.rows)]
 
     @property
     def col_starts(self) -> list[int]:
+        if isinstance(self.tiles, Tiles):
+            return list(self.tiles.starts[1])
         return [self.tiles[c].x0 for c in range(self.cols)]
 
     @property
