@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -131,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--strength", type=_float_arg(0.0, 1.0), metavar="0..1",
                    help=f"how much of the init image is re-drawn, above 0 and at most 1 (default "
                         f"{rq.DEFAULT_STRENGTH}); 1 is text-to-image")
+    _control_args(g)
     g.add_argument("--wrap", choices=rq.WRAPS,
                    help="seamless: the tile plan wraps across these canvas edges, so the picture tiles")
     g.add_argument("--positions", choices=rq.POSITIONS,
@@ -197,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--host-memory", dest="host_memory", type=_float_arg(rq.MIN_HOST_MEMORY, rq.MAX_HOST_MEMORY),
                    metavar="GiB", help="the most host memory each pass may take (default: $PARADIFF_HOST_MEMORY)")
     u.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
+    _control_args(u)
     u.add_argument("--quiet", action="store_true", help="no progress bar")
 
     m = sub.add_parser("models", help="list the models Paradiff can use")
@@ -212,6 +215,52 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--tile", type=_int_arg(8, rq.MAX_TILE), metavar="PX")
     i.add_argument("--overlap", type=_int_arg(0, rq.MAX_OVERLAP), metavar="PX", default=None)
     return p
+
+
+def _control_args(parser: argparse.ArgumentParser) -> None:
+    from .engine.core.control import MAX_WEIGHT, PREPROCESSORS
+
+    parser.add_argument("--control", dest="control_specs", action="append", default=[],
+                        metavar="MODEL:IMAGE[:WEIGHT[:START:END]]",
+                        help="a ControlNet (a diffusers folder or .safetensors) steered by IMAGE, each tile by its own "
+                             f"crop (repeatable); WEIGHT 0..{MAX_WEIGHT:g} (default 1), START:END the fraction of the "
+                             "steps it steers (default 0:1). Without IMAGE (MODEL alone) it reads the init image "
+                             "(the tile preprocessor)")
+    parser.add_argument("--control-pre", dest="control_pre", action="append", default=[], choices=PREPROCESSORS,
+                        help="how the control image is prepared: tile (the picture itself; the default without an "
+                             "image of its own), canny (edges), none (a ready-made map; the default with an image). "
+                             "Once for every --control, or once per --control in order")
+
+
+def parse_control_specs(specs: list[str], pres: list[str]) -> list[dict[str, Any]]:
+    """``--control MODEL:IMAGE[:WEIGHT[:START:END]]`` and ``--control-pre`` → control objects."""
+    if pres and len(pres) not in (1, len(specs)):
+        raise rq.RequestError("control_pre", f"give it once (for every --control) or once per --control "
+                                             f"({len(specs)}); got {len(pres)}")
+    out = []
+    for i, spec in enumerate(specs):
+        parts = spec.split(":")
+        numbers: list[float] = []
+        for count in (3, 1):  # WEIGHT:START:END, or WEIGHT alone
+            if len(parts) >= 2 + count:
+                try:
+                    numbers = [float(v) for v in parts[-count:]]
+                except ValueError:
+                    continue
+                parts = parts[:-count]
+                break
+        control: dict[str, Any] = {"model": parts[0], "image": ":".join(parts[1:]) or None}
+        if not parts[0]:
+            raise rq.RequestError(f"controls[{i}].model", f"must name a ControlNet: MODEL:IMAGE[:WEIGHT[:START:END]]; "
+                                                          f"got {spec!r}")
+        if numbers:
+            control["weight"] = numbers[0]
+        if len(numbers) == 3:
+            control["start"], control["end"] = numbers[1], numbers[2]
+        if pres:
+            control["preprocessor"] = pres[0] if len(pres) == 1 else pres[i]
+        out.append(control)
+    return out
 
 
 _OVERRIDES = ("model", "prompt", "negative_prompt", "overlap", "steps", "guidance", "sampler", "seed",
@@ -295,6 +344,10 @@ def request_from_args(args: argparse.Namespace) -> rq.GenerationRequest:
         regions = load_regions_file(args.regions_file) if args.regions_file else []
         changes["regions"] = regions + [parse_region_spec(spec, len(regions) + i)
                                         for i, spec in enumerate(args.region_specs)]
+    if args.control_specs:
+        changes["controls"] = parse_control_specs(args.control_specs, args.control_pre)
+    elif args.control_pre:
+        raise rq.RequestError("control_pre", "prepares the image of a --control: give --control too")
     controls = parse_settings(args.settings)
     if args.terrain_difficulty is not None:  # the flag of 0.1, kept as an alias
         controls["terrain_difficulty"] = args.terrain_difficulty
@@ -620,6 +673,9 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         base = build_request(fields, parse_settings(args.settings), base=base,
                              model=args.model or os.environ.get("PARADIFF_MODEL") or rq.DEFAULT_MODEL)
         passes = upscale_passes(args.image, args.scale, strength=args.strength, base=base, output=args.output)
+        if args.control_specs:  # each pass's init image is the previous pass: a tile ControlNet follows it
+            controls = parse_control_specs(args.control_specs, args.control_pre)
+            passes = [dataclasses.replace(p, request=p.request.replace(controls=controls)) for p in passes]
     except rq.RequestError as exc:
         print(f"paradiff: invalid input: {exc}", file=sys.stderr)
         return EXIT_INVALID

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .control import Control, ControlError, parse_controls
 from .regions import MAX_REGIONS, Region, RegionError, parse_region
 
 SCHEMA_VERSION = 1
@@ -150,6 +151,7 @@ class GenerationRequest:
     regions: tuple[Region, ...] = ()  # regional prompts over the main prompt (core/regions.py)
     init_image: str | None = None  # image-to-image: the picture to start from (a file path)
     strength: float | None = None  # 0 < S <= 1: how much of init_image is re-drawn (None: DEFAULT_STRENGTH)
+    controls: tuple[Control, ...] = ()  # ControlNets, each cropped per tile (core/control.py)
     wrap: str = "none"  # seamless: none, x, y or xy
     positions: str = "local"  # diffusion transformers: tiles' token positions, local or canvas (POSITIONS)
     transformer: str | None = None  # FLUX/SD3: a single-file transformer (.safetensors) used in place of model's
@@ -269,6 +271,10 @@ class GenerationRequest:
         if self.init_image is not None and self.fusion == "independent":
             raise RequestError("init_image", "starts the shared canvas from a picture, and fusion independent has no "
                                              "shared canvas: use another fusion with init_image")
+        try:
+            object.__setattr__(self, "controls", parse_controls(self.controls, self.init_image is not None))
+        except ControlError as exc:
+            raise RequestError(exc.field, exc.message) from None
         _check_choice("wrap", self.wrap, WRAPS)
         _check_choice("positions", self.positions, POSITIONS)
         if self.transformer is not None and (not isinstance(self.transformer, str) or not self.transformer.strip()
@@ -306,6 +312,7 @@ class GenerationRequest:
         d = dataclasses.asdict(self)
         d["grid"] = list(self.grid) if self.grid is not None else None
         d["regions"] = [r.to_dict() for r in self.regions]
+        d["controls"] = [c.to_dict() for c in self.controls]
         return {"schema": SCHEMA_VERSION, **d}
 
     def to_json(self, indent: int | None = 2) -> str:

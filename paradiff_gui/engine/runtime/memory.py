@@ -37,9 +37,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import json
 import math
 import os
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +115,34 @@ def device_weights(info: ModelInfo, dtype_bytes: int, weights: str = "full") -> 
     return total
 
 
+# ControlNets (models/sd/control.py) run before the UNet on the same views: one at a time, each
+# the UNet's encoder half and middle block, whose activations are about half the UNet's; their
+# summed residuals (the skip tensors) stay until the UNet has run. A rule of thumb like the
+# UNet's own: the view grows by this share while any ControlNet steers.
+CONTROL_VIEW_SHARE = 0.6
+
+
+def _safetensors_params(path: Path) -> int:
+    """Number of values in a .safetensors file, from its JSON header alone."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    return sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+
+
+def control_weights(request: GenerationRequest, dtype_bytes: int) -> int:
+    """Bytes of the request's ControlNets on the device in the run's dtype (from the weight files'
+    headers; a file that cannot be read counts 0 here and is refused by name when it loads)."""
+    total = 0
+    for model in {c.model for c in request.controls}:
+        p = Path(model).expanduser()
+        files = sorted(p.glob("*.safetensors")) if p.is_dir() else [p]
+        for f in files[:1]:
+            with contextlib.suppress(OSError, ValueError, KeyError, struct.error):
+                total += _safetensors_params(f) * dtype_bytes
+    return total
+
+
 def footprint(request: GenerationRequest, info: ModelInfo, dtype: str = "fp16") -> Footprint:
     """What ``request`` needs with ``info``'s model in ``dtype`` (fp32, fp16 or bf16)."""
     plan = info.plan(request)
@@ -128,6 +158,9 @@ def footprint(request: GenerationRequest, info: ModelInfo, dtype: str = "fp16") 
         per_view = UNET_BYTES_PER_CHANNEL_PX * info.unet_channels * tile_px * b
     else:
         per_view = 64 * info.channels * tile_px * 4  # a small pixel-space model: its input many times over
+    if request.controls:
+        weights += control_weights(request, b)
+        per_view = int(per_view * (1 + CONTROL_VIEW_SHARE))
     views = info.views_per_tile if request.guidance > 1.0 else 1
     canvas = CANVASES * info.channels * plan.height * plan.width * 4
     decode_px = min(request.width * request.height, DECODE_TILE_PX)
@@ -235,7 +268,8 @@ def host_footprint(request: GenerationRequest, info: ModelInfo, device_type: str
     out_bytes = 2 if info.output == "height" else 3
     picture = px * (out_bytes + HOST_DECODE_BYTES_PER_PX.get(info.output, 16))
     inputs = (px * (1 if info.output == "height" else 3) * 4 if request.init_image else 0) \
-        + (len(request.regions) + 1) * plan.height * plan.width * 4 * (1 if request.regions else 0)
+        + (len(request.regions) + 1) * plan.height * plan.width * 4 * (1 if request.regions else 0) \
+        + len(request.controls) * px * 3 * 4  # the control maps, float32 at canvas size
     device = weights = 0
     if device_type == "cpu":
         fp = footprint(request, info, dtype)

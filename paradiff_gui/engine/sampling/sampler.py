@@ -55,6 +55,7 @@ from ..core.request import GenerationRequest, RequestError
 from ..io.init_image import file_digest as init_digest
 from ..io.init_image import load_init_image
 from ..models.base import Denoiser, ModelUnavailable
+from ..models.control_images import control_notes, control_record
 from ..models.info import describe_model
 from ..models.registry import load_denoiser
 from ..runtime import distributed, memory
@@ -126,6 +127,13 @@ class _Denoise:
             batch = tiles[i : i + self.batch]
             i += len(batch)
             yield batch
+
+    def begin_step(self, plan: TilePlan, step: int, total: int) -> None:
+        """Tell a model that steers by the step (ControlNets' start/end range, their maps cropped at
+        the plan's canvas) that step ``step`` of ``total`` starts on ``plan``."""
+        hook = getattr(self.den, "begin_step", None)
+        if hook is not None:
+            hook(plan, step, total)
 
     def agree_on_cancel(self) -> None:
         """With several ranks: raise Cancelled on every rank if any rank was cancelled."""
@@ -321,6 +329,7 @@ def _synchronized(run: _Denoise, plan: TilePlan, noise: torch.Tensor, generator:
         if step_plan not in weights:
             weights[step_plan] = _Weights.build(step_plan, request.fusion, den.device)
         run.emit(StepStarted(run.step, run.total_steps, run.t_value, step_plan))
+        run.begin_step(step_plan, i, total)
         if context[i] > 0:  # skip residual: pull the canvas toward the noised global layout
             noised_guide = scheduler.add_noise(guide, noise.to(den.device), t.reshape(1))
             latents = context[i] * noised_guide + (1 - context[i]) * latents
@@ -382,6 +391,7 @@ def _independent(run: _Denoise, noise: torch.Tensor, seed: int) -> torch.Tensor:
             run.cancel.check()
         started = time.perf_counter()
         run.emit(StepStarted(i, run.total_steps, run.t_value, plan))
+        run.begin_step(plan, i, len(timesteps))
         for tiles in run.batches(plan):
             crops = torch.cat([scheds[tl.index].scale_model_input(states[tl.index], t) for tl in tiles])
             pred = run.run_batch(crops, t, tiles, plan)
@@ -591,6 +601,12 @@ def generate(
         emit(Planned(request, plan, total_steps, str(den.device), dtype_name(den.dtype)))
         for message in getattr(den, "notices", lambda _r: [])(request):
             emit(Notice(message))
+        if request.controls:
+            if getattr(den, "begin_step", None) is None:
+                raise RequestError("controls", f"{den.name} takes no ControlNet: use an SD 1.x/2.x, SDXL or FLUX.1 "
+                                               "model, or no controls")
+            for message in control_notes(request):
+                emit(Notice(message))
         if request.fusion == "independent" and (request.jitter or request.global_context > 0):
             emit(Notice("fusion independent has no shared canvas: jitter and global context are ignored"))
         elif request.global_context > 0 and passes == 1:
@@ -635,6 +651,8 @@ def generate(
         if request.init_image is not None:
             info["init_image_sha256"] = init_digest(request.init_image)
             info["strength"] = request.image_strength
+        if request.controls:
+            info["controls"] = control_record(request)
         result = GenerationResult(image, latents.float().cpu(), request, plan, seconds, info)
         emit(Finished(image, request, plan, seconds, info))
         return result

@@ -33,6 +33,7 @@ from ...core.plan import Tile, TilePlan
 from ...core.request import GenerationRequest
 from ..base import ModelUnavailable
 from . import bridging
+from . import control as controlnets
 from . import preview as previews
 from .codec import VaeCodec
 from .schedulers import make_scheduler
@@ -54,6 +55,7 @@ class SDConditioning:
     cfg: bool
     timestep_cond: torch.Tensor | None  # LCM-distilled UNets embed the guidance scale
     canvas_hw: tuple[int, int]  # image px
+    control: controlnets.ControlSet | None = None  # ControlNets with their maps (sd/control.py)
 
 
 class SDDenoiser(VaeCodec):
@@ -75,6 +77,8 @@ class SDDenoiser(VaeCodec):
         self.prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
         self._alphas_cumprod = make_scheduler("ddim", self.scheduler_config).alphas_cumprod
         self._rgb: torch.Tensor | None = None
+        self._controlnets: dict[str, Any] = {}  # loaded ControlNets, kept with the model (sd/control.py)
+        self._control: controlnets.ControlSet | None = None  # the run's, told the step by begin_step
         self.decode_method = ""  # how the last decode ran (recorded in the run's info)
         self.compiled = False
         # The layers bridges reach into (sampling/bridges.py), and the bridge of the run when
@@ -117,10 +121,25 @@ class SDDenoiser(VaeCodec):
             timestep_cond = self.pipe.get_guidance_scale_embedding(
                 w, embedding_dim=self.unet.config.time_cond_proj_dim
             ).to(self.device, self.dtype)
+        # ControlNets not in this request are dropped (their weights leave the device).
+        wanted = {str(Path(c.model).expanduser().resolve()) for c in request.controls}
+        self._controlnets = {k: v for k, v in self._controlnets.items() if k in wanted}
+        # One set per run: a region's prepare (same controls) shares it, so begin_step reaches it.
+        key = (request.controls, request.width, request.height, request.init_image)
+        if self._control is None or self._control.key != key:
+            self._control = controlnets.control_set(self, request, self._controlnets)
+            if self._control is not None:
+                self._control.key = key
         return SDConditioning(
             embeds.to(self.dtype), None if pooled_all is None else pooled_all.to(self.dtype),
-            g, cfg, timestep_cond, (request.height, request.width),
+            g, cfg, timestep_cond, (request.height, request.width), self._control,
         )
+
+    def begin_step(self, plan: TilePlan, step: int, total: int) -> None:
+        """The loop says which step of how many it starts, on which plan: ControlNets steer only
+        within their range of the steps, and crop their maps at the plan's canvas size."""
+        if self._control is not None:
+            self._control.begin_step(plan, step, total)
 
     @torch.no_grad()
     def enable_compile(self) -> None:
@@ -157,11 +176,15 @@ class SDDenoiser(VaeCodec):
             ).repeat(halves, 1)
             added = {"text_embeds": cond.pooled.repeat_interleave(b, dim=0), "time_ids": time_ids}
         tcond = None if cond.timestep_cond is None else cond.timestep_cond.expand(len(x_in), -1)
+        # ControlNets: each tile's own crop of each control map, both guidance halves (sd/control.py).
+        extra = {} if cond.control is None else cond.control.residuals(
+            x_in, t, tiles, halves, encoder_hidden_states=ehs, timestep_cond=tcond, added_cond_kwargs=added)
         # The batch is [unconditional rows; conditional rows], each half the tiles in order: the
         # layout a bridge expects.
         with self.bridge.tiles(tiles) if self.bridge is not None else contextlib.nullcontext():
             out = self.unet(
-                x_in, t, encoder_hidden_states=ehs, timestep_cond=tcond, added_cond_kwargs=added, return_dict=False
+                x_in, t, encoder_hidden_states=ehs, timestep_cond=tcond, added_cond_kwargs=added, return_dict=False,
+                **extra,
             )[0]
         if cond.cfg:
             uncond, text = out.chunk(2)
