@@ -205,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the models Paradiff can use")
     m.add_argument("--json", action="store_true")
 
+    g.add_argument("--preview", choices=rq.PREVIEWS,
+                   help="live tile previews: auto (the default: a tiny autoencoder, TAESD/TAESDXL/TAEF1/TAESD3, "
+                        "when one is in a model folder or the hub cache, else linear), linear (a latent-to-RGB "
+                        "map fitted to the model's VAE) or taesd (refused when none is found)")
     i = sub.add_parser("inspect", help="score the seams of an image",
                        description="Seam scores of an image: its tile plan comes from Paradiff metadata, or "
                                    "from --grid/--tile and --overlap for other images (image px).")
@@ -265,7 +269,8 @@ def parse_control_specs(specs: list[str], pres: list[str]) -> list[dict[str, Any
 
 _OVERRIDES = ("model", "prompt", "negative_prompt", "overlap", "steps", "guidance", "sampler", "seed",
               "fusion", "jitter", "global_context", "bridges", "bridge_width", "tile_batch", "device", "dtype",
-              "host_memory", "compile", "init_image", "strength", "wrap", "positions", "transformer", "weights")
+              "host_memory", "compile", "init_image", "strength", "wrap", "positions", "transformer", "weights",
+              "preview")
 _REGION_SPEC = re.compile(r"\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*:(.*)", re.S)
 _OPTION = re.compile(r"\s*([a-z][a-z0-9_]*)\s*=(.*)", re.S)
 

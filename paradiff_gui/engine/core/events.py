@@ -52,7 +52,8 @@ class BatchStarted:
 
 @dataclass(frozen=True)
 class TilePreview:
-    """A cheap RGB approximation of one tile's current state (uint8, at most ~128 px a side)."""
+    """A cheap RGB approximation of one tile's current state (uint8; the linear map's at most 128
+    latent px a side, a tiny autoencoder's at most 256 px: painted into ``rect`` at any size)."""
 
     step: int
     tile: int  # index into this step's plan

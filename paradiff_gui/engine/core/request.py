@@ -42,6 +42,10 @@ WRAPS = ("none", "x", "y", "xy")
 # text sits at rotary position 0, SD3's table ends at pos_embed_max_size). ``canvas``: at the
 # tile's place on the canvas. UNet models (SD, terrain) have no such positions and ignore it.
 POSITIONS = ("local", "canvas")
+# Live tile previews: ``linear`` (a latent→RGB map fitted to the model's VAE), ``taesd`` (a tiny
+# autoencoder the person has: models/sd/taesd.py; refused when there is none) or ``auto`` (the tiny
+# autoencoder when one is found, else linear). Previews only: the picture never depends on it.
+PREVIEWS = ("auto", "linear", "taesd")
 # How a diffusion transformer's weights (FLUX, SD3) are stored on the device: ``full`` in the run's
 # dtype; ``fp8`` one byte a weight (float8 e4m3), each layer cast up to the run's dtype as it runs
 # (diffusers' layerwise casting, which keeps the modulation and norm layers, a third of the weights,
@@ -156,6 +160,7 @@ class GenerationRequest:
     positions: str = "local"  # diffusion transformers: tiles' token positions, local or canvas (POSITIONS)
     transformer: str | None = None  # FLUX/SD3: a single-file transformer (.safetensors) used in place of model's
     weights: str = "full"  # FLUX/SD3: the transformer's weights on the device, full or fp8 (WEIGHTS)
+    preview: str = "auto"  # live tile previews: auto, linear or taesd (PREVIEWS)
     tile_batch: int | str = "auto"  # tiles per model call, or "auto": the most that fit (engine.memory)
     device: str = "auto"
     host_memory: float | None = None  # GiB the run may keep in host memory (None: $PARADIFF_HOST_MEMORY or all)
@@ -277,6 +282,7 @@ class GenerationRequest:
             raise RequestError(exc.field, exc.message) from None
         _check_choice("wrap", self.wrap, WRAPS)
         _check_choice("positions", self.positions, POSITIONS)
+        _check_choice("preview", self.preview, PREVIEWS)
         if self.transformer is not None and (not isinstance(self.transformer, str) or not self.transformer.strip()
                                              or len(self.transformer) > 4096):
             raise RequestError("transformer", f"must be the path of a .safetensors file, got {self.transformer!r}")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from platformdirs import user_data_path
-
+from .folders import model_dirs
 from .registry import builtin_names
+
+__all__ = ["ModelEntry", "list_models", "model_dirs"]
 
 
 @dataclass(frozen=True)
@@ -16,14 +16,6 @@ class ModelEntry:
     id: str  # what to pass as request.model
     kind: str  # "builtin" | "folder" | "file" | "hub-cache"
     where: str  # human-readable location
-
-
-def model_dirs() -> list[Path]:
-    """Folders searched for local models: ``$PARADIFF_MODEL_PATH`` (os.pathsep-separated) and
-    the user data folder's ``models``."""
-    dirs = [Path(p).expanduser() for p in os.environ.get("PARADIFF_MODEL_PATH", "").split(os.pathsep) if p]
-    dirs.append(user_data_path("paradiff", appauthor=False) / "models")
-    return dirs
 
 
 def _local(folder: Path) -> list[ModelEntry]:

@@ -24,6 +24,7 @@ from ..core.request import GenerationRequest, RequestError
 from ..runtime import memory
 from .base import ModelUnavailable
 from .sd import preview as previews
+from .sd import taesd
 from .sd.codec import VaeCodec
 
 PATCH = 2  # latent px a side of one transformer token (FLUX packs 2×2, SD3 patchifies 2×2)
@@ -215,6 +216,7 @@ class FlowDenoiser(VaeCodec):
     Subclasses add ``prepare`` and ``predict``."""
 
     kind = "flow"  # "FLUX.1" / "SD3": named in messages
+    tiny_family = ""  # "flux" / "sd3": which tiny autoencoder previews look for (models/sd/taesd.py)
     pipeline_sigmas = False
 
     def __init__(self, pipe: Any, name: str, device: torch.device, dtype: torch.dtype) -> None:
@@ -230,6 +232,8 @@ class FlowDenoiser(VaeCodec):
         self.scheduler_config = pipe.scheduler.config
         self.decode_method = ""
         self._rgb: torch.Tensor | None = None
+        self.tiny: taesd.TinyPreview | None = None  # previews through a tiny autoencoder (prepare chooses)
+        self.preview_method, self.preview_budget = "linear map", None
         # The layers bridges reach into (sampling/bridges.py): the transformer's attention, opened
         # by the subclass's ``bridgeable``; and the bridge of the run when one is installed.
         self.bridge_module = self.transformer
@@ -257,12 +261,16 @@ class FlowDenoiser(VaeCodec):
         if self._rgb is None:  # once per model: one VAE encode of a colour chart
             # The fit has a bias term, so the VAE's shift_factor is absorbed like any offset.
             self._rgb = previews.fit_linear_rgb(self.vae, self.vae.config.scaling_factor, self.scale).to(self.device)
+        taesd.attach(self, request.preview, self.tiny_family)  # linear map or a tiny autoencoder
 
     @torch.no_grad()
     def preview(self, x: torch.Tensor, pred: torch.Tensor, t: float) -> torch.Tensor:
         # x_σ = (1 − σ)·x0 + σ·ε and v = ε − x0 give x0 = x_σ − σ·v.
         sigma = t / NUM_TRAIN_TIMESTEPS
-        return previews.apply_linear_rgb(x.float() - sigma * pred.float(), self._rgb)
+        x0 = x.float() - sigma * pred.float()
+        if self.tiny is not None:
+            return self.tiny.rgb(x0)
+        return previews.apply_linear_rgb(x0, self._rgb)
 
 
 # -- loading ----------------------------------------------------------------------------------------

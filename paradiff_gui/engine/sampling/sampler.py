@@ -62,6 +62,7 @@ from ..runtime import distributed, memory
 from ..runtime.devices import dtype_name, resolve_device, resolve_dtype
 from .bridges import Bridge, config_for
 from .compose import Regional, extend, fold, image_timesteps, regional
+from .previews import PreviewBudget
 
 EventSink = Callable[[Event], None]
 
@@ -108,6 +109,9 @@ class _Denoise:
         self.t_value = 0.0  # the current timestep as a host float (no device sync to read it)
         self._pending: tuple | None = None  # the previous batch's previews, still in flight to the host
         self.regional: Regional | None = None  # regional prompts: each tile mixes several conditionings
+        # Costly previews (a tiny autoencoder) share a budget of the run's time; None: every batch.
+        share = getattr(den, "preview_budget", None)
+        self._budget = PreviewBudget(share) if previews and share else None
 
     def batches(self, plan: TilePlan) -> Iterator[list[Tile]]:
         """This rank's tiles in batches of ``tile_batch`` (all tiles when running alone).
@@ -147,9 +151,25 @@ class _Denoise:
         self.emit(BatchStarted(self.step, tuple(tl.index for tl in tiles)))
         pred = self._predict(crops, t, tiles, plan)
         if self.previews:
+            self._preview(crops, pred, tiles, plan)
+        return pred
+
+    def _preview(self, crops: torch.Tensor, pred: torch.Tensor, tiles: list[Tile], plan: TilePlan) -> None:
+        """The batch's previews; costly ones (a tiny autoencoder) only for the tiles the preview
+        budget pays for (sampling/previews.py), so they never slow the step by more than it."""
+        if self._budget is None:
             rects = [plan.image_rect(tl) for tl in tiles]
             self._queue_previews(tiles, rects, self.den.preview(crops, pred, self.t_value))
-        return pred
+            return
+        due = self._budget.due([tl.index for tl in tiles])
+        if not due:
+            return
+        started = time.perf_counter()
+        keep = [tiles[k] for k in due]
+        if len(due) < len(tiles):
+            crops, pred = crops[due], pred[due]
+        self._queue_previews(keep, [plan.image_rect(tl) for tl in keep], self.den.preview(crops, pred, self.t_value))
+        self._budget.paid([tl.index for tl in keep], time.perf_counter() - started)
 
     def _model(self, crops: torch.Tensor, t: torch.Tensor, tiles: list[Tile], plan: TilePlan) -> torch.Tensor:
         if self.regional is None:
@@ -615,6 +635,14 @@ def generate(
 
         # 2. Conditioning, computed once for all tiles and steps; the tile batch that fits.
         cond = den.prepare(request, plan)
+        preview_method = getattr(den, "preview_method", "") if previews else "off"
+        if request.preview == "taesd" and getattr(den, "tiny", None) is None:  # a backend without any
+            raise RequestError("preview", f"taesd: {den.name} has no tiny-autoencoder previews; use preview auto "
+                                          "or linear")
+        if previews and getattr(den, "tiny", None) is not None:
+            share = getattr(den, "preview_budget", None)
+            emit(Notice(f"previews through the {preview_method}" + (
+                f", on at most {share:.0%} of the run's time (tiles in turn)" if share else "")))
         run = _Denoise(den, request, plan, cond, emit, cancel, previews)
         run.regional = regional(den, request, plan, cond)
         init = _init_latents(den, request, plan, emit) if request.init_image is not None else None
@@ -648,6 +676,8 @@ def generate(
             info["ranks"] = shard.world
         if getattr(den, "decode_method", ""):
             info["decode"] = den.decode_method
+        if preview_method:
+            info["preview"] = preview_method
         if request.init_image is not None:
             info["init_image_sha256"] = init_digest(request.init_image)
             info["strength"] = request.image_strength

@@ -45,6 +45,7 @@ class FluxDenoiser(flow.FlowDenoiser):
     """A diffusers FluxPipeline (dev or schnell) behind the Denoiser protocol."""
 
     kind = KIND
+    tiny_family = "flux"  # previews: TAEF1 when found
     native_tile = NATIVE
     pipeline_sigmas = True  # FluxPipeline passes σ = linspace(1, 1/steps, steps)
 

@@ -32,7 +32,7 @@ finally:
 from ...core.plan import Tile, TilePlan
 from ...core.request import GenerationRequest
 from ..base import ModelUnavailable
-from . import bridging
+from . import bridging, taesd
 from . import control as controlnets
 from . import preview as previews
 from .codec import VaeCodec
@@ -79,6 +79,8 @@ class SDDenoiser(VaeCodec):
         self._rgb: torch.Tensor | None = None
         self._controlnets: dict[str, Any] = {}  # loaded ControlNets, kept with the model (sd/control.py)
         self._control: controlnets.ControlSet | None = None  # the run's, told the step by begin_step
+        self.tiny: taesd.TinyPreview | None = None  # previews through a tiny autoencoder (prepare chooses)
+        self.preview_method, self.preview_budget = "linear map", None
         self.decode_method = ""  # how the last decode ran (recorded in the run's info)
         self.compiled = False
         # The layers bridges reach into (sampling/bridges.py), and the bridge of the run when
@@ -115,6 +117,7 @@ class SDDenoiser(VaeCodec):
         embeds = torch.cat([neg, pos]) if cfg else pos
         if self._rgb is None:  # once per model: one VAE encode of a colour chart
             self._rgb = previews.fit_linear_rgb(self.vae, self.vae.config.scaling_factor, self.scale).to(self.device)
+        taesd.attach(self, request.preview, "sdxl" if self.is_xl else "sd")  # linear map or a tiny autoencoder
         timestep_cond = None
         if guided_by_embedding:
             w = torch.tensor(g - 1).repeat(1)
@@ -195,6 +198,8 @@ class SDDenoiser(VaeCodec):
     def preview(self, x: torch.Tensor, pred: torch.Tensor, t: float) -> torch.Tensor:
         ti = min(max(round(t), 0), len(self._alphas_cumprod) - 1)
         x0 = previews.x0_from_vp(x.float(), pred.float(), float(self._alphas_cumprod[ti]), self.prediction_type)
+        if self.tiny is not None:
+            return self.tiny.rgb(x0)
         return previews.apply_linear_rgb(x0, self._rgb)
 
 

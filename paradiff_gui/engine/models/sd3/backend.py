@@ -44,6 +44,7 @@ class SD3Denoiser(flow.FlowDenoiser):
     """A diffusers StableDiffusion3Pipeline behind the Denoiser protocol."""
 
     kind = KIND
+    tiny_family = "sd3"  # previews: TAESD3 when found
 
     def __init__(self, pipe: Any, name: str, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(pipe, name, device, dtype)
