@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .lora import LoraError, LoraSpec, parse_loras
 from .regions import MAX_REGIONS, Region, RegionError, parse_region
 
 SCHEMA_VERSION = 1
@@ -148,6 +149,8 @@ class GenerationRequest:
     bridges: str = "off"
     bridge_width: int = 0  # attention bridges: a strip this wide (px) along each border; 0 = whole neighbour tiles
     regions: tuple[Region, ...] = ()  # regional prompts over the main prompt (core/regions.py)
+    # LoRAs applied to the model for this run (core/lora.py; models/lora.py applies them)
+    loras: tuple[LoraSpec, ...] = ()
     init_image: str | None = None  # image-to-image: the picture to start from (a file path)
     strength: float | None = None  # 0 < S <= 1: how much of init_image is re-drawn (None: DEFAULT_STRENGTH)
     wrap: str = "none"  # seamless: none, x, y or xy
@@ -269,6 +272,17 @@ class GenerationRequest:
         if self.init_image is not None and self.fusion == "independent":
             raise RequestError("init_image", "starts the shared canvas from a picture, and fusion independent has no "
                                              "shared canvas: use another fusion with init_image")
+        try:
+            loras = parse_loras(self.loras)
+        except LoraError as exc:
+            raise RequestError(exc.field, exc.message) from None
+        object.__setattr__(self, "loras", loras)
+        if loras and self.compile is True:
+            raise RequestError("loras", "change the model's layers for the run, which a compiled model hides: use no "
+                                        "compile with LoRAs")
+        if loras and self.weights == "fp8":
+            raise RequestError("loras", f"are fused into the model's weights, which {self.weights} storage would "
+                                        "round: use weights full with LoRAs")
         _check_choice("wrap", self.wrap, WRAPS)
         _check_choice("positions", self.positions, POSITIONS)
         if self.transformer is not None and (not isinstance(self.transformer, str) or not self.transformer.strip()
@@ -306,6 +320,7 @@ class GenerationRequest:
         d = dataclasses.asdict(self)
         d["grid"] = list(self.grid) if self.grid is not None else None
         d["regions"] = [r.to_dict() for r in self.regions]
+        d["loras"] = [lo.to_dict() for lo in self.loras]
         return {"schema": SCHEMA_VERSION, **d}
 
     def to_json(self, indent: int | None = 2) -> str:
