@@ -29,7 +29,8 @@ def run(argv, capsys):
 
 @pytest.mark.parametrize("text, expect", [
     ("a.safetensors", ("a.safetensors", 1.0)), ("a.safetensors:0.5", ("a.safetensors", 0.5)),
-    ("C:\\loras\\a.safetensors:-1", ("C:\\loras\\a.safetensors", -1.0)), ("C:\\a.safetensors", ("C:\\a.safetensors", 1.0)),
+    ("C:\\loras\\a.safetensors:-1", ("C:\\loras\\a.safetensors", -1.0)),
+    ("C:\\a.safetensors", ("C:\\a.safetensors", 1.0)),
 ])
 def test_file_and_weight_are_split_at_the_last_colon_before_a_number(text, expect):
     assert parse_lora_arg(text) == expect
