@@ -60,3 +60,22 @@ def test_add_weigh_remove_and_models_without_loras(panel, sd_like, qtbot, monkey
     assert [r.spec.path for r in form.rows] == ["/x/picked.safetensors"]
     panel.select_model(sd_like, apply_defaults=True)
     assert form.isEnabled() and panel.request().loras == (LoraSpec("/x/picked.safetensors", 0.4),)
+
+
+def test_the_loras_in_the_model_folders_are_listed_and_nothing_else(panel, qtbot, monkeypatch, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    models = tmp_path / "models"
+    (models / "sd" / "unet").mkdir(parents=True)
+    (models / "sd" / "model_index.json").write_text("{}")  # a diffusers model: not walked into
+    save_file({"a.lora_A.weight": torch.zeros(1, 2)}, str(models / "sd" / "unet" / "inside.safetensors"))
+    (models / "loras").mkdir()
+    save_file({"x.lora_down.weight": torch.zeros(1, 2), "x.lora_up.weight": torch.zeros(2, 1)},
+              str(models / "loras" / "ink.safetensors"))
+    save_file({"conv.weight": torch.zeros(2)}, str(models / "checkpoint.safetensors"))
+    monkeypatch.setenv("PARADIFF_MODEL_PATH", str(models))
+    form = panel.lora_form
+    form.scan()
+    qtbot.waitUntil(lambda: form.found.count() == 2, timeout=5000)
+    assert form.found.itemText(1) == "ink" and form.found.itemData(1) == str(models / "loras" / "ink.safetensors")

@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 
 from ...engine.core.lora import MAX_LORA_WEIGHT, MAX_LORAS, MIN_LORA_WEIGHT, LoraSpec
 from ...engine.core.modelinfo import ModelInfo
+from ..jobs import Jobs
 from .base import Form
 from .mapping import FormValues, takes_loras
 
@@ -66,6 +67,7 @@ class LorasForm(Form):
     def __init__(self) -> None:
         super().__init__("LoRA")
         self.rows: list[LoraRow] = []
+        self._jobs = Jobs(self, workers=1)  # the model folders are walked off the GUI thread
         outer = QVBoxLayout(self)
         self.list_layout = QVBoxLayout()
         outer.addLayout(self.list_layout)
@@ -116,12 +118,14 @@ class LorasForm(Form):
 
     # -- adding -----------------------------------------------------------------------------------
 
-    def refresh_found(self, paths: list[Path] | None = None) -> None:
-        """List ``paths`` (default: a scan of the model folders: headers only, no weights read)."""
-        if paths is None:
-            from ...engine.models.lora import find_loras
+    def scan(self) -> None:
+        """Look for LoRAs in the model folders on a worker (headers only, no weights read), then list them."""
+        from ...engine.models.lora import find_loras
 
-            paths = find_loras()
+        self._jobs.submit(find_loras, self.refresh_found)
+
+    def refresh_found(self, paths: list[Path]) -> None:
+        """List ``paths`` in the "from the model folders" menu."""
         self.found.clear()
         self.found.addItem("Add a LoRA from the model folders…" if paths else "No LoRAs in the model folders")
         for p in paths:

@@ -78,7 +78,7 @@ class GenerationPanel(QWidget):
         """Rescan the model catalogue off the GUI thread (``models_listed`` when the picker is
         filled); ``extra`` models are listed too. The shown model stays selectable throughout."""
         self.model_form.refresh(extra)
-        self.lora_form.refresh_found()  # LoRA headers in the model folders: no weights are read
+        self.lora_form.scan()  # LoRAs in the model folders, found on a worker
 
     def add_model(self, model: str) -> None:
         """Add ``model`` to the picker (if new) and select it with its defaults."""
