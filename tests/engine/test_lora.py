@@ -169,16 +169,28 @@ def test_refusals_name_the_file_and_leave_the_model_clean(sd_folder, sdxl_folder
     assert all(torch.equal(state[k], weights[k]) for k in state)
 
 
-def test_an_error_mid_run_leaves_the_model_clean(sd_folder, loras, monkeypatch):
+@pytest.mark.parametrize("how", ["error", "cancel"])
+def test_an_error_or_a_cancel_mid_run_leaves_the_model_clean(sd_folder, loras, monkeypatch, how):
+    from paradiff_gui.engine import Cancelled, CancelToken
+    from paradiff_gui.engine.core.events import StepFinished
+
     den = load(request(sd_folder))
     weights = snapshot(den)
+    cancel = CancelToken()
 
     def boom(*_a, **_k):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(den, "decode", boom)
-    with pytest.raises(RuntimeError, match="boom"):
-        generate(request(sd_folder, loras=[(str(loras["style"]), 1.0)]))
+    def on_event(event):
+        if isinstance(event, StepFinished):
+            assert any(den.pipe.get_list_adapters().values()), "the LoRA is in while the steps run"
+            cancel.cancel()
+
+    if how == "error":
+        monkeypatch.setattr(den, "decode", boom)
+    with pytest.raises(RuntimeError if how == "error" else Cancelled):
+        generate(request(sd_folder, loras=[(str(loras["style"]), 1.0)]), on_event if how == "cancel" else None,
+                 cancel)
     monkeypatch.undo()
     assert_clean(den, weights)
 
