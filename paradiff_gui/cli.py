@@ -21,11 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .engine.core import request as rq  # plain data: no torch, so --help and --version stay fast
+from .engine.core.lora import MAX_LORA_WEIGHT, MIN_LORA_WEIGHT, parse_lora_arg
 
 if TYPE_CHECKING:
     from .engine.runtime import distributed
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+LORA_HELP = (f"apply a LoRA (.safetensors, Kohya/A1111 or diffusers format) with this weight (default 1, from "
+             f"{MIN_LORA_WEIGHT:g} to {MAX_LORA_WEIGHT:g}); repeatable; replaces a replayed request's LoRAs")
 SEAM_ROWS = 8  # worst seams shown by `inspect` without --json
 
 
@@ -126,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--regions", dest="regions_file", metavar="FILE.json",
                    help="regions as a JSON list of objects (rect [x0,y0,x1,y1] or mask FILE.png, prompt, "
                         "negative_prompt, weight, feather, extra); mask paths are relative to the file")
+    g.add_argument("--lora", dest="lora_specs", action="append", default=[], metavar="FILE[:WEIGHT]",
+                   help=LORA_HELP)
     g.add_argument("--init-image", dest="init_image", metavar="IMAGE",
                    help="image-to-image: start from this picture (resized to --size; a 16-bit heightmap for "
                         "builtin:terrain)")
@@ -200,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="GiB", help="the most host memory each pass may take (default: $PARADIFF_HOST_MEMORY)")
     u.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
     _control_args(u)
+    u.add_argument("--lora", dest="lora_specs", action="append", default=[], metavar="FILE[:WEIGHT]",
+                   help=LORA_HELP)
     u.add_argument("--quiet", action="store_true", help="no progress bar")
 
     m = sub.add_parser("models", help="list the models Paradiff can use")
@@ -333,6 +340,11 @@ def load_regions_file(path: str) -> list[dict[str, Any]]:
     return out
 
 
+def lora_args(specs: list[str]) -> list[dict[str, Any]]:
+    """``--lora FILE[:WEIGHT]`` flags → the request's LoRAs (checked, by field, when it is built)."""
+    return [dict(zip(("path", "weight"), parse_lora_arg(spec), strict=True)) for spec in specs]
+
+
 def request_from_args(args: argparse.Namespace) -> rq.GenerationRequest:
     """The request these arguments describe: a replayed request, with explicit flags on top."""
     from .engine.api.requests import build_request, parse_settings
@@ -353,6 +365,8 @@ def request_from_args(args: argparse.Namespace) -> rq.GenerationRequest:
         changes["controls"] = parse_control_specs(args.control_specs, args.control_pre)
     elif args.control_pre:
         raise rq.RequestError("control_pre", "prepares the image of a --control: give --control too")
+    if args.lora_specs:
+        changes["loras"] = lora_args(args.lora_specs)
     controls = parse_settings(args.settings)
     if args.terrain_difficulty is not None:  # the flag of 0.1, kept as an alias
         controls["terrain_difficulty"] = args.terrain_difficulty
@@ -670,6 +684,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     fields = {k: getattr(args, k) for k in ("model", "prompt", "negative_prompt", "steps", "seed", "sampler",
                                              "tile_batch", "device", "dtype", "host_memory")
               if getattr(args, k) is not None}
+    if args.lora_specs:
+        fields["loras"] = lora_args(args.lora_specs)
     try:
         try:
             base = load_request(args.image)

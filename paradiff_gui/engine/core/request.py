@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .control import Control, ControlError, parse_controls
+from .lora import LoraError, LoraSpec, parse_loras
 from .regions import MAX_REGIONS, Region, RegionError, parse_region
 
 SCHEMA_VERSION = 1
@@ -153,6 +154,8 @@ class GenerationRequest:
     bridges: str = "off"
     bridge_width: int = 0  # attention bridges: a strip this wide (px) along each border; 0 = whole neighbour tiles
     regions: tuple[Region, ...] = ()  # regional prompts over the main prompt (core/regions.py)
+    # LoRAs applied to the model for this run (core/lora.py; models/lora.py applies them)
+    loras: tuple[LoraSpec, ...] = ()
     init_image: str | None = None  # image-to-image: the picture to start from (a file path)
     strength: float | None = None  # 0 < S <= 1: how much of init_image is re-drawn (None: DEFAULT_STRENGTH)
     controls: tuple[Control, ...] = ()  # ControlNets, each cropped per tile (core/control.py)
@@ -280,6 +283,17 @@ class GenerationRequest:
             object.__setattr__(self, "controls", parse_controls(self.controls, self.init_image is not None))
         except ControlError as exc:
             raise RequestError(exc.field, exc.message) from None
+        try:
+            loras = parse_loras(self.loras)
+        except LoraError as exc:
+            raise RequestError(exc.field, exc.message) from None
+        object.__setattr__(self, "loras", loras)
+        if loras and self.compile is True:
+            raise RequestError("loras", "change the model's layers for the run, which a compiled model hides: use no "
+                                        "compile with LoRAs")
+        if loras and self.weights == "fp8":
+            raise RequestError("loras", f"are fused into the model's weights, which {self.weights} storage would "
+                                        "round: use weights full with LoRAs")
         _check_choice("wrap", self.wrap, WRAPS)
         _check_choice("positions", self.positions, POSITIONS)
         _check_choice("preview", self.preview, PREVIEWS)
@@ -319,6 +333,7 @@ class GenerationRequest:
         d["grid"] = list(self.grid) if self.grid is not None else None
         d["regions"] = [r.to_dict() for r in self.regions]
         d["controls"] = [c.to_dict() for c in self.controls]
+        d["loras"] = [lo.to_dict() for lo in self.loras]
         return {"schema": SCHEMA_VERSION, **d}
 
     def to_json(self, indent: int | None = 2) -> str:

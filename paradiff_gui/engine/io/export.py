@@ -269,7 +269,7 @@ def save_image(
     file at ``path`` is kept.
     """
     spec, pil = _prepare(path, image, fmt, quality)
-    parameters = parameters_text(request, plan, info.get("model_name", request.model))
+    parameters = parameters_text(request, plan, info.get("model_name", request.model), info.get("loras"))
 
     options: dict[str, Any]
     if spec.name == "png":

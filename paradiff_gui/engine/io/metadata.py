@@ -45,8 +45,10 @@ SOFTWARE = f"Paradiff {__version__}"
 EXIF_IMAGE_DESCRIPTION = 0x010E  # TIFF/EXIF tag 270, where non-PNG files keep the recipe JSON
 
 
-def parameters_text(request: GenerationRequest, plan: TilePlan, model_name: str) -> str:
-    """The A1111-style ``parameters`` summary."""
+def parameters_text(request: GenerationRequest, plan: TilePlan, model_name: str,
+                    loras: list[dict[str, Any]] | None = None) -> str:
+    """The A1111-style ``parameters`` summary; ``loras`` (the run's ``info["loras"]``) adds A1111's
+    ``Lora hashes: "name: hash, …"`` (a hash: the first 12 hex digits of the file's sha256)."""
     overlaps = [o for o in plan.actual_overlap if o is not None]
     fields = [
         f"Steps: {request.steps}",
@@ -59,8 +61,11 @@ def parameters_text(request: GenerationRequest, plan: TilePlan, model_name: str)
         f"Tile size: {plan.tile_w * plan.scale}x{plan.tile_h * plan.scale}",
         f"Tile overlap: {min(overlaps) * plan.scale if overlaps else 0}",
         f"Fusion: {request.fusion}",
-        f"Version: Paradiff {__version__}",
     ]
+    if loras:
+        listed = ", ".join(f"{lo['name']}: {lo['sha256'][:12]}" for lo in loras)
+        fields.append(f'Lora hashes: "{listed}"')
+    fields.append(f"Version: Paradiff {__version__}")
     lines = [request.prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
@@ -70,7 +75,12 @@ def parameters_text(request: GenerationRequest, plan: TilePlan, model_name: str)
 
 def recipe(request: GenerationRequest, plan: TilePlan, info: dict[str, Any], *, tiles: bool = True) -> dict[str, Any]:
     """The ``paradiff`` metadata; ``tiles=False`` gives the plan in its compact form (see the module docs)."""
-    return {"version": __version__, "request": request.to_dict(), "plan": _plan_dict(plan, tiles), "info": info}
+    data = request.to_dict()
+    # The run found each LoRA's file and hashed it: the recipe keeps the digest, so a replay finds
+    # the LoRA by it in the model folders when the path no longer holds it (models/lora.py).
+    for entry, ran in zip(data["loras"], info.get("loras") or (), strict=False):
+        entry["sha256"] = entry["sha256"] or ran.get("sha256")
+    return {"version": __version__, "request": data, "plan": _plan_dict(plan, tiles), "info": info}
 
 
 def recipe_json(request: GenerationRequest, plan: TilePlan, info: dict[str, Any], *, ascii: bool = False) -> str:
@@ -132,7 +142,8 @@ def _rebuilt_tiles(plan: Any, p: Path) -> list[list[int]]:
 def png_info(request: GenerationRequest, plan: TilePlan, info: dict[str, Any]) -> PngImagePlugin.PngInfo:
     """The two PNG text chunks, ``parameters`` and ``paradiff``."""
     meta = PngImagePlugin.PngInfo()
-    meta.add_itxt(PARAMETERS_KEY, parameters_text(request, plan, info.get("model_name", request.model)))
+    meta.add_itxt(PARAMETERS_KEY, parameters_text(request, plan, info.get("model_name", request.model),
+                                                  info.get("loras")))
     meta.add_itxt(PARADIFF_KEY, recipe_json(request, plan, info))
     return meta
 

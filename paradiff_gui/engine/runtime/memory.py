@@ -29,6 +29,10 @@ the model's width, tile area and precision:
 - VAE decode: 2.7 kB per output pixel at fp16 (41.6 GiB measured for an untiled 4096² decode
   on an H200; FLUX's and SD3's 16-channel VAE has SD's widths, so the same rule).
 
+LoRAs (models/lora.py) count from their files' headers (``core.lora.lora_size``): their own
+weights on the device (PEFT keeps them while they are fused), and on the host the snapshot of the
+layers they change (the exact base weights put back after the run).
+
 They are estimates: ``--tile-batch auto`` keeps a 15 % margin below the free memory.
 """
 
@@ -45,6 +49,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.lora import lora_size
 from ..core.modelinfo import ModelInfo
 from ..core.request import MAX_HOST_MEMORY, MAX_TILE_BATCH, MIN_HOST_MEMORY, GenerationRequest, RequestError
 
@@ -143,11 +148,25 @@ def control_weights(request: GenerationRequest, dtype_bytes: int) -> int:
     return total
 
 
+def lora_params(request: GenerationRequest) -> tuple[int, int]:
+    """(the LoRAs' own parameters, the base model's parameters in the layers they change), from
+    the files' headers; a file that cannot be read counts nothing (the run refuses it by name)."""
+    own = base = 0
+    for spec in request.loras:
+        try:
+            size = lora_size(Path(spec.path).expanduser())
+        except (OSError, ValueError):
+            continue
+        own += size.lora_params
+        base += size.base_params
+    return own, base
+
+
 def footprint(request: GenerationRequest, info: ModelInfo, dtype: str = "fp16") -> Footprint:
     """What ``request`` needs with ``info``'s model in ``dtype`` (fp32, fp16 or bf16)."""
     plan = info.plan(request)
     b = _dtype_bytes(dtype)
-    weights = device_weights(info, b, request.weights)
+    weights = device_weights(info, b, request.weights) + lora_params(request)[0] * b
     tile_px = plan.tile_h * plan.tile_w  # latent px
     if info.hidden:
         image_tokens = (plan.tile_h // DIT_PATCH) * (plan.tile_w // DIT_PATCH)
@@ -238,22 +257,24 @@ class HostFootprint:
     output: int = 0  # of ``picture``: the finished picture alone (8 or 16 bits a sample)
     weights: int = 0  # of ``device``: the model's weights (they stay while the picture decodes)
     encoders: int = 0  # text encoders kept on the host on any device (FLUX/SD3: models/flow.py)
+    loras: int = 0  # the base weights of the layers LoRAs change, kept to be put back (models/lora.py)
 
     @property
     def total(self) -> int:
-        return self.canvases + self.picture + self.inputs + self.device + self.process + self.encoders
+        return self.canvases + self.picture + self.inputs + self.device + self.process + self.encoders + self.loras
 
     @property
     def held_while_decoding(self) -> int:
         """What the rest of the run holds while the exact decode works: the process, the latents,
         the inputs, the finished picture and (on a CPU) the weights — not the denoising canvases,
         the tile batch or the per-tile decoder's working copies, which are gone or not used then."""
-        return self.canvases + self.inputs + self.output + self.weights + self.process + self.encoders
+        return self.canvases + self.inputs + self.output + self.weights + self.process + self.encoders + self.loras
 
     def describe(self) -> str:
         device = f", model and denoising {self.device / GiB:.1f}" if self.device else ""
         inputs = f", init image and regions {self.inputs / GiB:.1f}" if self.inputs else ""
         encoders = f", text encoders {self.encoders / GiB:.1f}" if self.encoders else ""
+        encoders += f", LoRA snapshot {self.loras / GiB:.2f}" if self.loras else ""
         return (f"≈ {self.total / GiB:.1f} GiB of host memory (canvases {self.canvases / GiB:.1f}, picture and "
                 f"decode {self.picture / GiB:.1f}{inputs}{device}{encoders}, the process {self.process / GiB:.1f})")
 
@@ -278,8 +299,9 @@ def host_footprint(request: GenerationRequest, info: ModelInfo, device_type: str
         device = fp.denoise_peak(max(1, min(fp.tiles, tile_batch)))
         weights = fp.weights
     encoders = info.host_weight_bytes * _dtype_bytes(dtype) // info.weight_dtype_bytes
+    snapshot = lora_params(request)[1] * _dtype_bytes(dtype) if request.loras else 0
     return HostFootprint(2 * latent, picture, inputs, device, output=px * out_bytes, weights=weights,
-                         encoders=encoders)
+                         encoders=encoders, loras=snapshot)
 
 
 def host_available() -> int | None:

@@ -54,6 +54,7 @@ from ..core.plan import Tile, TilePlan
 from ..core.request import GenerationRequest, RequestError
 from ..io.init_image import file_digest as init_digest
 from ..io.init_image import load_init_image
+from ..models import lora as lora_models
 from ..models.base import Denoiser, ModelUnavailable
 from ..models.control_images import control_notes, control_record
 from ..models.info import describe_model
@@ -599,6 +600,7 @@ def generate(
         # 1. Device, model, plan; a request the host's memory (or the user's budget for it) cannot
         #    hold is refused before any of it.
         limit = memory.host_limit(request)
+        loras = lora_models.resolve_all(request.loras)  # a missing LoRA is refused before the model loads
         if denoiser is None:
             device = resolve_device(request.device)
             dtype = resolve_dtype(request.dtype, device)
@@ -606,6 +608,9 @@ def generate(
             den = load_denoiser(request, device, dtype)
         else:
             den = denoiser
+        # LoRAs fused into the kept model for this run; the exact base weights come back when the
+        # run ends, however it ends (models/lora.py).
+        budget.enter_context(lora_models.applied(den, loras))
         plan = TilePlan.for_request(request, den.scale, den.native_tile)
         host, _, host_batch = memory.host_plan(request, _loaded_info(request, den, plan), torch.device(den.device).type,
                                                dtype_name(den.dtype), limit)
@@ -678,6 +683,8 @@ def generate(
             info["decode"] = den.decode_method
         if preview_method:
             info["preview"] = preview_method
+        if loras:
+            info["loras"] = [lo.recipe() for lo in loras]
         if request.init_image is not None:
             info["init_image_sha256"] = init_digest(request.init_image)
             info["strength"] = request.image_strength

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ...engine.api.requests import check_options, model_controls, request_for
+from ...engine.core.lora import LoraSpec
 from ...engine.core.modelinfo import ModelInfo
 from ...engine.core.regions import Region
 from ...engine.core.request import GenerationRequest, RequestError
@@ -62,6 +63,13 @@ class FormValues:
     # regions.py: the regions as shown, kept whole (a region's prompt stays while a model without
     # text is chosen, like the main prompt); rects in image px, not yet checked against the size.
     regions: tuple[Region, ...] = ()
+    # lora.py: the LoRAs as shown (kept while a model that takes none is chosen, like the prompt)
+    loras: tuple[LoraSpec, ...] = ()
+
+
+def takes_loras(info: ModelInfo) -> bool:
+    """Whether ``info``'s model takes LoRAs: the diffusers models do, the built-ins do not."""
+    return not info.id.startswith("builtin:")
 
 
 def _regions_for(info: ModelInfo, regions: tuple[Region, ...]) -> tuple[Region, ...]:
@@ -104,6 +112,7 @@ def to_request(info: ModelInfo, v: FormValues) -> GenerationRequest:
         host_memory=round(v.host_memory, 1) or None,  # the field shows one decimal
         extra={**v.carried, **model_controls(info, named)},
         regions=_regions_for(info, v.regions),
+        loras=v.loras if takes_loras(info) else (),
     ), info)
 
 
@@ -154,4 +163,5 @@ def from_request(info: ModelInfo, request: GenerationRequest) -> FormValues:
         given=frozenset(k for k in request.extra if k in keys),
         carried={k: x for k, x in request.extra.items() if k not in keys},
         regions=request.regions,
+        loras=request.loras,
     )

@@ -8,6 +8,8 @@ only through :class:`ModelInfo`, so it shows the right controls without loading 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
@@ -16,6 +18,7 @@ from ...engine.core import request as rq
 from ...engine.core.modelinfo import ModelInfo
 from ...engine.core.plan import TilePlan
 from ..forms.coherence import CoherenceForm
+from ..forms.lora import LorasForm
 from ..forms.mapping import FormValues, from_request, to_request
 from ..forms.model import ModelForm
 from ..forms.options import OptionsForm
@@ -41,11 +44,12 @@ class GenerationPanel(QWidget):
         self.options_form = OptionsForm()  # the model's own controls
         self.size_form = SizeForm()
         self.regions_form = RegionsForm()  # regional prompts; the canvas draws and edits them too
+        self.lora_form = LorasForm()  # LoRA files and their weights
         self.tiles_form = TilesForm()
         self.sampling_form = SamplingForm()
         self.coherence_form = CoherenceForm()
         self.performance_form = PerformanceForm()
-        self._value_forms = (self.prompt_form, self.options_form, self.size_form, self.regions_form,
+        self._value_forms = (self.prompt_form, self.lora_form, self.options_form, self.size_form, self.regions_form,
                              self.tiles_form, self.sampling_form, self.coherence_form, self.performance_form)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(8, 8, 8, 8)
@@ -74,6 +78,7 @@ class GenerationPanel(QWidget):
         """Rescan the model catalogue off the GUI thread (``models_listed`` when the picker is
         filled); ``extra`` models are listed too. The shown model stays selectable throughout."""
         self.model_form.refresh(extra)
+        self.lora_form.scan()  # LoRAs in the model folders, found on a worker
 
     def add_model(self, model: str) -> None:
         """Add ``model`` to the picker (if new) and select it with its defaults."""
@@ -92,14 +97,16 @@ class GenerationPanel(QWidget):
             keep = {} if current is None else {
                 "prompt": current.prompt, "negative_prompt": current.negative_prompt, "seed": current.seed}
             regions = self.regions_form.regions()  # kept like the prompt, checked against the new size
+            loras = self.lora_form.loras()  # kept too (a model that takes none greys them)
             self.set_request(base.replace(**keep), lock_seed=self.seed_lock.isChecked())
             self.regions_form.show_regions(regions)
+            self.lora_form.show_values(replace(self.values(), loras=loras))
         self.model_changed.emit(self.info)
         self.changed.emit()
 
     def _use_model(self, info: ModelInfo) -> None:
-        for form in (self.prompt_form, self.options_form, self.regions_form, self.sampling_form, self.tiles_form,
-                     self.coherence_form):
+        for form in (self.prompt_form, self.lora_form, self.options_form, self.regions_form, self.sampling_form,
+                     self.tiles_form, self.coherence_form):
             form.set_model(info)
 
     # -- plan and seed -------------------------------------------------------------------------------

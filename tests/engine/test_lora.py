@@ -1,0 +1,282 @@
+"""LoRAs (models/lora.py) on tiny SD, SDXL and FLUX models, LoRAs built in the test (tests/tiny_lora.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from PIL import Image
+
+from paradiff_gui.engine import GenerationRequest, generate
+from paradiff_gui.engine.core.request import RequestError
+from paradiff_gui.engine.io import metadata
+from paradiff_gui.engine.models import lora as lora_models
+from paradiff_gui.engine.models.base import ModelUnavailable
+from paradiff_gui.engine.models.registry import _CACHE, load_denoiser
+from paradiff_gui.engine.models.sd import bridging
+from paradiff_gui.engine.models.sd.schedulers import make_scheduler
+from paradiff_gui.engine.runtime.devices import resolve_device, resolve_dtype
+
+W, H = 128, 96  # one tile of the tiny UNet (16 latent px native → tile 512 covers it)
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def loras(tmp_path_factory, sd_folder, sdxl_folder):
+    """SD: a diffusers-format LoRA, the same in Kohya's layout, a second one; SDXL: one."""
+    from tiny_lora import make_lora, to_kohya
+
+    d = tmp_path_factory.mktemp("loras")
+    sd = StableDiffusionPipeline.from_pretrained(str(sd_folder), local_files_only=True)
+    xl = StableDiffusionXLPipeline.from_pretrained(str(sdxl_folder), local_files_only=True)
+    style = make_lora(sd, d / "style.safetensors", seed=1)
+    return {
+        "style": style,
+        "kohya": to_kohya(style, d / "style_kohya.safetensors"),
+        "other": make_lora(sd, d / "other.safetensors", seed=2, targets=("to_k", "to_v", "proj_in")),
+        "xl": make_lora(xl, d / "xl.safetensors", seed=3),
+        "dir": d,
+    }
+
+
+def request(folder, **kw):
+    fields = dict(model=str(folder), prompt="a red castle", negative_prompt="blue", width=W, height=H, tile=512,
+                  steps=STEPS, sampler="euler", seed=3, device="cpu", fusion="gaussian")
+    return GenerationRequest(**{**fields, **kw})
+
+
+def load_oracle(pipe, file, name):
+    with warnings.catch_warnings():  # PEFT's notes on a second adapter; models/lora.py hides them too
+        warnings.filterwarnings("ignore", message=".*Already found a `peft_config`")
+        warnings.filterwarnings("ignore", message=".*inconsistency was discovered between the PEFT")
+        pipe.load_lora_weights(str(file), adapter_name=name)
+
+
+def pipeline_latents(cls, folder, files_weights, seed=3):
+    pipe = cls.from_pretrained(str(folder), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = make_scheduler("euler", pipe.scheduler.config)
+    names = []
+    for i, (f, _w) in enumerate(files_weights):
+        load_oracle(pipe, f, f"l{i}")
+        names.append(f"l{i}")
+    pipe.set_adapters(names, [w for _f, w in files_weights])
+    g = torch.Generator("cpu").manual_seed(seed)
+    noise = torch.randn((1, 4, H // 8, W // 8), generator=g)
+    return pipe(prompt="a red castle", negative_prompt="blue", height=H, width=W, num_inference_steps=STEPS,
+                guidance_scale=7.5, latents=noise, generator=g, output_type="latent").images
+
+
+def load(req):
+    """The model ``generate(req)`` would use, loaded (and kept) without running."""
+    device = resolve_device(req.device)
+    return load_denoiser(req, device, resolve_dtype(req.dtype, device))
+
+
+def kept_model():
+    (den,) = _CACHE.values()
+    return den
+
+
+def assert_clean(den, weights):
+    """No adapter left, and every weight the very bits it was."""
+    assert not any(den.pipe.get_list_adapters().values())
+    state = {**den.unet.state_dict(), **{f"te.{k}": v for k, v in den.pipe.text_encoder.state_dict().items()}}
+    assert state.keys() == weights.keys()
+    assert all(torch.equal(state[k], weights[k]) for k in state)
+
+
+def snapshot(den):
+    return {**{k: v.clone() for k, v in den.unet.state_dict().items()},
+            **{f"te.{k}": v.clone() for k, v in den.pipe.text_encoder.state_dict().items()}}
+
+
+def test_two_loras_one_tile_equal_the_pipeline_and_leave_the_model_as_it_was(sd_folder, loras):
+    fresh = generate(request(sd_folder))
+    den = kept_model()
+    weights = snapshot(den)
+    # Kohya's layout here, the diffusers file in the oracle: diffusers' converter takes people's files.
+    specs = [{"path": str(loras["kohya"]), "weight": 0.8}, {"path": str(loras["other"]), "weight": -0.5}]
+    got = generate(request(sd_folder, loras=specs))
+    expect = pipeline_latents(StableDiffusionPipeline, sd_folder, [(loras["style"], 0.8), (loras["other"], -0.5)])
+    diff = (got.latents - expect).abs().max().item()
+    print(f"SD one tile with two LoRAs: max |diff| against the pipeline {diff:.2e}")
+    assert diff < 1e-4
+    assert (got.latents - fresh.latents).abs().max() > 1e-3, "the LoRAs change the picture"
+    assert kept_model() is den, "a LoRA set is no reason to reload the base model"
+    assert_clean(den, weights)
+    again = generate(request(sd_folder))
+    assert (again.latents - fresh.latents).abs().max() <= 1e-6
+    assert [lo["name"] for lo in got.info["loras"]] == ["style_kohya", "other"]
+    assert got.info["loras"][0]["sha256"] == lora_models.file_sha256(loras["kohya"])
+
+
+def test_sdxl_lora_equals_the_pipeline(sdxl_folder, loras):
+    got = generate(request(sdxl_folder, loras=[(str(loras["xl"]), 0.7)]))
+    expect = pipeline_latents(StableDiffusionXLPipeline, sdxl_folder, [(loras["xl"], 0.7)])
+    assert (got.latents - expect).abs().max().item() < 1e-4
+
+
+def test_a_bridged_run_takes_a_lora(sd_folder, loras, monkeypatch):
+    den = load(request(sd_folder))
+    weights = snapshot(den)
+    seen = []
+    real = bridging.BridgeableAttnProcessor.__call__
+
+    def spy(self, attn, *a, **k):  # the LoRA's layers run inside the bridge's processor
+        seen.append(type(attn.to_q).__name__)
+        return real(self, attn, *a, **k)
+
+    monkeypatch.setattr(bridging.BridgeableAttnProcessor, "__call__", spy)
+    kw = dict(width=192, height=128, tile=128, overlap=64, bridges="full")
+    with_lora = generate(request(sd_folder, loras=[(str(loras["style"]), 1.0)], **kw))
+    assert len(with_lora.plan) > 1 and torch.isfinite(with_lora.latents).all()
+    assert seen and set(seen) == {"Linear"}, "PEFT's wrapper, fused (its forward is the base layer's)"
+    assert_clean(den, weights)
+
+
+@pytest.mark.parametrize("case", ["another base", "not a lora", "not safetensors", "missing"])
+def test_refusals_name_the_file_and_leave_the_model_clean(sd_folder, sdxl_folder, loras, tmp_path, case):
+    from safetensors.torch import save_file
+
+    den = load(request(sdxl_folder))
+    weights = {**{k: v.clone() for k, v in den.unet.state_dict().items()},
+               **{f"te.{k}": v.clone() for k, v in den.pipe.text_encoder.state_dict().items()}}
+    specs = [(str(loras["xl"]), 1.0)]  # a good one first: refused after it loaded, it must go too
+    if case == "another base":
+        bad, error, says = loras["style"], RequestError, "does not fit"
+    elif case == "not a lora":
+        bad = tmp_path / "weights.safetensors"
+        save_file({"conv.weight": torch.zeros(2, 2)}, str(bad))
+        error, says = RequestError, "holds no LoRA weights"
+    elif case == "not safetensors":
+        bad = tmp_path / "broken.safetensors"
+        bad.write_text("hello")
+        error, says = ModelUnavailable, "cannot load"
+    else:
+        bad, error, says = tmp_path / "gone.safetensors", RequestError, "no such LoRA file"
+    with pytest.raises(error, match=says) as info:
+        generate(request(sdxl_folder, steps=1, loras=[*specs, (str(bad), 1.0)]))
+    assert bad.name in str(info.value) and "loras[1]" in str(info.value)
+    assert kept_model() is den
+    assert not any(den.pipe.get_list_adapters().values())
+    state = {**den.unet.state_dict(), **{f"te.{k}": v for k, v in den.pipe.text_encoder.state_dict().items()}}
+    assert all(torch.equal(state[k], weights[k]) for k in state)
+
+
+@pytest.mark.parametrize("how", ["error", "cancel"])
+def test_an_error_or_a_cancel_mid_run_leaves_the_model_clean(sd_folder, loras, monkeypatch, how):
+    from paradiff_gui.engine import Cancelled, CancelToken
+    from paradiff_gui.engine.core.events import StepFinished
+
+    den = load(request(sd_folder))
+    weights = snapshot(den)
+    cancel = CancelToken()
+
+    def boom(*_a, **_k):
+        raise RuntimeError("boom")
+
+    def on_event(event):
+        if isinstance(event, StepFinished):
+            assert any(den.pipe.get_list_adapters().values()), "the LoRA is in while the steps run"
+            cancel.cancel()
+
+    if how == "error":
+        monkeypatch.setattr(den, "decode", boom)
+    with pytest.raises(RuntimeError if how == "error" else Cancelled):
+        generate(request(sd_folder, loras=[(str(loras["style"]), 1.0)]), on_event if how == "cancel" else None,
+                 cancel)
+    monkeypatch.undo()
+    assert_clean(den, weights)
+
+
+@pytest.mark.parametrize("weight", [4.5, -5, float("nan"), True])
+def test_a_weight_out_of_range_is_refused_with_the_range(weight):
+    with pytest.raises(RequestError, match=r"loras\[0\]\.weight: must be a number from -4 to 4"):
+        GenerationRequest(loras=[("style.safetensors", weight)])
+
+
+def test_the_recipe_records_each_lora_and_replay_finds_it_by_hash(sd_folder, loras, tmp_path, monkeypatch):
+    import shutil
+
+    src = tmp_path / "mine" / "style.safetensors"
+    src.parent.mkdir()
+    shutil.copy(loras["style"], src)
+    result = generate(request(sd_folder, loras=[(str(src), 0.8)]))
+    png = metadata.save_png(tmp_path / "out.png", result.image, result.request, result.plan, result.info)
+    digest = lora_models.file_sha256(src)
+    with Image.open(png) as im:
+        params = im.info["parameters"]
+        recipe = json.loads(im.info["paradiff"])
+    assert f'Lora hashes: "style: {digest[:12]}"' in params
+    assert recipe["request"]["loras"] == [{"path": str(src), "weight": 0.8, "sha256": digest}]
+    # A1111's last line: `Key: value` pairs, a value with commas in double quotes.
+    last = params.splitlines()[-1]
+    assert re.search(r'(^|, )Lora hashes: "style: [0-9a-f]{12}"(, |$)', last)
+    # Moved into a model folder under another name: replay finds it by its sha256.
+    models = tmp_path / "models" / "loras"
+    models.mkdir(parents=True)
+    shutil.move(src, models / "renamed.safetensors")
+    monkeypatch.setenv("PARADIFF_MODEL_PATH", str(tmp_path / "models"))
+    replay = metadata.load_request(png)
+    again = generate(replay)
+    assert torch.equal(again.latents, result.latents)
+    assert again.info["loras"][0]["file"] == "renamed.safetensors"
+    (models / "renamed.safetensors").unlink()
+    with pytest.raises(RequestError, match=r"the LoRA style\.safetensors \(sha256 .*\) is missing"):
+        generate(replay)
+
+
+def test_memory_counts_the_lora(sd_folder, loras):
+    from paradiff_gui.engine.core.lora import lora_size
+    from paradiff_gui.engine.models.info import describe_model
+    from paradiff_gui.engine.runtime import memory
+
+    info = describe_model(str(sd_folder))
+    bare = request(sd_folder)
+    with_lora = request(sd_folder, loras=[(str(loras["style"]), 1.0)])
+    size = lora_size(loras["style"])
+    assert size.lora_params > 0 and size.base_params > size.lora_params
+    fp0, fp1 = memory.footprint(bare, info, "fp32"), memory.footprint(with_lora, info, "fp32")
+    assert fp1.weights - fp0.weights == size.lora_params * 4
+    h0 = memory.host_footprint(bare, info, "cuda", "fp32")
+    h1 = memory.host_footprint(with_lora, info, "cuda", "fp32")
+    assert h1.total - h0.total == size.base_params * 4  # the snapshot of the layers it changes
+
+
+def test_flux_lora_equals_the_pipeline(tmp_path_factory):
+    from diffusers import FluxPipeline
+    from tiny import save
+    from tiny_dit import tiny_flux
+    from tiny_lora import make_lora
+
+    from paradiff_gui.engine.models import flow
+
+    d = tmp_path_factory.mktemp("flux")
+    pipe = tiny_flux(guidance_embeds=True)
+    folder = save(pipe, d / "tiny-flux")
+    f = make_lora(pipe, d / "flux_style.safetensors", seed=4)
+    req = GenerationRequest(model=str(folder), prompt="a red castle", width=W, height=H, tile=512, steps=STEPS,
+                            sampler="euler", seed=7, guidance=3.5, device="cpu", fusion="gaussian",
+                            loras=[(str(f), 0.9)])
+    got = generate(req)
+    oracle = FluxPipeline.from_pretrained(str(folder), local_files_only=True)
+    oracle.set_progress_bar_config(disable=True)
+    load_oracle(oracle, f, "s")
+    oracle.set_adapters(["s"], [0.9])
+    g = torch.Generator("cpu").manual_seed(7)
+    noise = torch.randn((1, 16, H // 8, W // 8), generator=g)
+    packed = oracle(prompt="a red castle", height=H, width=W, num_inference_steps=STEPS, guidance_scale=3.5,
+                    latents=flow.pack(noise), generator=g, output_type="latent", max_sequence_length=512).images
+    expect = flow.unpack(packed, H // 8, W // 8)
+    assert (got.latents - expect).abs().max().item() < 1e-4
+    den = kept_model()
+    assert not any(den.pipe.get_list_adapters().values())
+    bare = generate(req.replace(loras=()))
+    assert (bare.latents - got.latents).abs().max() > 1e-3
+    assert np.isfinite(bare.latents.numpy()).all()
