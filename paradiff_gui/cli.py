@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="FLUX/SD3: the transformer's weights on the device: full (the default, in --dtype) or fp8 "
                         "(one byte a weight for two thirds of them, each layer cast up as it runs: FLUX.1-dev's "
                         "transformer in 15 GB instead of 24; a slightly different picture)")
+    g.add_argument("--preview", choices=rq.PREVIEWS,
+                   help="live tile previews: auto (the default: a tiny autoencoder, TAESD/TAESDXL/TAEF1/TAESD3, "
+                        "when one is in a model folder or the hub cache, else linear), linear (a latent-to-RGB "
+                        "map fitted to the model's VAE) or taesd (refused when none is found)")
     g.add_argument("--tile-batch", dest="tile_batch", type=_tile_batch_arg, metavar="auto|N",
                    help="tiles per model call; auto (the default) picks the most that fit in memory")
     g.add_argument("--device", metavar="auto|cpu|cuda|cuda:N|mps")
@@ -212,10 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the models Paradiff can use")
     m.add_argument("--json", action="store_true")
 
-    g.add_argument("--preview", choices=rq.PREVIEWS,
-                   help="live tile previews: auto (the default: a tiny autoencoder, TAESD/TAESDXL/TAEF1/TAESD3, "
-                        "when one is in a model folder or the hub cache, else linear), linear (a latent-to-RGB "
-                        "map fitted to the model's VAE) or taesd (refused when none is found)")
     i = sub.add_parser("inspect", help="score the seams of an image",
                        description="Seam scores of an image: its tile plan comes from Paradiff metadata, or "
                                    "from --grid/--tile and --overlap for other images (image px).")
