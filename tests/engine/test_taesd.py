@@ -19,7 +19,7 @@ from paradiff_gui.engine.models import folders
 from paradiff_gui.engine.models.registry import load_denoiser
 from paradiff_gui.engine.models.sd import preview as linear
 from paradiff_gui.engine.models.sd import taesd
-from paradiff_gui.engine.sampling.previews import PreviewBudget
+from paradiff_gui.engine.sampling.previews import PROBE, PreviewBudget
 
 # A scaling and shift other than TAESD's 1 and 0, so the test sees they are applied.
 SCALING, SHIFT = 0.5, 0.25
@@ -164,20 +164,66 @@ def test_a_tiny_autoencoder_of_other_latents_is_not_used(places):
         taesd.select("taesd", "sd", "m", 4, torch.device("cpu"), torch.float32, None)
 
 
+def _drive(budget: PreviewBudget, now: list[float], batches, steps: int, call_s: float, tile_px: int,
+           per_px_s: float, probe_fixed_s: float = 0.0) -> tuple[dict[int, int], float]:
+    """Run ``budget`` as the sampler does, on a fake clock: each batch one model call of ``call_s``,
+    then a probe while nothing is measured, then the previews that are due (``per_px_s`` a latent px).
+    Returns the previews made per tile and the most the budget ever ran over its share (s)."""
+    counts: dict[int, int] = {}
+    over = 0.0
+    for _step in range(steps):
+        for batch in batches:
+            now[0] += call_s
+            if budget.needs_probe:
+                cost = probe_fixed_s + PROBE * PROBE * per_px_s
+                now[0] += cost
+                budget.measured(PROBE * PROBE, cost)
+            due = budget.due(batch, tile_px)
+            chosen = [batch[k] for k in due]
+            cost = per_px_s * tile_px * len(chosen)
+            now[0] += cost
+            budget.paid(chosen, tile_px, cost)
+            for i in chosen:
+                counts[i] = counts.get(i, 0) + 1
+            over = max(over, budget.spent - budget.share * (now[0] - budget.started))
+    return counts, over
+
+
 def test_the_budget_keeps_previews_to_their_share_and_takes_tiles_in_turn():
     now = [0.0]
     budget = PreviewBudget(0.02, clock=lambda: now[0])
     tiles = list(range(6))
-    counts = dict.fromkeys(tiles, 0)
-    for _step in range(400):
-        for batch in (tiles[:2], tiles[2:4], tiles[4:]):
-            now[0] += 1.0  # one model call: 1 s
-            due = budget.due(batch)
-            chosen = [batch[k] for k in due]
-            now[0] += 0.1 * len(chosen)  # a preview: 0.1 s a tile
-            budget.paid(chosen, 0.1 * len(chosen))
-            for i in chosen:
-                counts[i] += 1
+    counts, _ = _drive(budget, now, (tiles[:2], tiles[2:4], tiles[4:]), 400, 1.0, 1024, 0.1 / 1024)
     assert budget.spent <= 0.02 * now[0] + 0.1  # within one tile's cost of the share
     assert budget.spent >= 0.015 * now[0]  # and the share is used
     assert max(counts.values()) - min(counts.values()) <= 1  # every tile in turn
+
+
+def test_no_whole_decode_runs_before_the_budget_covers_it():
+    # The benchmark's CPU run: 15 tiles of 32² latent px in batches of 4, 8 steps, a model call of
+    # 1.6 s a batch and a tiny-autoencoder decode of 2.4 s a tile (more than the 2 % share of the
+    # whole run). The cost is first measured on a PROBE² corner (with a fixed cost too, the first
+    # call's), so previews overshoot their share by that probe at most, not by a whole decode.
+    now = [0.0]
+    budget = PreviewBudget(0.02, clock=lambda: now[0])
+    tiles = list(range(15))
+    batches = [tiles[k : k + 4] for k in range(0, 15, 4)]
+    per_px, fixed = 2.4 / 1024, 0.05
+    counts, over = _drive(budget, now, batches, 8, 1.6, 1024, per_px, fixed)
+    probe = fixed + PROBE * PROBE * per_px
+    assert over <= probe + 1e-9
+    assert budget.spent <= 0.02 * now[0] + probe  # the run is slowed by its share and the probe, no more
+    assert sum(counts.values()) == 0  # here the share never pays for a whole tile
+    # A longer run earns them: then whole decodes come, each within the share.
+    counts, over = _drive(budget, now, batches, 200, 1.6, 1024, per_px, fixed)
+    assert sum(counts.values()) > 0 and over <= probe + 1e-9
+
+
+def test_the_loop_measures_the_cost_on_a_corner_before_any_whole_decode(sd_folder, with_taesd, monkeypatch):
+    sizes = []
+    rgb = taesd.TinyPreview.rgb
+    monkeypatch.setattr(taesd.TinyPreview, "rgb", lambda self, x0: sizes.append(tuple(x0.shape)) or rgb(self, x0))
+    events, _ = _run(_request(sd_folder))
+    assert sizes[0] == (1, 4, PROBE, PROBE)  # the probe, shown to no one
+    shown = [e for e in events if isinstance(e, TilePreview)]
+    assert len(shown) == len(sizes) - 1 and all(s == (1, 4, 32, 32) for s in sizes[1:])

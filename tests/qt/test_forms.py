@@ -33,10 +33,10 @@ def requests(sd_like: str) -> list[rq.GenerationRequest]:
     return [
         request_for(TERRAIN, width=384, height=256, overlap=32, steps=5, seed=4_000_000_000, fusion="gaussian",
                     jitter=True, global_context=0.25, tile_batch=4, device="cpu", dtype="fp32", host_memory=6.5,
-                    extra={"terrain_difficulty": 70, "from_elsewhere": "kept"}),
+                    preview="linear", extra={"terrain_difficulty": 70, "from_elsewhere": "kept"}),
         request_for(sd_like, prompt="a castle", negative_prompt="blur", width=1024, height=512, grid=(2, 3),
                     overlap=64, steps=7, guidance=5.5, sampler="euler_a", seed=9, fusion="uniform",
-                    dtype="fp16", device="cuda:1", bridges="full", bridge_width=64),
+                    dtype="fp16", device="cuda:1", bridges="full", bridge_width=64, preview="taesd"),
         request_for(sd_like, prompt="a harbour", width=1536, height=768, tile=640, overlap=160, guidance=9.0,
                     sampler="unipc", seed=0, fusion="independent", global_context=1.0),
     ]
@@ -105,6 +105,18 @@ def test_the_host_memory_budget_is_offered_with_none_as_its_lowest_value(panel):
     f.host_memory.setValue(0.3)  # below the request's least: refused by name, never raised silently
     with pytest.raises(rq.RequestError, match=r"host_memory: must be a number of GiB from 0\.5"):
         panel.request()
+
+
+def test_the_preview_choice_is_offered_and_a_recipe_keeps_it(panel, sd_like):
+    f = panel.performance_form.preview
+    assert [f.itemText(i) for i in range(f.count())] == ["Automatic", "Linear map", "Tiny autoencoder"]
+    assert [f.itemData(i) for i in range(f.count())] == list(rq.PREVIEWS)
+    assert panel.request().preview == "auto"
+    for choice in rq.PREVIEWS:  # a recipe's choice is shown, and comes back in the request
+        panel.set_request(request_for(sd_like, prompt="a castle", preview=choice))
+        assert f.currentData() == choice and panel.request().preview == choice
+    f.setCurrentIndex(f.findData("linear"))  # and the person's choice goes into the request
+    assert panel.request().preview == "linear"
 
 
 def test_positions_are_offered_to_diffusion_transformers_alone(panel, flux_like):

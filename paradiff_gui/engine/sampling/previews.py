@@ -14,41 +14,58 @@ from __future__ import annotations
 
 import time
 
+PROBE = 8  # latent px a side of the decode that measures what a preview costs
+
 
 class PreviewBudget:
     """Which tiles of a batch get a preview, so that previews take at most ``share`` of the run.
 
     The budget is ``share × (time since the first batch)``; what previews have cost so far is
-    measured. Within it, tiles take turns: a tile is due only while it has had no more previews
-    than any other tile seen so far (so the budget waits for the tiles that need it most instead of
-    refreshing the same batch over and over).
+    measured. A preview's cost grows with its latent pixels, so it is kept per latent pixel, and
+    the first measure comes from a :data:`PROBE`-sized corner of one tile (:meth:`measured`):
+    a whole tile's decode, the first one included, runs only once the budget covers it. (A first
+    whole decode to find out would, on a CPU, be a whole model call's worth of time before the
+    budget has earned any.) Within the budget, tiles take turns: a tile is due only while it has
+    had no more previews than any other tile seen so far (so the budget waits for the tiles that
+    need it most instead of refreshing the same batch over and over).
     """
 
     def __init__(self, share: float, clock=time.perf_counter) -> None:
         self.share, self.clock = share, clock
         self.started: float | None = None
         self.spent = 0.0  # s
-        self.per_tile = 0.0  # s, the last measured cost of one tile's preview
+        self.per_px: float | None = None  # s per latent px of a preview, as last measured; None: not yet
         self.made: dict[int, int] = {}  # tile index → previews made of it
 
-    def due(self, tiles: list[int]) -> list[int]:
-        """Positions in ``tiles`` (tile indices of a batch) to preview now."""
+    @property
+    def needs_probe(self) -> bool:
+        """Nothing measured yet: the caller decodes a :data:`PROBE`-sized corner and says :meth:`measured`."""
+        return self.per_px is None
+
+    def due(self, tiles: list[int], pixels: int) -> list[int]:
+        """Positions in ``tiles`` (tile indices of a batch, ``pixels`` latent px each) to preview now."""
         now = self.clock()
         if self.started is None:
             self.started = now
         for i in tiles:
             self.made.setdefault(i, 0)
+        if self.per_px is None:
+            return []
         fewest = min(self.made.values())
         ready = [k for k, i in enumerate(tiles) if self.made[i] == fewest]
-        if self.per_tile == 0.0:  # nothing measured yet: one tile measures the cost
-            return ready[:1]
         room = self.share * (now - self.started) - self.spent
-        return ready[: max(0, int(room // self.per_tile))]
+        return ready[: max(0, int(room // (self.per_px * pixels)))]
 
-    def paid(self, tiles: list[int], seconds: float) -> None:
-        """``tiles`` (tile indices) were previewed in ``seconds``."""
+    def measured(self, pixels: int, seconds: float) -> None:
+        """A probe of ``pixels`` latent px (shown to no one) took ``seconds``. Its fixed costs
+        are spread over its few pixels, so a tile's first cost is overestimated, never under."""
+        self.spent += seconds
+        self.per_px = max(seconds / pixels, 1e-12)
+
+    def paid(self, tiles: list[int], pixels: int, seconds: float) -> None:
+        """``tiles`` (tile indices, ``pixels`` latent px each) were previewed in ``seconds``."""
         self.spent += seconds
         if tiles:
-            self.per_tile = max(seconds / len(tiles), 1e-9)
+            self.per_px = max(seconds / (len(tiles) * pixels), 1e-12)
         for i in tiles:
             self.made[i] += 1

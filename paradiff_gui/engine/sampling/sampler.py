@@ -63,7 +63,7 @@ from ..runtime import distributed, memory
 from ..runtime.devices import dtype_name, resolve_device, resolve_dtype
 from .bridges import Bridge, config_for
 from .compose import Regional, extend, fold, image_timesteps, regional
-from .previews import PreviewBudget
+from .previews import PROBE, PreviewBudget
 
 EventSink = Callable[[Event], None]
 
@@ -162,7 +162,14 @@ class _Denoise:
             rects = [plan.image_rect(tl) for tl in tiles]
             self._queue_previews(tiles, rects, self.den.preview(crops, pred, self.t_value))
             return
-        due = self._budget.due([tl.index for tl in tiles])
+        pixels = crops.shape[-2] * crops.shape[-1]  # latent px of a tile
+        if self._budget.needs_probe:  # its cost, measured on a corner of one tile (shown to no one)
+            started = time.perf_counter()
+            corner = (slice(0, 1), slice(None), slice(0, PROBE), slice(0, PROBE))
+            self.den.preview(crops[corner], pred[corner], self.t_value)
+            self._budget.measured(min(PROBE, crops.shape[-2]) * min(PROBE, crops.shape[-1]),
+                                  time.perf_counter() - started)
+        due = self._budget.due([tl.index for tl in tiles], pixels)
         if not due:
             return
         started = time.perf_counter()
@@ -170,7 +177,7 @@ class _Denoise:
         if len(due) < len(tiles):
             crops, pred = crops[due], pred[due]
         self._queue_previews(keep, [plan.image_rect(tl) for tl in keep], self.den.preview(crops, pred, self.t_value))
-        self._budget.paid([tl.index for tl in keep], time.perf_counter() - started)
+        self._budget.paid([tl.index for tl in keep], pixels, time.perf_counter() - started)
 
     def _model(self, crops: torch.Tensor, t: torch.Tensor, tiles: list[Tile], plan: TilePlan) -> torch.Tensor:
         if self.regional is None:

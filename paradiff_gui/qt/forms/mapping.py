@@ -55,6 +55,7 @@ class FormValues:
     compile: bool
     host_memory: float = 0.0  # GiB; 0 = no budget (request.host_memory None)
     positions: str = "local"  # coherence.py; diffusion transformers only (request.positions)
+    preview: str = "auto"  # performance.py: live previews, auto, linear or taesd (request.preview)
     # options.py: the model's controls by key; ``given`` ones are kept even at their default (the
     # shown request named them), ``carried`` extras have no control and pass through untouched.
     controls: dict[str, int] = field(default_factory=dict)
@@ -110,6 +111,7 @@ def to_request(info: ModelInfo, v: FormValues) -> GenerationRequest:
         dtype=v.dtype,
         compile=v.compile,
         host_memory=round(v.host_memory, 1) or None,  # the field shows one decimal
+        preview=v.preview,
         extra={**v.carried, **model_controls(info, named)},
         regions=_regions_for(info, v.regions),
         loras=v.loras if takes_loras(info) else (),
@@ -159,6 +161,7 @@ def from_request(info: ModelInfo, request: GenerationRequest) -> FormValues:
         dtype=request.dtype,
         compile=request.compile,
         host_memory=request.host_memory or 0.0,
+        preview=request.preview,
         controls=controls,
         given=frozenset(k for k in request.extra if k in keys),
         carried={k: x for k, x in request.extra.items() if k not in keys},

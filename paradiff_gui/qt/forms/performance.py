@@ -1,5 +1,5 @@
-"""The performance form: tile batch, device, precision, compilation — speed only, never the
-picture — and the "keep a CPU core free" preference, which is an app setting, not a request field."""
+"""The performance form: tile batch, device, precision, compilation, live previews — speed only,
+never the picture — and the "keep a CPU core free" preference, which is an app setting, not a request field."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from ...engine.core import request as rq
 from .base import Form, spin
 from .mapping import FormValues
 
+# request.preview → what the menu says (engine/core/request.py PREVIEWS)
+PREVIEW_LABELS = {"auto": "Automatic", "linear": "Linear map", "taesd": "Tiny autoencoder"}
 
 class PerformanceForm(Form):
     def __init__(self) -> None:
@@ -52,6 +54,16 @@ class PerformanceForm(Form):
         self.compile.setToolTip("Faster steps after a slow first one (a minute or more); the picture is the same. "
                                 "SD models only.")
         layout.addRow(self.compile)
+        self.preview = QComboBox()
+        self.preview.setObjectName("preview")
+        for p in rq.PREVIEWS:
+            self.preview.addItem(PREVIEW_LABELS[p], p)
+        self.preview.setToolTip(
+            "How the tiles are shown while they are made; the picture is the same. Linear map: a blurry colour "
+            "map, at no cost. Tiny autoencoder: a real decode through TAESD (or TAESDXL, TAEF1) from your model "
+            "folders or hub cache, on at most a small share of the run's time (on a CPU, few tiles at a time); "
+            "refused when there is none. Automatic: the tiny autoencoder when one is found, else the linear map.")
+        layout.addRow("Previews", self.preview)
         # Not part of the request (it changes speed, never the picture): the window stores it as
         # a setting and applies it when a run starts, so it does not emit ``changed``.
         self.spare_core = QCheckBox("Keep a CPU core free for the interface")
@@ -65,11 +77,12 @@ class PerformanceForm(Form):
         self.dtype.currentIndexChanged.connect(self._changed)
         self.host_memory.valueChanged.connect(self._changed)
         self.compile.toggled.connect(self._changed)
+        self.preview.currentIndexChanged.connect(self._changed)
 
     def values(self) -> dict[str, Any]:
         return {"tile_batch": self.tile_batch.value(), "device": self.device.currentText(),
                 "dtype": self.dtype.currentText(), "host_memory": self.host_memory.value(),
-                "compile": self.compile.isChecked()}
+                "compile": self.compile.isChecked(), "preview": self.preview.currentData()}
 
     def show_values(self, v: FormValues) -> None:
         with self.showing():
@@ -78,3 +91,4 @@ class PerformanceForm(Form):
             self.dtype.setCurrentIndex(max(0, self.dtype.findText(v.dtype)))
             self.host_memory.setValue(v.host_memory)
             self.compile.setChecked(v.compile)
+            self.preview.setCurrentIndex(max(0, self.preview.findData(v.preview)))
