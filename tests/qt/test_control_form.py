@@ -39,7 +39,7 @@ def test_the_mapping_and_the_panel_round_trip_controls(panel, sd_like):
     assert to_request(info, from_request(info, req)) == req
     panel.set_request(req)
     rows = panel.control_form.rows
-    assert [r.label.text() for r in rows] == ["tile", "depth.safetensors"]
+    assert [r.label.text() for r in rows] == ["tile", "depth"]
     assert (rows[0].weight.value(), rows[0].start.value(), rows[0].end.value()) == (0.6, 0.1, 0.9)
     assert rows[1].pre.currentText() == "none" and rows[1].image.text() == "depth.png"
     assert panel.request() == req
@@ -118,3 +118,9 @@ def test_the_controlnets_in_the_model_folders_are_listed_and_nothing_else(panel,
     qtbot.waitUntil(lambda: form.found.count() == 3, timeout=5000)
     listed = {form.found.itemText(i): form.found.itemData(i) for i in (1, 2)}
     assert listed == {"cn-depth": str(models / "cn-depth"), "cn-canny": str(models / "cn-canny.safetensors")}
+
+
+def test_long_names_do_not_widen_the_panel(panel, sd_like):
+    long = "x" * 200
+    panel.set_request(request_for(sd_like, controls=[{"model": f"/cn/{long}.safetensors", "image": f"/{long}.png"}]))
+    assert panel.control_form.minimumSizeHint().width() <= panel.sampling_form.minimumSizeHint().width()

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QToolButton,
     QVBoxLayout,
 )
@@ -75,8 +76,11 @@ class ControlRow(QFrame):
         outer.setSpacing(2)
 
         top = QHBoxLayout()
-        self.label = QLabel(Path(spec.model).name or spec.model)
+        p = Path(spec.model)
+        self.label = QLabel((p.stem if p.suffix == ".safetensors" else p.name) or spec.model)
         self.label.setToolTip(spec.model)
+        self.label.setMinimumWidth(1)  # a long name is clipped, not a wider panel
+        self.label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         top.addWidget(self.label, 1)
         self.remove = QToolButton()
         self.remove.setObjectName("control_remove")
@@ -88,7 +92,8 @@ class ControlRow(QFrame):
         middle = QHBoxLayout()
         self.image = QPushButton()
         self.image.setObjectName("control_image")
-        self.image.setToolTip("The control image, read at canvas size; each tile gets its own crop of it")
+        self.image.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        self.image.setMinimumWidth(80)
         middle.addWidget(self.image, 1)
         self.pre = QComboBox()
         self.pre.setObjectName("control_pre")
@@ -106,21 +111,24 @@ class ControlRow(QFrame):
         self.weight.setDecimals(2)
         self.weight.setSingleStep(0.05)
         self.weight.setKeyboardTracking(False)
-        self.weight.setPrefix("weight ")
         self.weight.setToolTip("How strongly the ControlNet steers: 1 as trained, 0 not at all")
+        bottom.addWidget(QLabel("Weight"))
         bottom.addWidget(self.weight)
+        bottom.addStretch(1)
+        steps = QLabel("Steps")
+        steps.setToolTip("The fraction of the steps over which the ControlNet steers (0 to 1: all of them)")
+        bottom.addWidget(steps)
         self.start = _fraction("control_start", "The fraction of the steps where the ControlNet starts steering")
-        self.start.setPrefix("from ")
         bottom.addWidget(self.start)
+        bottom.addWidget(QLabel("–"))
         self.end = _fraction("control_end", "The fraction of the steps where it stops steering")
-        self.end.setPrefix("to ")
         bottom.addWidget(self.end)
         outer.addLayout(bottom)
 
         self.error = QLabel()
         self.error.setObjectName("control_error")
         self.error.setWordWrap(True)
-        self.error.setStyleSheet("color: #d04040;")
+        self.error.setStyleSheet("QLabel { color: #d04040; } QLabel:disabled { color: palette(mid); }")
         self.error.hide()
         outer.addWidget(self.error)
 
@@ -137,7 +145,8 @@ class ControlRow(QFrame):
         for w in (self.weight, self.start, self.end, self.pre):
             w.blockSignals(True)
         self.image.setText(Path(s.image).name if s.image else "Choose a control image…")
-        self.image.setToolTip(s.image or "No control image: the tile preprocessor reads the init image")
+        self.image.setToolTip((s.image + "\n" if s.image else "") + "The control image, read at canvas size; "
+                              "each tile gets its own crop of it")
         self.pre.setCurrentIndex(PREPROCESSORS.index(s.pre))
         self.weight.setValue(s.weight)
         self.start.setValue(s.start)
@@ -150,7 +159,11 @@ class ControlRow(QFrame):
         try:
             parse_control(self.spec, index, has_init_image=False)
         except ControlError as exc:
-            self.error.setText(f"{exc.field.split('.', 1)[-1]}: {exc.message}")
+            field = exc.field.split(".", 1)[-1]
+            # The panel has no init image, so "or init_image" would point at nothing here.
+            message = "choose a control image (without an init image, tile has nothing else to read)" \
+                if field == "image" and self.spec.image is None else exc.message
+            self.error.setText(f"{field}: {message}")
             self.error.show()
             return
         self.error.clear()
@@ -170,6 +183,8 @@ class ControlsForm(Form):
         self.found.setObjectName("control_found")
         self.found.setToolTip("ControlNets found in the model folders ($PARADIFF_MODEL_PATH and the app's models "
                               "folder)")
+        self.found.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.found.setMinimumContentsLength(8)
         self.found.activated.connect(self._add_found)
         buttons.addWidget(self.found, 1)
         self.add_file = QPushButton("File…")
@@ -233,8 +248,7 @@ class ControlsForm(Form):
     def refresh_found(self, paths: list[Path]) -> None:
         """List ``paths`` in the "from the model folders" menu."""
         self.found.clear()
-        self.found.addItem("Add a ControlNet from the model folders…" if paths else "No ControlNets in the model "
-                                                                                     "folders")
+        self.found.addItem("Model folders…" if paths else "None in the model folders")
         for p in paths:
             self.found.addItem(p.stem if p.is_file() else p.name, str(p))
             self.found.setItemData(self.found.count() - 1, str(p), 3)  # Qt.ToolTipRole: the whole path
