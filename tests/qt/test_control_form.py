@@ -124,3 +124,36 @@ def test_long_names_do_not_widen_the_panel(panel, sd_like):
     long = "x" * 200
     panel.set_request(request_for(sd_like, controls=[{"model": f"/cn/{long}.safetensors", "image": f"/{long}.png"}]))
     assert panel.control_form.minimumSizeHint().width() <= panel.sampling_form.minimumSizeHint().width()
+
+
+def test_view_control_image_draws_the_first_control_image_over_the_canvas(qtbot, window, sd_like, tmp_path):
+    from PIL import Image
+    from PySide6.QtCore import QPointF
+    from PySide6.QtGui import QColor
+
+    red = tmp_path / "red.png"
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(red)
+    window.panel.set_request(request_for(sd_like, prompt="a castle", width=512, height=512,
+                                         controls=[{"model": "/cn/tile", "image": str(red)}]))
+    canvas = window.canvas
+    qtbot.waitUntil(lambda: canvas.image_w == 512, timeout=5000)
+
+    def centre() -> tuple[int, int, int]:
+        img = canvas.grab().toImage()
+        p = canvas.to_widget(QPointF(256, 256)) * img.devicePixelRatio()
+        c = QColor(img.pixel(int(p.x()), int(p.y())))
+        return c.red(), c.green(), c.blue()
+
+    before = centre()
+    assert canvas.control is None  # nothing read while the view is off
+    window.act_control.setChecked(True)
+    qtbot.waitUntil(lambda: canvas.control is not None, timeout=5000)
+    r, g, b = centre()
+    assert r > g + 60 and g < before[1] - 60 and b < before[2] - 60  # half red over what was there
+    window.act_control.setChecked(False)
+    assert centre() == before
+    # A control without an image: nothing to draw.
+    window.act_control.setChecked(True)
+    window.panel.control_form.rows[0].spec = Control("/cn/tile", None)
+    window.panel.changed.emit()
+    assert canvas.control is None
