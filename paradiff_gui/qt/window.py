@@ -50,7 +50,7 @@ from .autosave import Autosaver
 from .bridge import Engine
 from .dialogs import FAILURE_TITLES, error_box, message_for
 from .files import FileActions
-from .imaging import Layer, heat_rgba, pyramid, to_display
+from .imaging import Layer, heat_rgba, pyramid, qimage, to_display
 from .jobs import Jobs, StallMonitor
 from .plan_summary import TOOLTIP, PlanSummary, Summary, fmt_bytes, fmt_seconds
 from .run import RunController, RunState
@@ -71,6 +71,19 @@ MIN_CANVAS = QSize(360, 480)  # px: the canvas's share of a restored window's mi
 def _prepare_display(image: np.ndarray, relief: bool) -> tuple[list[np.ndarray], np.ndarray]:
     levels = pyramid(to_display(image, relief))
     return levels, levels[-1]
+
+
+CONTROL_VIEW_PX = 2048  # the control image is shown at most this long a side (it only guides the eye)
+
+
+def _read_control(path: str) -> np.ndarray:
+    """A control image as RGB bytes for the canvas, shrunk to CONTROL_VIEW_PX (on a worker)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        im.thumbnail((CONTROL_VIEW_PX, CONTROL_VIEW_PX))
+        return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
 
 
 def _score(image: np.ndarray, tiles: list[tuple[int, int, int, int]]) -> tuple[Any, list[np.ndarray], np.ndarray]:
@@ -105,6 +118,7 @@ class MainWindow(QMainWindow):
         self.settings = self.prefs.q
         self.interactive = interactive  # False in scripted mode: errors go to stderr, not dialogs
         self.jobs = Jobs(self)
+        self._control_path: str | None = None  # the control image the canvas has (View → Control image)
         self.stall = StallMonitor(parent=self)
         self.canvas = CanvasWidget()
         self.setCentralWidget(self.canvas)
@@ -251,6 +265,9 @@ class MainWindow(QMainWindow):
         self.act_tiled = self._action("Show &2×2", self._set_tiled, "Ctrl+T", checkable=True,
                                       tip="Show the picture four times, 2×2, to check that it tiles seamlessly "
                                           "(Ctrl+T)")
+        self.act_control = self._action("&Control image", self._set_show_control, "Ctrl+K", checkable=True,
+                                        tip="Draw the first ControlNet's control image over the canvas, "
+                                            "half-transparent, where each tile will take its crop (Ctrl+K)")
         self.act_logs = self._action("Open the &log folder", self._open_logs)
         self.act_about = self._action("&About Paradiff", self._about)
         mb = self.menuBar()
@@ -265,6 +282,7 @@ class MainWindow(QMainWindow):
         m.addSeparator()
         m.addAction(self.act_relief)
         m.addAction(self.act_tiled)
+        m.addAction(self.act_control)
         m = mb.addMenu("&Generate")
         m.addAction(self.act_generate)
         m.addAction(self.act_cancel)
@@ -320,6 +338,7 @@ class MainWindow(QMainWindow):
         self.generate_button.clicked.connect(self.generate)
         self.cancel_button.clicked.connect(self.cancel)
         self.panel.changed.connect(self._update_plan)
+        self.panel.changed.connect(self._follow_control)
         self.plan_summary.ready.connect(self._show_summary)
         self.seams.overlays_changed.connect(
             lambda b_, o, h: self.canvas.set_overlays(borders=b_, overlaps=o, heatmap=h))
@@ -641,6 +660,29 @@ class MainWindow(QMainWindow):
         self.canvas.set_image(result.layer)
         self.canvas.set_plan(result.tiles)
         self.canvas.set_heatmap(result.heat)
+
+    def _set_show_control(self, on: bool) -> None:
+        self.canvas.set_show_control(on)
+        self._follow_control()
+
+    def _follow_control(self) -> None:
+        # The first ControlNet's image, read on a worker (the panel changes on every keystroke;
+        # the file is read again only when its path does).
+        if not self.act_control.isChecked():
+            return
+        path = next((c.image for c in self.panel.values().controlnets if c.image), None)
+        if path == self._control_path:
+            return
+        self._control_path = path
+        if path is None:
+            self.canvas.set_control(None)
+            return
+
+        def shown(rgb: np.ndarray | None) -> None:
+            if path == self._control_path:  # not overtaken by another path meanwhile
+                self.canvas.set_control(None if rgb is None else qimage(rgb).copy())
+
+        self.jobs.submit(lambda: _read_control(path), shown, lambda _exc: shown(None))
 
     def _set_tiled(self, on: bool) -> None:
         self.canvas.set_tiled(on)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ...engine.api.requests import check_options, model_controls, request_for
+from ...engine.core.control import Control
 from ...engine.core.lora import LoraSpec
 from ...engine.core.modelinfo import ModelInfo
 from ...engine.core.regions import Region
@@ -66,11 +67,19 @@ class FormValues:
     regions: tuple[Region, ...] = ()
     # lora.py: the LoRAs as shown (kept while a model that takes none is chosen, like the prompt)
     loras: tuple[LoraSpec, ...] = ()
+    # control.py: the ControlNets as shown (request.controls; "controls" above are the model's options)
+    controlnets: tuple[Control, ...] = ()
 
 
 def takes_loras(info: ModelInfo) -> bool:
     """Whether ``info``'s model takes LoRAs: the diffusers models do, the built-ins do not."""
     return not info.id.startswith("builtin:")
+
+
+def takes_controls(info: ModelInfo) -> bool:
+    """Whether ``info``'s model takes ControlNets: the UNet models (SD 1.x/2.x, SDXL) do; the
+    built-ins and the diffusion transformers (FLUX.1's ControlNet is still to come) do not."""
+    return takes_loras(info) and not info.positions
 
 
 def _regions_for(info: ModelInfo, regions: tuple[Region, ...]) -> tuple[Region, ...]:
@@ -115,6 +124,7 @@ def to_request(info: ModelInfo, v: FormValues) -> GenerationRequest:
         extra={**v.carried, **model_controls(info, named)},
         regions=_regions_for(info, v.regions),
         loras=v.loras if takes_loras(info) else (),
+        controls=v.controlnets if takes_controls(info) else (),
     ), info)
 
 
@@ -167,4 +177,5 @@ def from_request(info: ModelInfo, request: GenerationRequest) -> FormValues:
         carried={k: x for k, x in request.extra.items() if k not in keys},
         regions=request.regions,
         loras=request.loras,
+        controlnets=request.controls,
     )

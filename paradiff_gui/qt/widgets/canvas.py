@@ -97,6 +97,8 @@ class CanvasWidget(QWidget):
         self.show_borders = True
         self.show_overlaps = False
         self.show_heatmap = False
+        self.control: QImage | None = None  # a ControlNet's control image, stretched over the canvas
+        self.show_control = False
         self.tiled = False  # the 2×2 view
         self.seam: SeamMark | None = None
         self._drag: QPointF | None = None
@@ -200,6 +202,16 @@ class CanvasWidget(QWidget):
             self.show_overlaps = overlaps
         if heatmap is not None:
             self.show_heatmap = heatmap
+        self.update()
+
+    def set_control(self, image: QImage | None) -> None:
+        """The control image drawn half-transparent over the canvas when ``show_control`` is on
+        (stretched to the canvas, as the engine reads it at canvas size)."""
+        self.control = image
+        self.update()
+
+    def set_show_control(self, on: bool) -> None:
+        self.show_control = on
         self.update()
 
     def set_tiled(self, on: bool) -> None:
@@ -357,6 +369,12 @@ class CanvasWidget(QWidget):
         if self.show_heatmap and self.heat is not None:
             k = self.heat.level_for(self.device_scale())
             self._draw_part(p, self.heat.images[k], 0.5**k, visible)
+        if self.show_control and self.control is not None and not self.control.isNull():
+            p.save()
+            p.setOpacity(0.5)
+            p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+            p.drawImage(self._widget_rect(full), self.control)
+            p.restore()
 
     def _draw_part(self, p: QPainter, img: QImage, level_scale: float, visible: QRectF) -> None:
         # Whole source pixels only: a fractional source rect makes Qt resample the whole image.

@@ -18,6 +18,7 @@ from ...engine.core import request as rq
 from ...engine.core.modelinfo import ModelInfo
 from ...engine.core.plan import TilePlan
 from ..forms.coherence import CoherenceForm
+from ..forms.control import ControlsForm
 from ..forms.lora import LorasForm
 from ..forms.mapping import FormValues, from_request, to_request
 from ..forms.model import ModelForm
@@ -45,12 +46,14 @@ class GenerationPanel(QWidget):
         self.size_form = SizeForm()
         self.regions_form = RegionsForm()  # regional prompts; the canvas draws and edits them too
         self.lora_form = LorasForm()  # LoRA files and their weights
+        self.control_form = ControlsForm()  # ControlNets, each with its control image
         self.tiles_form = TilesForm()
         self.sampling_form = SamplingForm()
         self.coherence_form = CoherenceForm()
         self.performance_form = PerformanceForm()
-        self._value_forms = (self.prompt_form, self.lora_form, self.options_form, self.size_form, self.regions_form,
-                             self.tiles_form, self.sampling_form, self.coherence_form, self.performance_form)
+        self._value_forms = (self.prompt_form, self.lora_form, self.control_form, self.options_form, self.size_form,
+                             self.regions_form, self.tiles_form, self.sampling_form, self.coherence_form,
+                             self.performance_form)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(8, 8, 8, 8)
         outer.setSpacing(10)
@@ -79,6 +82,7 @@ class GenerationPanel(QWidget):
         filled); ``extra`` models are listed too. The shown model stays selectable throughout."""
         self.model_form.refresh(extra)
         self.lora_form.scan()  # LoRAs in the model folders, found on a worker
+        self.control_form.scan()  # ControlNets too
 
     def add_model(self, model: str) -> None:
         """Add ``model`` to the picker (if new) and select it with its defaults."""
@@ -98,15 +102,17 @@ class GenerationPanel(QWidget):
                 "prompt": current.prompt, "negative_prompt": current.negative_prompt, "seed": current.seed}
             regions = self.regions_form.regions()  # kept like the prompt, checked against the new size
             loras = self.lora_form.loras()  # kept too (a model that takes none greys them)
+            controlnets = self.control_form.controlnets()  # likewise
             self.set_request(base.replace(**keep), lock_seed=self.seed_lock.isChecked())
             self.regions_form.show_regions(regions)
             self.lora_form.show_values(replace(self.values(), loras=loras))
+            self.control_form.show_values(replace(self.values(), controlnets=controlnets))
         self.model_changed.emit(self.info)
         self.changed.emit()
 
     def _use_model(self, info: ModelInfo) -> None:
-        for form in (self.prompt_form, self.lora_form, self.options_form, self.regions_form, self.sampling_form,
-                     self.tiles_form, self.coherence_form):
+        for form in (self.prompt_form, self.lora_form, self.control_form, self.options_form, self.regions_form,
+                     self.sampling_form, self.tiles_form, self.coherence_form):
             form.set_model(info)
 
     # -- plan and seed -------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ ControlNets' residuals are summed, and a ControlNet steers step ``i`` of ``n`` o
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...core.lora import safetensors_header
 from ...core.plan import Tile, TilePlan
 from ...core.request import GenerationRequest, RequestError
 from ..base import ModelUnavailable
 from ..control_images import control_map, crop
+
+MAX_SEARCH_FILES = 10_000  # model folders walked for ControlNets; a runaway tree stops here
+# Tensor names only a ControlNet has: diffusers' single files, and the original (A1111/lllyasviel) layout.
+_CONTROLNET_KEYS = ("controlnet_cond_embedding.", "control_model.input_hint_block.")
 
 _BASES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
 
@@ -31,6 +37,51 @@ def base_name(cross_attention_dim: Any, xl: bool) -> str:
     if xl:
         return "SDXL"
     return _BASES.get(cross_attention_dim, f"a base with cross-attention width {cross_attention_dim}")
+
+
+def _is_controlnet_folder(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "config.json").read_text()).get("_class_name") == "ControlNetModel"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _is_controlnet_file(path: Path) -> bool:
+    try:
+        header = safetensors_header(path)
+    except (OSError, ValueError):
+        return False
+    return any(k.startswith(_CONTROLNET_KEYS) for k in header)
+
+
+def find_controlnets(folders: Sequence[Path] | None = None) -> list[Path]:
+    """The ControlNets in the model folders: diffusers folders whose ``config.json`` names a
+    ``ControlNetModel``, and ``.safetensors`` files whose header has a ControlNet's tensors. Only
+    configs and headers are read; diffusers pipelines (``model_index.json``) are not walked into."""
+    from ..folders import model_dirs
+
+    found: list[Path] = []
+    seen = 0
+    for top in model_dirs() if folders is None else folders:
+        if not top.is_dir():
+            continue
+        for root, dirs, files in os.walk(top):
+            here = Path(root)
+            if "model_index.json" in files:
+                dirs.clear()
+                continue
+            if "config.json" in files and _is_controlnet_folder(here):
+                found.append(here)
+                dirs.clear()
+                continue
+            dirs.sort()
+            for name in sorted(files):
+                seen += 1
+                if seen > MAX_SEARCH_FILES:
+                    return found
+                if name.endswith(".safetensors") and _is_controlnet_file(here / name):
+                    found.append(here / name)
+    return found
 
 
 def load_controlnet(path: str, index: int, dtype: torch.dtype, device: torch.device) -> Any:
