@@ -44,7 +44,6 @@ from .base import ModelUnavailable
 log = logging.getLogger(__name__)
 
 ADAPTER_PREFIX = "paradiff_lora_"
-MAX_SEARCH_FILES = 10_000  # model folders are walked for LoRAs; a runaway tree stops here
 _HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) → sha256: a file is hashed once
 
 
@@ -87,28 +86,15 @@ def lora_folders() -> list[Path]:
 def find_loras(folders: Sequence[Path] | None = None) -> list[Path]:
     """The LoRA ``.safetensors`` files in the model folders (and their sub-folders, but not inside a
     diffusers model folder), by their header: nothing is loaded or hashed."""
+    from .folders import walk_parts
+
     found: list[Path] = []
-    seen = 0
-    for top in lora_folders() if folders is None else folders:
-        if not top.is_dir():
+    for p in walk_parts(lora_folders() if folders is None else folders):
+        try:
+            if is_lora_header(safetensors_header(p)):
+                found.append(p)
+        except (OSError, ValueError):
             continue
-        for root, dirs, files in os.walk(top):
-            if "model_index.json" in files:  # a diffusers model: its weights are not LoRAs
-                dirs.clear()
-                continue
-            dirs.sort()
-            for name in sorted(files):
-                seen += 1
-                if seen > MAX_SEARCH_FILES:
-                    return found
-                if not name.endswith(".safetensors"):
-                    continue
-                p = Path(root) / name
-                try:
-                    if is_lora_header(safetensors_header(p)):
-                        found.append(p)
-                except (OSError, ValueError):
-                    continue
     return found
 
 

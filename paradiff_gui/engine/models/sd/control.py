@@ -11,7 +11,6 @@ ControlNets' residuals are summed, and a ControlNet steers step ``i`` of ``n`` o
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,6 @@ from ...core.request import GenerationRequest, RequestError
 from ..base import ModelUnavailable
 from ..control_images import control_map, crop
 
-MAX_SEARCH_FILES = 10_000  # model folders walked for ControlNets; a runaway tree stops here
 # Tensor names only a ControlNet has: diffusers' single files, and the original (A1111/lllyasviel) layout.
 _CONTROLNET_KEYS = ("controlnet_cond_embedding.", "control_model.input_hint_block.")
 
@@ -58,30 +56,9 @@ def find_controlnets(folders: Sequence[Path] | None = None) -> list[Path]:
     """The ControlNets in the model folders: diffusers folders whose ``config.json`` names a
     ``ControlNetModel``, and ``.safetensors`` files whose header has a ControlNet's tensors. Only
     configs and headers are read; diffusers pipelines (``model_index.json``) are not walked into."""
-    from ..folders import model_dirs
+    from ..folders import walk_parts
 
-    found: list[Path] = []
-    seen = 0
-    for top in model_dirs() if folders is None else folders:
-        if not top.is_dir():
-            continue
-        for root, dirs, files in os.walk(top):
-            here = Path(root)
-            if "model_index.json" in files:
-                dirs.clear()
-                continue
-            if "config.json" in files and _is_controlnet_folder(here):
-                found.append(here)
-                dirs.clear()
-                continue
-            dirs.sort()
-            for name in sorted(files):
-                seen += 1
-                if seen > MAX_SEARCH_FILES:
-                    return found
-                if name.endswith(".safetensors") and _is_controlnet_file(here / name):
-                    found.append(here / name)
-    return found
+    return [p for p in walk_parts(folders, _is_controlnet_folder) if p.is_dir() or _is_controlnet_file(p)]
 
 
 def load_controlnet(path: str, index: int, dtype: torch.dtype, device: torch.device) -> Any:
