@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from ..core.lora import LoraSpec, is_lora_header, safetensors_header
+from ..core.lora import LoraSpec, is_lora_header, lora_base, lora_pairs, safetensors_header
 from ..core.request import RequestError
 from .base import ModelUnavailable
 
@@ -142,9 +142,9 @@ def _adapters(pipe: Any) -> set[str]:
     return {name for names in pipe.get_list_adapters().values() for name in names}
 
 
-def _check_file(lora: ResolvedLora, index: int) -> None:
+def _check_file(lora: ResolvedLora, index: int) -> dict[str, Any]:
     """A file that is no .safetensors cannot be loaded (ModelUnavailable, exit 3); one that holds no
-    LoRA weights is the wrong file (RequestError, exit 2)."""
+    LoRA weights is the wrong file (RequestError, exit 2). Returns its header."""
     try:
         header = safetensors_header(lora.path)
     except (OSError, ValueError) as exc:
@@ -154,22 +154,36 @@ def _check_file(lora: ResolvedLora, index: int) -> None:
         raise RequestError(f"loras[{index}]", f"{lora.path.name} holds no LoRA weights (no lora_A/lora_B or "
                                               "lora_down/lora_up tensors): give a LoRA file, Kohya/A1111 or diffusers "
                                               "format")
+    return header
+
+
+def _made_for(header: dict[str, Any]) -> str:
+    base = lora_base(header)
+    return f"it looks like a LoRA for {base}" if base else "a LoRA for another base model?"
+
+
+def _components(pipe: Any) -> list[str]:
+    """The pipeline's LoRA-loadable components that are there: the UNet or transformer and the
+    text encoders (diffusers' FLUX and SD3 pipelines fuse only the transformer unless told)."""
+    return [c for c in getattr(pipe, "_lora_loadable_modules", ())
+            if isinstance(getattr(pipe, c, None), torch.nn.Module)]
 
 
 @contextlib.contextmanager
-def applied(den: Any, loras: Sequence[ResolvedLora]) -> Iterator[None]:
-    """``loras`` fused into ``den``'s model for the block; the model exactly as before afterwards."""
+def applied(den: Any, loras: Sequence[ResolvedLora], notes: list[str] | None = None) -> Iterator[None]:
+    """``loras`` fused into ``den``'s model (UNet or transformer, and text encoders) for the block;
+    the model exactly as before afterwards. What the person should know (part of a file that
+    fits no layer) is appended to ``notes``."""
     if not loras:
         yield
         return
     pipe = getattr(den, "pipe", None)
     if pipe is None or not hasattr(pipe, "load_lora_weights"):
-        raise RequestError("loras", f"{getattr(den, 'name', 'this model')} takes no LoRAs (SD 1.x/2.x, SDXL and "
-                                    "FLUX.1 do): run it without --lora")
+        raise RequestError("loras", f"{getattr(den, 'name', 'this model')} takes no LoRAs (SD 1.x/2.x, SDXL, SD3 "
+                                    "and FLUX.1 do): run it without --lora")
     if getattr(den, "compiled", False):
         raise RequestError("loras", "change the model's layers, which a compiled model hides: use no compile")
-    for i, lora in enumerate(loras):
-        _check_file(lora, i)
+    headers = [_check_file(lora, i) for i, lora in enumerate(loras)]
     if _adapters(pipe):  # a LoRA left by someone else would be fused with ours and then unloaded
         raise RuntimeError(f"{den.name} already holds LoRA adapters ({', '.join(sorted(_adapters(pipe)))})")
     names = [f"{ADAPTER_PREFIX}{i}" for i in range(len(loras))]
@@ -189,11 +203,20 @@ def applied(den: Any, loras: Sequence[ResolvedLora]) -> Iterator[None]:
             except (RuntimeError, ValueError, KeyError, IndexError, AttributeError) as exc:
                 first = str(exc).strip().splitlines()
                 detail = first[1].strip() if len(first) > 1 and "mismatch" in first[1] else (first[0] if first else "")
-                raise RequestError(f"loras[{i}]", f"{lora.path.name} does not fit {den.name} (a LoRA for another base "
-                                                  f"model? {detail[:300]}): give a LoRA made for this model") from None
-            if not _touches(pipe, name):
-                raise RequestError(f"loras[{i}]", f"{lora.path.name} changes no layer of {den.name}: it is a LoRA for "
-                                                  "another kind of model; give a LoRA made for this model")
+                raise RequestError(f"loras[{i}]", f"{lora.path.name} does not fit {den.name} ({_made_for(headers[i])} "
+                                                  f"{detail[:300]}): give a LoRA made for this model") from None
+            touched, pairs = _touches(pipe, name), lora_pairs(headers[i])
+            if not touched:
+                raise RequestError(f"loras[{i}]", f"{lora.path.name} changes no layer of {den.name} "
+                                                  f"({_made_for(headers[i])}): give a LoRA made for this model")
+            if touched < pairs:
+                # diffusers leaves out what it cannot map (T5 layers of a FLUX LoRA, a file mixing
+                # two key spellings...) with at most a log line: never silently.
+                note = (f"loras[{i}]: {lora.path.name} changes {touched} layers of {den.name} but holds {pairs}: "
+                        f"at least {pairs - touched} fit no layer diffusers can map, and are left out")
+                log.warning("%s", note)
+                if notes is not None:
+                    notes.append(note)
         pipe.set_adapters(names, [lora.spec.weight for lora in loras])
         for layer in _peft_layers(pipe):
             base = layer.get_base_layer()
@@ -201,21 +224,22 @@ def applied(den: Any, loras: Sequence[ResolvedLora]) -> Iterator[None]:
                 if isinstance(p, torch.Tensor):
                     snapshot.append((p, p.detach().to("cpu", copy=True)))
         fused = True
-        pipe.fuse_lora(adapter_names=names)
+        pipe.fuse_lora(components=_components(pipe), adapter_names=names)
         yield
     finally:
         _remove(pipe, names, snapshot, fused)
 
 
-def _touches(pipe: Any, name: str) -> bool:
-    return any(name in getattr(layer, "lora_A", {}) for layer in _peft_layers(pipe))
+def _touches(pipe: Any, name: str) -> int:
+    """How many layers adapter ``name`` changes."""
+    return sum(name in getattr(layer, "lora_A", {}) for layer in _peft_layers(pipe))
 
 
 @torch.no_grad()
 def _remove(pipe: Any, names: Sequence[str], snapshot: Sequence[tuple[torch.Tensor, torch.Tensor]],
             fused: bool) -> None:
     if fused:
-        pipe.unfuse_lora()
+        pipe.unfuse_lora(components=_components(pipe))
     if _adapters(pipe):
         pipe.unload_lora_weights()
     # The exact base weights back (unfusing subtracts in floating point: close, not equal).
