@@ -323,34 +323,138 @@ def test_memory_counts_the_lora(sd_folder, loras):
     assert h1.total - h0.total == size.base_params * 4  # the snapshot of the layers it changes
 
 
-def test_flux_lora_equals_the_pipeline(tmp_path_factory):
-    from diffusers import FluxPipeline
+@pytest.fixture(scope="module")
+def flux(tmp_path_factory):
+    """A tiny FLUX.1-dev and its LoRAs: diffusers format (attention), and one of the double block,
+    the single block's output and CLIP-L in diffusers' and in sd-scripts' layout."""
     from tiny import save
     from tiny_dit import tiny_flux
-    from tiny_lora import make_lora
-
-    from paradiff_gui.engine.models import flow
+    from tiny_lora import FLUX_KOHYA_TARGETS, TEXT, make_lora, to_kohya_flux
 
     d = tmp_path_factory.mktemp("flux")
     pipe = tiny_flux(guidance_embeds=True)
     folder = save(pipe, d / "tiny-flux")
-    f = make_lora(pipe, d / "flux_style.safetensors", seed=4)
-    req = GenerationRequest(model=str(folder), prompt="a red castle", width=W, height=H, tile=512, steps=STEPS,
-                            sampler="euler", seed=7, guidance=3.5, device="cpu", fusion="gaussian",
-                            loras=[(str(f), 0.9)])
-    got = generate(req)
+    full = make_lora(pipe, d / "flux_full.safetensors", seed=5, targets=FLUX_KOHYA_TARGETS, text_targets=TEXT,
+                     text_encoders=("text_encoder",))
+    return {"folder": folder, "diffusers": make_lora(pipe, d / "flux_style.safetensors", seed=4), "full": full,
+            "kohya": to_kohya_flux(full, d / "flux_kohya.safetensors", alpha=2.0)}
+
+
+def flux_request(folder, **kw):
+    return GenerationRequest(**{**dict(model=str(folder), prompt="a red castle", width=W, height=H, tile=512,
+                                       steps=STEPS, sampler="euler", seed=7, guidance=3.5, device="cpu",
+                                       fusion="gaussian"), **kw})
+
+
+def flux_pipeline_latents(folder, file, weight, text_encoder=True):
+    from diffusers import FluxPipeline
+
+    from paradiff_gui.engine.models import flow
+
     oracle = FluxPipeline.from_pretrained(str(folder), local_files_only=True)
     oracle.set_progress_bar_config(disable=True)
-    load_oracle(oracle, f, "s")
-    oracle.set_adapters(["s"], [0.9])
+    load_oracle(oracle, file, "s")
+    oracle.set_adapters(["s"], [weight])
+    for layer in () if text_encoder else oracle.text_encoder.modules():
+        if isinstance(layer, BaseTunerLayer):
+            layer.enable_adapters(False)
     g = torch.Generator("cpu").manual_seed(7)
     noise = torch.randn((1, 16, H // 8, W // 8), generator=g)
     packed = oracle(prompt="a red castle", height=H, width=W, num_inference_steps=STEPS, guidance_scale=3.5,
                     latents=flow.pack(noise), generator=g, output_type="latent", max_sequence_length=512).images
-    expect = flow.unpack(packed, H // 8, W // 8)
-    assert (got.latents - expect).abs().max().item() < 1e-4
-    den = kept_model()
-    assert not any(den.pipe.get_list_adapters().values())
-    bare = generate(req.replace(loras=()))
+    return flow.unpack(packed, H // 8, W // 8)
+
+
+@pytest.mark.parametrize("form", ["diffusers", "kohya"])
+def test_flux_lora_equals_the_pipeline(flux, form):
+    """diffusers' format, and sd-scripts' (Black Forest Labs' names, fused q/k/v, alpha, CLIP-L)."""
+    den = load(flux_request(flux["folder"]))
+    weights = snapshot(den)
+    got = generate(flux_request(flux["folder"], loras=[(str(flux[form]), 0.9)]))
+    expect = flux_pipeline_latents(flux["folder"], flux[form], 0.9)
+    diff = (got.latents - expect).abs().max().item()
+    print(f"FLUX {form} LoRA: max |diff| against the pipeline {diff:.2e}")
+    assert diff < 1e-4
+    assert kept_model() is den
+    assert_clean(den, weights)
+    bare = generate(flux_request(flux["folder"]))
     assert (bare.latents - got.latents).abs().max() > 1e-3
     assert np.isfinite(bare.latents.numpy()).all()
+    if form == "kohya":
+        # every layer mapped: the same change as the diffusers-format file it was written from
+        same = generate(flux_request(flux["folder"], loras=[(str(flux["full"]), 0.9)]))
+        assert (same.latents - got.latents).abs().max().item() < 1e-5
+        # and CLIP-L's part counts
+        transformer_only = flux_pipeline_latents(flux["folder"], flux[form], 0.9, text_encoder=False)
+        assert (got.latents - transformer_only).abs().max().item() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def sd3(tmp_path_factory):
+    from tiny import save
+    from tiny_dit import tiny_sd3
+    from tiny_lora import ATTENTION, TEXT, make_lora
+
+    d = tmp_path_factory.mktemp("sd3")
+    pipe = tiny_sd3()
+    folder = save(pipe, d / "tiny-sd3")
+    return {"folder": folder, "lora": make_lora(pipe, d / "sd3_style.safetensors", seed=8,
+                                                targets=(*ATTENTION, "add_q_proj", "add_k_proj"), text_targets=TEXT)}
+
+
+def test_sd3_lora_in_diffusers_format_equals_the_pipeline(sd3):
+    from diffusers import StableDiffusion3Pipeline
+
+    folder = sd3["folder"]
+    req = GenerationRequest(model=str(folder), prompt="a red castle", negative_prompt="blue", width=W, height=H,
+                            tile=512, steps=STEPS, sampler="euler", seed=7, guidance=5.0, device="cpu",
+                            fusion="gaussian")
+    den = load(req)
+    weights = snapshot(den)
+    got = generate(req.replace(loras=[(str(sd3["lora"]), 0.8)]))
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(folder), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    load_oracle(pipe, sd3["lora"], "s")
+    pipe.set_adapters(["s"], [0.8])
+    g = torch.Generator("cpu").manual_seed(7)
+    noise = torch.randn((1, 16, H // 8, W // 8), generator=g)
+    expect = pipe(prompt="a red castle", negative_prompt="blue", height=H, width=W, num_inference_steps=STEPS,
+                  guidance_scale=5.0, latents=noise, generator=g, output_type="latent").images
+    diff = (got.latents - expect).abs().max().item()
+    print(f"SD3 LoRA: max |diff| against the pipeline {diff:.2e}")
+    assert diff < 1e-4
+    assert (generate(req).latents - got.latents).abs().max() > 1e-3
+    assert_clean(den, weights)
+
+
+def sd3_kohya(tmp_path):
+    """A file in sd-scripts' SD3 layout (MMDiT names): diffusers 0.42 reads no such file for SD3."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "sd3_kohya.safetensors"
+    save_file({"lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight": torch.zeros(4, 32),
+               "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_up.weight": torch.zeros(96, 4),
+               "lora_unet_joint_blocks_0_x_block_attn_qkv.alpha": torch.tensor(4.0)}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("case", ["sd kohya on sdxl", "sdxl kohya on sd", "sdxl kohya on flux",
+                                  "flux kohya on sdxl", "sd3 kohya on sd3"])
+def test_a_lora_for_another_base_is_refused_with_the_base_it_looks_made_for(
+        case, sd_folder, sdxl_folder, loras, flux, sd3, tmp_path):
+    lora, folder, base = {
+        "sd kohya on sdxl": (loras["sd_te_kohya"], sdxl_folder, "SD 1.x/2.x"),
+        "sdxl kohya on sd": (loras["xl_kohya"], sd_folder, "SDXL"),
+        "sdxl kohya on flux": (loras["xl_kohya"], flux["folder"], "SDXL"),
+        "flux kohya on sdxl": (flux["kohya"], sdxl_folder, "FLUX.1"),
+        "sd3 kohya on sd3": (None, sd3["folder"], "SD3"),
+    }[case]
+    lora = lora or sd3_kohya(tmp_path)
+    den = load(request(folder))
+    weights = snapshot(den)
+    with pytest.raises(RequestError) as info:
+        generate(request(folder, steps=1, guidance=3.5, loras=[(str(lora), 1.0)]))
+    message = str(info.value)
+    print(message)
+    assert message.startswith("loras[0]: ") and lora.name in message and f"for {base}" in message
+    assert_clean(den, weights)

@@ -162,6 +162,16 @@ def _made_for(header: dict[str, Any]) -> str:
     return f"it looks like a LoRA for {base}" if base else "a LoRA for another base model?"
 
 
+def _unreadable(header: dict[str, Any], pipe: Any) -> str:
+    """Why a file that changes no layer may still be a LoRA for this kind of model: diffusers reads
+    Kohya/A1111 files (``lora_unet_…``) for SD 1.x/2.x, SDXL and FLUX.1 only (not SD3's, 0.42)."""
+    kohya = any(k.startswith(("lora_unet_", "lora_te")) for k in header)
+    if kohya and type(pipe).__name__.startswith("StableDiffusion3"):
+        return ("; diffusers reads no Kohya/A1111-format (lora_unet_…) file for SD3, only diffusers-format ones "
+                "(transformer.… lora_A/lora_B)")
+    return ""
+
+
 def _components(pipe: Any) -> list[str]:
     """The pipeline's LoRA-loadable components that are there: the UNet or transformer and the
     text encoders (diffusers' FLUX and SD3 pipelines fuse only the transformer unless told)."""
@@ -203,12 +213,13 @@ def applied(den: Any, loras: Sequence[ResolvedLora], notes: list[str] | None = N
             except (RuntimeError, ValueError, KeyError, IndexError, AttributeError) as exc:
                 first = str(exc).strip().splitlines()
                 detail = first[1].strip() if len(first) > 1 and "mismatch" in first[1] else (first[0] if first else "")
-                raise RequestError(f"loras[{i}]", f"{lora.path.name} does not fit {den.name} ({_made_for(headers[i])} "
+                raise RequestError(f"loras[{i}]", f"{lora.path.name} does not fit {den.name} ({_made_for(headers[i])}: "
                                                   f"{detail[:300]}): give a LoRA made for this model") from None
             touched, pairs = _touches(pipe, name), lora_pairs(headers[i])
             if not touched:
                 raise RequestError(f"loras[{i}]", f"{lora.path.name} changes no layer of {den.name} "
-                                                  f"({_made_for(headers[i])}): give a LoRA made for this model")
+                                                  f"({_made_for(headers[i])}{_unreadable(headers[i], pipe)}): give a "
+                                                  "LoRA made for this model")
             if touched < pairs:
                 # diffusers leaves out what it cannot map (T5 layers of a FLUX LoRA, a file mixing
                 # two key spellings...) with at most a log line: never silently.
@@ -240,7 +251,7 @@ def _remove(pipe: Any, names: Sequence[str], snapshot: Sequence[tuple[torch.Tens
             fused: bool) -> None:
     if fused:
         pipe.unfuse_lora(components=_components(pipe))
-    if _adapters(pipe):
+    if _adapters(pipe) or _peft_layers(pipe):  # a refused file can leave empty PEFT wrappers
         pipe.unload_lora_weights()
     # The exact base weights back (unfusing subtracts in floating point: close, not equal).
     for param, saved in snapshot:
