@@ -1,14 +1,17 @@
 """LoRAs on a loaded model, for one run: found, checked, applied through diffusers, removed.
 
-Every diffusers backend whose pipeline has diffusers' LoRA loader (SD 1.x/2.x, SDXL, FLUX.1; the
-pipeline is ``denoiser.pipe``) takes LoRAs the same way, here, never in the backend:
+Every diffusers backend whose pipeline has diffusers' LoRA loader (SD 1.x/2.x, SDXL, SD3, FLUX.1;
+the pipeline is ``denoiser.pipe``) takes LoRAs the same way, here, never in the backend:
 
 - **found**: a request's LoRA is its ``path``; when that file is not there (a recipe replayed on
   another machine) but the request carries its sha256, the LoRAs in the model folders
   (``catalogue.model_dirs``) are searched for that digest, and a missing one is named;
 - **applied** (:func:`applied`, a context around the run): ``load_lora_weights(adapter_name=…)``
-  — diffusers converts Kohya/A1111 files to its own layout — then ``set_adapters(names,
-  weights)`` and ``fuse_lora`` (the run then costs what the bare model costs);
+  — diffusers converts Kohya/A1111 files to its own layout (for SD 1.x/2.x, SDXL and FLUX.1; not
+  SD3's) — then ``set_adapters(names, weights)`` and ``fuse_lora`` of the UNet or transformer and
+  the text encoders (the run then costs what the bare model costs; prompts are encoded after, so
+  a LoRA's text-encoder part counts). Pairs a file holds beyond the layers it changed (keys
+  diffusers could not map and left out) are told in a Notice;
 - **removed**, on the way out, also after an error or a cancel: ``unfuse_lora`` and
   ``unload_lora_weights``, and then the weights of the changed layers are copied back from a
   snapshot taken before fusing. Unfusing subtracts what fusing added, which is not exact in
@@ -19,7 +22,8 @@ pipeline is ``denoiser.pipe``) takes LoRAs the same way, here, never in the back
   header: ``core.lora.lora_size``).
 
 A LoRA that does not fit the model (another base's, a file that is not a LoRA) is refused with a
-``RequestError`` naming the file; a file that cannot be read at all with ``ModelUnavailable``.
+``RequestError`` naming the file and the base its tensor names point to; a file that cannot be
+read at all with ``ModelUnavailable``.
 Either way the model is left as it was.
 """
 
