@@ -54,8 +54,10 @@ def test_generate_and_upscale_take_loras_and_replay_them(sd_folder, style, tmp_p
     ("missing", 2, "no such LoRA file"),
     ("not a lora", 2, "holds no LoRA weights"),
     ("broken", 3, "cannot load broken.safetensors"),
+    ("sdxl kohya", 2, "loras[0]: xl_kohya.safetensors does not fit tiny-sd (it looks like a LoRA for SDXL"),
 ])
-def test_bad_loras_exit_with_the_file_and_what_would_work(sd_folder, tmp_path, capsys, case, code, needle):
+def test_bad_loras_exit_with_the_file_and_what_would_work(sd_folder, sdxl_folder, tmp_path, capsys, case, code,
+                                                          needle):
     import torch
     from safetensors.torch import save_file
 
@@ -63,6 +65,13 @@ def test_bad_loras_exit_with_the_file_and_what_would_work(sd_folder, tmp_path, c
     if case == "not a lora":
         save_file({"w": torch.zeros(1)}, str(tmp_path / "w.safetensors"))
         arg = str(tmp_path / "w.safetensors")
+    elif case == "sdxl kohya":  # the format of most SDXL LoRAs people download, on an SD 1.x model
+        from diffusers import StableDiffusionXLPipeline
+        from tiny_lora import make_lora, to_kohya
+
+        xl = StableDiffusionXLPipeline.from_pretrained(str(sdxl_folder), local_files_only=True)
+        made = make_lora(xl, tmp_path / "xl.safetensors")
+        arg = str(to_kohya(made, tmp_path / "xl_kohya.safetensors", unet_config=xl.unet.config))
     elif case == "broken":
         (tmp_path / "broken.safetensors").write_bytes(b"\x00" * 16)
         arg = str(tmp_path / "broken.safetensors")

@@ -124,6 +124,35 @@ def is_lora_header(header: dict[str, Any]) -> bool:
     return any(_is_down(k) for k in header if k != "__metadata__")
 
 
+def lora_pairs(header: dict[str, Any]) -> int:
+    """How many down/up pairs (layers, as the file names them) a LoRA header holds."""
+    return sum(1 for k in header if k != "__metadata__" and _is_down(k))
+
+
+# What a file's tensor names say about the model it was made for, first match wins. Kohya's
+# sd-scripts names SDXL's UNet after Stability's original one (input_blocks, middle_block) and its
+# two text encoders te1/te2, SD 1.x's after diffusers' (down_blocks) with one text encoder (te);
+# FLUX.1's transformer after Black Forest Labs' (double_blocks, single_blocks) or diffusers'
+# (single_transformer_blocks); SD3's after its MMDiT (joint_blocks). A diffusers-format UNet or
+# transformer LoRA without those marks is not guessed (SD 1.x and SDXL share diffusers' names).
+_BASES = (
+    ("FLUX.1", re.compile(r"(^|[._])(double_blocks|single_blocks|single_transformer_blocks)[._]")),
+    ("SD3", re.compile(r"(^|[._])joint_blocks[._]")),
+    ("SDXL", re.compile(r"^lora_te2_|^lora_unet_(input_blocks|middle_block|output_blocks)_|(^|\.)text_encoder_2\.")),
+    ("SD 1.x/2.x", re.compile(r"^lora_te_|^lora_unet_(down_blocks|mid_block|up_blocks)_")),
+)
+
+
+def lora_base(header: dict[str, Any]) -> str | None:
+    """The kind of model a LoRA file was made for, when its tensor names tell (``"SDXL"``,
+    ``"FLUX.1"``, ``"SD3"``, ``"SD 1.x/2.x"``); None when they do not."""
+    names = [k for k in header if k != "__metadata__"]
+    for base, pattern in _BASES:
+        if any(pattern.search(k) for k in names):
+            return base
+    return None
+
+
 @dataclass(frozen=True)
 class LoraSize:
     """What a LoRA file means for memory: its own weights, and the base model's parameters in

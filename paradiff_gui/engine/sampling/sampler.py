@@ -617,7 +617,8 @@ def generate(
             den = denoiser
         # LoRAs fused into the kept model for this run; the exact base weights come back when the
         # run ends, however it ends (models/lora.py).
-        budget.enter_context(lora_models.applied(den, loras))
+        lora_notes: list[str] = []  # told once the run is planned
+        budget.enter_context(lora_models.applied(den, loras, lora_notes))
         plan = TilePlan.for_request(request, den.scale, den.native_tile)
         host, _, host_batch = memory.host_plan(request, _loaded_info(request, den, plan), torch.device(den.device).type,
                                                dtype_name(den.dtype), limit)
@@ -631,7 +632,7 @@ def generate(
         total_steps = passes * len(image_timesteps(probe, request.steps, request.image_strength)[0]) \
             if request.init_image is not None else passes * len(probe.timesteps)
         emit(Planned(request, plan, total_steps, str(den.device), dtype_name(den.dtype)))
-        for message in getattr(den, "notices", lambda _r: [])(request):
+        for message in [*lora_notes, *getattr(den, "notices", lambda _r: [])(request)]:
             emit(Notice(message))
         if request.controls:
             if getattr(den, "begin_step", None) is None:
