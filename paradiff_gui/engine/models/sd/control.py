@@ -96,8 +96,8 @@ def _load_union_file(p: Path, name: str, dtype: torch.dtype) -> Any:
                                "the file in its diffusers folder (config.json + weights), or give that folder")
     with torch.device("meta"):  # no weights built only to be overwritten
         net = ControlNetUnionModel.from_config(ControlNetUnionModel.load_config(str(p.parent)))
-    net.load_state_dict(load_file(str(p)), strict=True, assign=True)
-    return net.to(dtype)
+    net.load_state_dict({k: v.to(dtype) for k, v in load_file(str(p)).items()}, strict=True, assign=True)
+    return net
 
 
 def load_controlnet(path: str, index: int, dtype: torch.dtype, device: torch.device) -> Any:
@@ -157,6 +157,31 @@ def _union(net: Any) -> bool:
     from diffusers import ControlNetUnionModel
 
     return isinstance(net, ControlNetUnionModel)
+
+
+def per_view_union(net: Any) -> None:
+    """Make a union ControlNet weigh each view's conditions on their own. Its control transformer
+    is an ``nn.MultiheadAttention`` without ``batch_first`` over (batch, conditions, channels): it
+    attends across the *batch*. In diffusers' one-picture pipeline the batch is the two guidance
+    halves, identical at that point (same image, same latents), so a row attending to its twin
+    equals it attending to itself alone; a tile batch holds different tiles, which would steer each
+    other. Each (view, condition) token becomes its own length-1 sequence here, which is what the
+    pipeline computes for one picture, and a tile's result no longer depends on its batch."""
+    if getattr(net, "_paradiff_per_view", False):
+        return
+    layers = net.transformer_layes
+    shape: dict[str, torch.Size] = {}
+
+    def flatten(_module: Any, args: tuple) -> tuple:
+        shape["x"] = args[0].shape  # (views, conditions + 1, channels)
+        return (args[0].reshape(1, -1, args[0].shape[-1]), *args[1:])
+
+    def restore(_module: Any, _args: tuple, out: torch.Tensor) -> torch.Tensor:
+        return out.reshape(shape["x"])
+
+    layers[0].register_forward_pre_hook(flatten)
+    layers[-1].register_forward_hook(restore)
+    net._paradiff_per_view = True
 
 
 def union_mode_index(net: Any, control: Any, index: int, path: str) -> int | None:
@@ -284,6 +309,8 @@ def control_set(den: Any, request: GenerationRequest, cache: dict[str, Any]) -> 
         else:
             check_base(cache[key], den.unet, den.is_xl, i, c.model)
         mode = union_mode_index(cache[key], c, i, c.model)
+        if mode is not None:
+            per_view_union(cache[key])
         pixels, _ = control_map(request, i)
         unit = _Unit(host_map(pixels), c.weight, c.start, c.end, mode)
         if mode is None:
