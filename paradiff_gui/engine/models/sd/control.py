@@ -71,16 +71,28 @@ def find_controlnets(folders: Sequence[Path] | None = None) -> list[Path]:
     return [p for p in walk_parts(folders, _is_controlnet_folder) if p.is_dir() or _is_controlnet_file(p)]
 
 
-def is_union(path: str) -> bool:
-    """Whether ``path`` is a union ControlNet (a folder's config or a file's header says so);
-    False for anything unreadable (the loader names the problem)."""
+def union_modes(path: str) -> tuple[str, ...] | None:
+    """The kinds of map a union ControlNet at ``path`` knows (its config's ``num_control_type``, or
+    the rows of a file's ``task_embedding``), None for any other ControlNet or an unreadable one
+    (the loader names the problem). Reads a config or a header only."""
     p = Path(path).expanduser()
     try:
         if p.is_dir():
-            return json.loads((p / "config.json").read_text()).get("_class_name") == "ControlNetUnionModel"
-        return any(k.startswith(_UNION_KEYS) for k in safetensors_header(p))
-    except (OSError, ValueError, AttributeError):
-        return False
+            config = json.loads((p / "config.json").read_text())
+            if config.get("_class_name") != "ControlNetUnionModel":
+                return None
+            return UNION_MODES[:int(config.get("num_control_type", 6))]
+        header = safetensors_header(p)
+        if not any(k.startswith(_UNION_KEYS) for k in header):
+            return None
+        return UNION_MODES[:int(header["task_embedding"]["shape"][0])]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError, IndexError):
+        return None
+
+
+def is_union(path: str) -> bool:
+    """Whether ``path`` is a union ControlNet (a folder's config or a file's header says so)."""
+    return union_modes(path) is not None
 
 
 def _load_union_file(p: Path, name: str, dtype: torch.dtype) -> Any:
@@ -184,17 +196,17 @@ def per_view_union(net: Any) -> None:
     net._paradiff_per_view = True
 
 
-def union_mode_index(net: Any, control: Any, index: int, path: str) -> int | None:
-    """The ``control_mode`` index a union ControlNet is given for ``control`` (None for a plain
-    ControlNet); refuses a mode the model lacks, a ready-made map without a mode, and a mode for
-    a ControlNet that takes none — each naming ``controls[i].mode``."""
+def check_mode(control: Any, known: tuple[str, ...] | None, index: int, path: str) -> int | None:
+    """The ``control_mode`` index of ``control`` for a ControlNet that knows the modes ``known``
+    (None: not a union ControlNet, which takes no mode). Refuses a mode the model lacks, a
+    ready-made map without a mode, and a mode for a plain ControlNet, each naming
+    ``controls[i].mode`` (the app's form says the same under the row)."""
     field_name, file = f"controls[{index}].mode", Path(path).name
-    if not _union(net):
+    if known is None:
         if control.mode is not None:
             raise RequestError(field_name, f"{file} is a single-condition ControlNet, which takes no mode (only a "
                                            "union ControlNet does): leave the mode unset")
         return None
-    known = UNION_MODES[:int(net.config.num_control_type)]
     mode = control.union_mode
     if mode is None:
         raise RequestError(field_name, f"{file} is a union ControlNet: say which kind of map the image is, one of "
@@ -204,6 +216,12 @@ def union_mode_index(net: Any, control: Any, index: int, path: str) -> int | Non
                                        "choose one of those, or a union ControlNet that has it (ProMax has "
                                        "tile and repaint)")
     return UNION_MODES.index(mode)
+
+
+def union_mode_index(net: Any, control: Any, index: int, path: str) -> int | None:
+    """``check_mode`` for a loaded ControlNet."""
+    known = UNION_MODES[:int(net.config.num_control_type)] if _union(net) else None
+    return check_mode(control, known, index, path)
 
 
 @dataclass
