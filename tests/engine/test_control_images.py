@@ -66,6 +66,7 @@ def test_a_map_stays_uint8_on_the_host_and_shrinks_there_and_goes_up_in_the_run_
     small = resized(m, 32, 48)
     assert small.shape == (1, 3, 32, 48) and small.dtype == torch.uint8
     assert small[0, 0, 12, 14] == 200 and small[0, 0, 2, 2] == 0  # inside and outside the halved square
-    up = upload(m[..., :8, 16:24], torch.device("cpu"), torch.float16)
-    assert up.dtype == torch.float16 and torch.equal(up, (torch.from_numpy(a[:8, 16:24] / np.float32(255)))
+    noise = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)  # every kind of value
+    up = upload(host_map(noise), torch.device("cpu"), torch.float16)
+    assert up.dtype == torch.float16 and torch.equal(up, (torch.from_numpy(noise / np.float32(255)))
                                                      .permute(2, 0, 1)[None].half())
