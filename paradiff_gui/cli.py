@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _control_args(parser: argparse.ArgumentParser) -> None:
-    from .engine.core.control import MAX_WEIGHT, PREPROCESSORS
+    from .engine.core.control import MAX_WEIGHT, PREPROCESSORS, UNION_MODES
 
     parser.add_argument("--control", dest="control_specs", action="append", default=[],
                         metavar="MODEL:IMAGE[:WEIGHT[:START:END]]",
@@ -241,13 +241,21 @@ def _control_args(parser: argparse.ArgumentParser) -> None:
                         help="how the control image is prepared: tile (the picture itself; the default without an "
                              "image of its own), canny (edges), none (a ready-made map; the default with an image). "
                              "Once for every --control, or once per --control in order")
+    parser.add_argument("--control-mode", dest="control_mode", action="append", default=[], choices=UNION_MODES,
+                        help="for a union ControlNet (SDXL): the kind of map its image is (hed: soft edges, also "
+                             "pidi/scribble/ted; canny: also lineart/mlsd; tile and repaint: ProMax). Without it "
+                             "tile and canny preprocessors imply their own. Once for every --control, or once per "
+                             "--control in order")
 
 
-def parse_control_specs(specs: list[str], pres: list[str]) -> list[dict[str, Any]]:
-    """``--control MODEL:IMAGE[:WEIGHT[:START:END]]`` and ``--control-pre`` → control objects."""
-    if pres and len(pres) not in (1, len(specs)):
-        raise rq.RequestError("control_pre", f"give it once (for every --control) or once per --control "
-                                             f"({len(specs)}); got {len(pres)}")
+def parse_control_specs(specs: list[str], pres: list[str], modes: list[str] | None = None) -> list[dict[str, Any]]:
+    """``--control MODEL:IMAGE[:WEIGHT[:START:END]]``, ``--control-pre`` and ``--control-mode`` →
+    control objects."""
+    modes = modes or []
+    for name, given in (("control_pre", pres), ("control_mode", modes)):
+        if given and len(given) not in (1, len(specs)):
+            raise rq.RequestError(name, f"give it once (for every --control) or once per --control "
+                                        f"({len(specs)}); got {len(given)}")
     out = []
     for i, spec in enumerate(specs):
         parts = spec.split(":")
@@ -270,6 +278,8 @@ def parse_control_specs(specs: list[str], pres: list[str]) -> list[dict[str, Any
             control["start"], control["end"] = numbers[1], numbers[2]
         if pres:
             control["preprocessor"] = pres[0] if len(pres) == 1 else pres[i]
+        if modes:
+            control["mode"] = modes[0] if len(modes) == 1 else modes[i]
         out.append(control)
     return out
 
@@ -362,9 +372,11 @@ def request_from_args(args: argparse.Namespace) -> rq.GenerationRequest:
         changes["regions"] = regions + [parse_region_spec(spec, len(regions) + i)
                                         for i, spec in enumerate(args.region_specs)]
     if args.control_specs:
-        changes["controls"] = parse_control_specs(args.control_specs, args.control_pre)
+        changes["controls"] = parse_control_specs(args.control_specs, args.control_pre, args.control_mode)
     elif args.control_pre:
         raise rq.RequestError("control_pre", "prepares the image of a --control: give --control too")
+    elif args.control_mode:
+        raise rq.RequestError("control_mode", "says what the image of a --control is: give --control too")
     if args.lora_specs:
         changes["loras"] = lora_args(args.lora_specs)
     controls = parse_settings(args.settings)
@@ -695,7 +707,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
                              model=args.model or os.environ.get("PARADIFF_MODEL") or rq.DEFAULT_MODEL)
         passes = upscale_passes(args.image, args.scale, strength=args.strength, base=base, output=args.output)
         if args.control_specs:  # each pass's init image is the previous pass: a tile ControlNet follows it
-            controls = parse_control_specs(args.control_specs, args.control_pre)
+            controls = parse_control_specs(args.control_specs, args.control_pre, args.control_mode)
             passes = [dataclasses.replace(p, request=p.request.replace(controls=controls)) for p in passes]
     except rq.RequestError as exc:
         print(f"paradiff: invalid input: {exc}", file=sys.stderr)

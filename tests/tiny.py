@@ -102,3 +102,28 @@ def tiny_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
 def save(pipe, folder: Path) -> Path:
     pipe.save_pretrained(str(folder), safe_serialization=True)
     return folder
+
+
+def tiny_union_controlnet(unet, seed: int, num_control_type: int = 8):
+    """A union ControlNet (``ControlNetUnionModel``) shaped like the tiny SDXL ``unet``, its zero
+    layers randomised (zeros would make every residual zero, and any wiring would pass).
+    diffusers' ``from_unet`` keeps the 320-channel control transformer, too wide for a 32-channel
+    UNet: the config is copied here with the transformer as wide as the UNet's first block."""
+    from diffusers import ControlNetUnionModel
+
+    torch.manual_seed(seed)
+    c = unet.config
+    net = ControlNetUnionModel(
+        in_channels=c.in_channels, block_out_channels=c.block_out_channels, down_block_types=c.down_block_types,
+        layers_per_block=c.layers_per_block, attention_head_dim=c.attention_head_dim,
+        use_linear_projection=c.use_linear_projection, addition_embed_type=c.addition_embed_type,
+        addition_time_embed_dim=c.addition_time_embed_dim, transformer_layers_per_block=c.transformer_layers_per_block,
+        projection_class_embeddings_input_dim=c.projection_class_embeddings_input_dim,
+        cross_attention_dim=c.cross_attention_dim, norm_num_groups=c.norm_num_groups,
+        conditioning_embedding_out_channels=(8, 8, 16, 16), num_control_type=num_control_type,
+        num_trans_channel=c.block_out_channels[0], num_trans_head=2, num_proj_channel=c.block_out_channels[0],
+    )
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return net

@@ -1,5 +1,6 @@
-"""ControlNet on the command line: --control/--control-pre, the recipe's record and its replay,
-bad input (exit 2 naming the field or file, 3 for a ControlNet that cannot be loaded)."""
+"""ControlNet on the command line: --control/--control-pre/--control-mode, the recipe's record and
+its replay (a union ControlNet's mode too), bad input (exit 2 naming the field or file, 3 for a ControlNet
+that cannot be loaded)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,17 @@ def cn_folder(tmp_path_factory, sd_folder):
 
 
 @pytest.fixture(scope="module")
+def union_folder(tmp_path_factory, sdxl_folder):
+    from diffusers import UNet2DConditionModel
+    from tiny import tiny_union_controlnet
+
+    unet = UNet2DConditionModel.from_pretrained(str(sdxl_folder), subfolder="unet")
+    folder = tmp_path_factory.mktemp("cn") / "tiny-union"
+    tiny_union_controlnet(unet, 0).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
 def edges_png(tmp_path_factory):
     a = np.zeros((96, 128, 3), np.uint8)
     a[30:60, 40:90] = 255
@@ -51,6 +63,42 @@ def test_control_spec_parsing():
     assert tile == {"model": "tile-cn", "image": None}
     with pytest.raises(RequestError, match="control_pre"):
         parse_control_specs(["a:b", "c:d", "e:f"], ["tile", "none"])
+    one, two = parse_control_specs(["u:a.png", "u:b.png:0.5"], [], ["depth", "canny"])
+    assert (one["mode"], two["mode"], two["weight"]) == ("depth", "canny", 0.5) and "preprocessor" not in one
+    assert [c["mode"] for c in parse_control_specs(["u:a.png", "u:b.png"], [], ["openpose"])] == ["openpose"] * 2
+    assert "mode" not in parse_control_specs(["cn:a.png"], [])[0]  # as before: no mode unless given
+    with pytest.raises(RequestError, match="control_mode: give it once"):
+        parse_control_specs(["a:b", "c:d", "e:f"], [], ["depth", "canny"])
+
+
+def test_union_control_runs_records_and_replays_its_modes(sdxl_folder, union_folder, edges_png, tmp_path, capsys):
+    out = tmp_path / "u.png"
+    code, err = run(["generate", "--model", str(sdxl_folder), *FAST, "--control", f"{union_folder}:{edges_png}:0.8",
+                     "--control", f"{union_folder}:{edges_png}:1.1", "--control-mode", "depth", "--control-mode",
+                     "segment", "-o", str(out)], capsys)
+    assert code == 0, err
+    req = load_request(out)
+    assert [(c.mode, c.weight) for c in req.controls] == [("depth", 0.8), ("segment", 1.1)]
+    assert [r["mode"] for r in read_recipe(out)["info"]["controls"]] == ["depth", "segment"]
+    again = tmp_path / "again.png"
+    code, err = run(["generate", "--request", str(out), "--quiet", "-o", str(again)], capsys)
+    assert code == 0, err
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
+    other = tmp_path / "other.png"  # the mode reaches the model: another mode, another picture
+    code, err = run(["generate", "--model", str(sdxl_folder), *FAST, "--control", f"{union_folder}:{edges_png}:0.8",
+                     "--control", f"{union_folder}:{edges_png}:1.1", "--control-mode", "depth", "--control-mode",
+                     "normal", "-o", str(other)], capsys)
+    assert code == 0, err
+    assert not np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(other)))
+
+
+def test_a_union_map_without_a_mode_exits_2_naming_it(sdxl_folder, union_folder, edges_png, tmp_path, capsys):
+    code, err = run(["generate", "--model", str(sdxl_folder), *FAST, "--control", f"{union_folder}:{edges_png}",
+                     "-o", str(tmp_path / "x.png")], capsys)
+    assert code == 2 and "controls[0].mode" in err and "tiny-union is a union ControlNet" in err, err
+    assert not (tmp_path / "x.png").exists()
+    code, err = run(["generate", "--model", str(sdxl_folder), *FAST, "--control-mode", "depth"], capsys)
+    assert code == 2 and "control_mode" in err and "give --control too" in err, err
 
 
 def test_control_runs_records_and_replays(sd_folder, cn_folder, edges_png, tmp_path, capsys):
@@ -128,7 +176,9 @@ def test_memory_counts_controlnet_weights_and_residuals(sd_folder, cn_folder, ed
 
     params = sum(p.numel() for p in ControlNetModel.from_pretrained(str(cn_folder)).parameters())
     assert b.weights - a.weights == params * 4
-    assert b.per_view == int(a.per_view * (1 + memory.CONTROL_VIEW_SHARE))
+    # Each view holds its crop of the map (128x96 image px, one tile): uint8, float32, fp32.
+    assert b.per_view == int(a.per_view * (1 + memory.CONTROL_VIEW_SHARE)) + 128 * 96 * 3 * (1 + 4 + 4)
     host_a = memory.host_footprint(plain, info, "cuda")
     host_b = memory.host_footprint(steered, info, "cuda")
-    assert host_b.inputs - host_a.inputs == 128 * 96 * 3 * 4
+    # The map stays on the host as uint8 (3 bytes a px), plus two working copies while it is read.
+    assert host_b.inputs - host_a.inputs == 128 * 96 * 3 * (1 + 2)

@@ -55,3 +55,18 @@ def test_crop_takes_the_tiles_box_and_wraps_past_the_edge():
     a, b = crop(canvas, [inside, past], 2)
     assert torch.equal(a, canvas[0, :, 2:6, 2:6])
     assert torch.equal(b, canvas[0, :, 0:4][..., [6, 7, 0, 1]])
+
+
+def test_a_map_stays_uint8_on_the_host_and_shrinks_there_and_goes_up_in_the_run_dtype(tmp_path):
+    from paradiff_gui.engine.models.control_images import host_map, resized, upload
+
+    _, a = square(tmp_path)  # 96x64, a 24x16 square of 200 at (16, 16)
+    m = host_map(a)
+    assert m.shape == (1, 3, 64, 96) and m.dtype == torch.uint8 and m.data_ptr() == a.ctypes.data  # a view
+    small = resized(m, 32, 48)
+    assert small.shape == (1, 3, 32, 48) and small.dtype == torch.uint8
+    assert small[0, 0, 12, 14] == 200 and small[0, 0, 2, 2] == 0  # inside and outside the halved square
+    noise = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)  # every kind of value
+    up = upload(host_map(noise), torch.device("cpu"), torch.float16)
+    assert up.dtype == torch.float16 and torch.equal(up, (torch.from_numpy(noise / np.float32(255)))
+                                                     .permute(2, 0, 1)[None].half())

@@ -157,3 +157,34 @@ def test_view_control_image_draws_the_first_control_image_over_the_canvas(qtbot,
     window.panel.control_form.rows[0].spec = Control("/cn/tile", None)
     window.panel.changed.emit()
     assert canvas.control is None
+
+
+def test_a_union_controlnet_row_shows_its_modes_and_names_a_missing_one(panel, sd_like, qtbot, tmp_path):
+    union = tmp_path / "union-six"
+    union.mkdir()  # controlnet-union-sdxl-1.0 knows six kinds of map (ProMax eight)
+    (union / "config.json").write_text(json.dumps({"_class_name": "ControlNetUnionModel", "num_control_type": 6}))
+    plain = tmp_path / "cn-depth"
+    plain.mkdir()
+    (plain / "config.json").write_text(json.dumps({"_class_name": "ControlNetModel"}))
+    panel.set_request(request_for(sd_like, prompt="a castle", seed=3, controls=[
+        {"model": str(plain), "image": "/img/depth.png"},
+        {"model": str(union), "image": "/img/depth.png", "mode": "depth"}]))
+    form = panel.control_form
+    a, b = form.rows
+    assert a.mode.isHidden() and not b.mode.isHidden()
+    assert [b.mode.itemText(i) for i in range(b.mode.count())] == ["auto", "openpose", "depth", "hed", "canny",
+                                                                   "normal", "segment"]
+    assert b.mode.currentText() == "depth" and b.error.isHidden()
+    # auto with a ready-made map: the row names the field as the engine would.
+    with qtbot.waitSignal(panel.changed):
+        b.mode.activated.emit(0)
+    assert b.spec.mode is None and b.error.text().startswith("mode: union-six is a union ControlNet: say which kind")
+    # tile implies tile, which this model does not know.
+    with qtbot.waitSignal(panel.changed):
+        b.pre.activated.emit(b.pre.findText("tile"))
+    assert "knows 6 kinds of map (openpose, depth, hed, canny, normal, segment), not tile" in b.error.text()
+    with qtbot.waitSignal(panel.changed):
+        b.mode.activated.emit(b.mode.findText("segment"))
+    assert b.error.isHidden() and panel.request().controls[1].mode == "segment"
+    panel.set_request(request_for(sd_like, controls=[{"model": str(plain), "image": "/x.png", "mode": "depth"}]))
+    assert form.rows[0].error.text().startswith("mode: cn-depth is a single-condition ControlNet, which takes no mode")

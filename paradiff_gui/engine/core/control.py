@@ -5,6 +5,10 @@ preprocessor), how strongly it steers (``weight``, diffusers' ``controlnet_condi
 and over which fraction of the steps (``start`` ≤ step/steps < ``end``, diffusers'
 ``control_guidance_start/end``). The image is read once at canvas size and each tile gets its
 own crop of it (models/control_images.py, models/sd/control.py).
+
+A *union* ControlNet (diffusers' ``ControlNetUnionModel``: xinsir's controlnet-union-sdxl-1.0 and
+its ProMax) reads several kinds of map; ``mode`` says which kind this unit's image is (diffusers'
+``control_mode``). Units naming the same union model run as one call with several conditions.
 """
 
 from __future__ import annotations
@@ -19,6 +23,18 @@ PREPROCESSORS = ("tile", "canny", "none")
 MAX_CONTROLS = 8
 MIN_WEIGHT, MAX_WEIGHT = 0.0, 2.0
 MAX_DOWNSCALE = 16
+# A union ControlNet's control types, in the order of its ``control_mode`` index (xinsir's model
+# cards; the first six in controlnet-union-sdxl-1.0, all eight in its ProMax). Each name stands
+# for the maps of its kind: hed also pidi/scribble/ted soft edges, canny also lineart/mlsd.
+UNION_MODES = ("openpose", "depth", "hed", "canny", "normal", "segment", "tile", "repaint")
+UNION_MODE_TIPS = {
+    "openpose": "a pose skeleton (OpenPose)", "depth": "a depth map", "hed": "soft edges (HED, PiDi, scribble, TED)",
+    "canny": "hard lines (canny, lineart, anime lineart, MLSD)", "normal": "a normal map",
+    "segment": "a segmentation map", "tile": "the picture itself (tile; ProMax)",
+    "repaint": "the picture with its holes blacked out (repaint; ProMax)",
+}
+# The mode a preprocessor's map is when none is given (a ready-made map has no default: say it).
+_MODE_OF_PRE = {"tile": "tile", "canny": "canny"}
 
 
 class ControlError(ValueError):
@@ -38,6 +54,7 @@ class Control:
     end: float = 1.0  # ... and where it stops
     preprocessor: str | None = None  # PREPROCESSORS; None: tile without an image of its own, else none
     downscale: int = 1  # tile: the picture shrunk by this factor and scaled back (a softer guide)
+    mode: str | None = None  # union ControlNets: UNION_MODES; None: from the preprocessor (tile, canny)
 
     @property
     def pre(self) -> str:
@@ -45,6 +62,12 @@ class Control:
         if self.preprocessor is not None:
             return self.preprocessor
         return "tile" if self.image is None else "none"
+
+    @property
+    def union_mode(self) -> str | None:
+        """The kind of map a union ControlNet is told it reads: the given mode, else the
+        preprocessor's (tile → tile, canny → canny), else None (a ready-made map: it must be said)."""
+        return self.mode if self.mode is not None else _MODE_OF_PRE.get(self.pre)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,7 +108,11 @@ def parse_control(value: Any, index: int, has_init_image: bool) -> Control:
     downscale = value.get("downscale", 1)
     if isinstance(downscale, bool) or not isinstance(downscale, int) or not 1 <= downscale <= MAX_DOWNSCALE:
         raise ControlError(f"{name}.downscale", f"must be a whole number from 1 to {MAX_DOWNSCALE}, got {downscale!r}")
-    control = Control(model, image, weight, start, end, pre, downscale)
+    mode = value.get("mode")
+    if mode is not None and mode not in UNION_MODES:
+        raise ControlError(f"{name}.mode", f"must be one of {', '.join(UNION_MODES)} (the kind of map a union "
+                                           f"ControlNet reads); got {mode!r}")
+    control = Control(model, image, weight, start, end, pre, downscale, mode)
     if image is None and not has_init_image:
         raise ControlError(f"{name}.image", "is needed without an init image (the tile preprocessor reads the init "
                                             "image when no control image is given): give a control image or "

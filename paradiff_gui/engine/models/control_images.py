@@ -1,9 +1,13 @@
 """Control images for ControlNets: read once at canvas size, preprocessed, shared by every backend.
 
 Each tile later takes its own crop of the result (``crop``); the whole map never goes into a
-tile. Preprocessors need no weights: ``tile`` (the picture itself, optionally shrunk by
-``downscale`` and scaled back — a softer guide), ``canny`` (OpenCV's Canny, 100/200 thresholds as
-the canny ControlNets' training maps were made), ``none`` (a ready-made map: depth, pose...).
+tile. The map stays on the host as uint8, as read (``host_map``: 3 bytes an image px, no float
+copy), and only a tile batch's crops go to the device, each step (``upload``: a 16384² canvas's
+map would take 1.5 GiB of the device in fp16, a tile batch's crops a few MB).
+
+Preprocessors need no weights: ``tile`` (the picture itself, optionally shrunk by ``downscale``
+and scaled back — a softer guide), ``canny`` (OpenCV's Canny, 100/200 thresholds as the canny
+ControlNets' training maps were made), ``none`` (a ready-made map: depth, pose...).
 """
 
 from __future__ import annotations
@@ -89,8 +93,29 @@ def control_record(request: GenerationRequest) -> list[dict]:
     for i, c in enumerate(request.controls):
         path = source_path(request, i)
         out.append({"model": Path(c.model).name, "image": path, "sha256": file_digest(path), "weight": c.weight,
-                    "start": c.start, "end": c.end, "preprocessor": c.pre})
+                    "start": c.start, "end": c.end, "preprocessor": c.pre, **({"mode": c.mode} if c.mode else {})})
     return out
+
+
+def host_map(pixels: np.ndarray) -> torch.Tensor:
+    """``pixels`` (H, W, 3) uint8 as the (1, 3, H, W) map ``crop`` takes: a view (a copy only of
+    a read-only array, such as Pillow's, which torch does not wrap)."""
+    if not pixels.flags.writeable:
+        pixels = pixels.copy()
+    return torch.from_numpy(pixels).permute(2, 0, 1)[None]
+
+
+def resized(canvas: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """A host map (1, 3, H, W) uint8 at another size (global context's small pass), still uint8 on
+    the host: Pillow's bilinear filter, which widens its support when it shrinks (antialiased)."""
+    pixels = canvas[0].permute(1, 2, 0).numpy()
+    return host_map(np.asarray(Image.fromarray(pixels).resize((w, h), Image.Resampling.BILINEAR)))
+
+
+def upload(crops: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A tile batch's uint8 crops on ``device`` in ``dtype``, in [0, 1] the way diffusers' control
+    image processor makes them (float32 ÷ 255, then the model's dtype): exactly its values."""
+    return crops.to(device).float().div_(255).to(dtype)
 
 
 def crop(canvas: torch.Tensor, tiles: Sequence[Tile], scale: int) -> torch.Tensor:

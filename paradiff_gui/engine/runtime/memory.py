@@ -126,6 +126,21 @@ def device_weights(info: ModelInfo, dtype_bytes: int, weights: str = "full") -> 
 # outputs, fused attention): a ControlNet adds 0.30 of an SD 1.5 view, 0.40 of an SDXL one. The
 # view grows by this share while any ControlNet steers (the UNet's own figure keeps its headroom).
 CONTROL_VIEW_SHARE = 0.4
+# The control maps stay on the host (uint8, 3 bytes an image px); each view gets its crop of each
+# map on the device: the uint8 upload, diffusers' float32 ÷ 255, then the run's dtype.
+CONTROL_CROP_BYTES = 1 + 4  # per sample, plus the run's dtype
+
+
+def control_crop_bytes(request: GenerationRequest, tile_image_px: int, dtype_bytes: int) -> int:
+    """Device bytes of one view's crops of the request's control maps (image px of a tile)."""
+    return len(request.controls) * 3 * tile_image_px * (CONTROL_CROP_BYTES + dtype_bytes)
+
+
+def control_map_bytes(request: GenerationRequest) -> int:
+    """Host bytes of the request's control maps: uint8 at canvas size, and two working copies
+    of one map while it is read and resized or preprocessed."""
+    n = len(request.controls)
+    return (n + 2) * request.width * request.height * 3 if n else 0
 
 
 def _safetensors_params(path: Path) -> int:
@@ -180,7 +195,7 @@ def footprint(request: GenerationRequest, info: ModelInfo, dtype: str = "fp16") 
         per_view = 64 * info.channels * tile_px * 4  # a small pixel-space model: its input many times over
     if request.controls:
         weights += control_weights(request, b)
-        per_view = int(per_view * (1 + CONTROL_VIEW_SHARE))
+        per_view = int(per_view * (1 + CONTROL_VIEW_SHARE)) + control_crop_bytes(request, tile_px * info.scale ** 2, b)
     views = info.views_per_tile if request.guidance > 1.0 else 1
     canvas = CANVASES * info.channels * plan.height * plan.width * 4
     decode_px = min(request.width * request.height, DECODE_TILE_PX)
@@ -252,7 +267,7 @@ class HostFootprint:
 
     canvases: int  # noise and the finished latents (float32)
     picture: int  # the decoded picture and the decoder's working copies
-    inputs: int  # an init image (float32), the regions' mixing weights
+    inputs: int  # an init image (float32), the regions' mixing weights, the control maps (uint8)
     device: int  # on a CPU: the device footprint (weights, denoising canvases, a tile batch)
     process: int = HOST_PROCESS_BYTES
     output: int = 0  # of ``picture``: the finished picture alone (8 or 16 bits a sample)
@@ -291,7 +306,7 @@ def host_footprint(request: GenerationRequest, info: ModelInfo, device_type: str
     picture = px * (out_bytes + HOST_DECODE_BYTES_PER_PX.get(info.output, 16))
     inputs = (px * (1 if info.output == "height" else 3) * 4 if request.init_image else 0) \
         + (len(request.regions) + 1) * plan.height * plan.width * 4 * (1 if request.regions else 0) \
-        + len(request.controls) * px * 3 * 4  # the control maps, float32 at canvas size
+        + control_map_bytes(request)  # the control maps, uint8 at canvas size (never on the device)
     device = weights = 0
     if device_type == "cpu":
         fp = footprint(request, info, dtype)

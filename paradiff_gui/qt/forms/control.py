@@ -7,7 +7,9 @@ unset preprocessor the form has no field for), so a shown request comes back exa
 replace only what they edit. Each row checks itself as the request would (``parse_control``) and
 names its bad field under it; the plan summary says the same for the whole request. Models that
 take no ControlNets (the built-ins, the diffusion transformers) grey the form, and their requests
-get none (``mapping.to_request``).
+get none (``mapping.to_request``). A union ControlNet's row shows a Mode combo (the kinds of map
+that model knows, read from its config or header) and names a missing or unknown mode as the
+engine would (``check_mode``).
 """
 
 from __future__ import annotations
@@ -34,11 +36,14 @@ from ...engine.core.control import (
     MAX_WEIGHT,
     MIN_WEIGHT,
     PREPROCESSORS,
+    UNION_MODE_TIPS,
     Control,
     ControlError,
     parse_control,
 )
 from ...engine.core.modelinfo import ModelInfo
+from ...engine.core.request import RequestError
+from ...engine.models.sd.control import check_mode, union_modes
 from ..jobs import Jobs
 from .base import Form
 from .mapping import FormValues, takes_controls
@@ -102,6 +107,19 @@ class ControlRow(QFrame):
             self.pre.setItemData(self.pre.count() - 1, _PRE_TIPS[name], 3)  # Qt.ToolTipRole
         self.pre.setToolTip("What the ControlNet sees: " + "; ".join(_PRE_TIPS[n] for n in PREPROCESSORS))
         middle.addWidget(self.pre)
+        # A union ControlNet reads several kinds of map: which one this image is.
+        self.known = union_modes(spec.model)
+        self.mode = QComboBox()
+        self.mode.setObjectName("control_mode")
+        self.mode.addItem("auto", None)
+        self.mode.setItemData(0, "From the preprocessor: tile → tile, canny → canny (a ready-made map needs a "
+                                 "mode)", 3)  # Qt.ToolTipRole
+        for name in self.known or ():
+            self.mode.addItem(name, name)
+            self.mode.setItemData(self.mode.count() - 1, UNION_MODE_TIPS[name], 3)
+        self.mode.setToolTip("The kind of map the control image is (a union ControlNet reads several)")
+        self.mode.setVisible(self.known is not None)
+        middle.addWidget(self.mode)
         outer.addLayout(middle)
 
         bottom = QHBoxLayout()
@@ -135,6 +153,7 @@ class ControlRow(QFrame):
         self.show_spec()
         self.image.clicked.connect(lambda: form._pick_image(self))
         self.pre.activated.connect(lambda i: form._edit(self, preprocessor=self.pre.itemData(i)))
+        self.mode.activated.connect(lambda i: form._edit(self, mode=self.mode.itemData(i)))
         self.weight.valueChanged.connect(lambda w: form._edit(self, weight=round(w, 2)))
         self.start.valueChanged.connect(lambda x: form._edit(self, start=round(x, 2)))
         self.end.valueChanged.connect(lambda x: form._edit(self, end=round(x, 2)))
@@ -142,7 +161,7 @@ class ControlRow(QFrame):
 
     def show_spec(self) -> None:
         s = self.spec
-        for w in (self.weight, self.start, self.end, self.pre):
+        for w in (self.weight, self.start, self.end, self.pre, self.mode):
             w.blockSignals(True)
         self.image.setText(Path(s.image).name if s.image else "Choose a control image…")
         self.image.setToolTip((s.image + "\n" if s.image else "") + "The control image, read at canvas size; "
@@ -151,14 +170,16 @@ class ControlRow(QFrame):
         self.weight.setValue(s.weight)
         self.start.setValue(s.start)
         self.end.setValue(s.end)
-        for w in (self.weight, self.start, self.end, self.pre):
+        self.mode.setCurrentIndex(max(0, self.mode.findData(s.mode)) if s.mode else 0)
+        for w in (self.weight, self.start, self.end, self.pre, self.mode):
             w.blockSignals(False)
 
     def check(self, index: int) -> None:
         """Show what the request would say about this ControlNet (the panel has no init image)."""
         try:
             parse_control(self.spec, index, has_init_image=False)
-        except ControlError as exc:
+            check_mode(self.spec, self.known, index, self.spec.model)  # as the engine will, once it loads
+        except (ControlError, RequestError) as exc:
             field = exc.field.split(".", 1)[-1]
             # The panel has no init image, so "or init_image" would point at nothing here.
             message = "choose a control image (without an init image, tile has nothing else to read)" \
