@@ -259,8 +259,9 @@ def test_a_tile_keeps_its_tiny_preview_until_it_is_stale(sd_folder, with_taesd, 
     steps = STALE_STEPS + 1
     events, _ = _run(_request(sd_folder, width=384, steps=steps))
     n, by = _shown(events)
+    kept = [(s, []) for s in range(1, STALE_STEPS)]
     assert [(s, [e.decoder for e in by.get((s, 0), [])]) for s in range(steps)] == \
-        [(0, ["tiny"])] + [(s, []) for s in range(1, STALE_STEPS)] + [(s, ["linear"]) for s in range(STALE_STEPS, steps)]
+        [(0, ["tiny"]), *kept] + [(s, ["linear"]) for s in range(STALE_STEPS, steps)]
     assert by[(0, 0)][0].rgb.shape == (256, 256, 3)
     assert all([e.decoder for e in by[(s, i)]] == ["linear"] for s in range(steps) for i in range(1, n))
 
