@@ -7,7 +7,8 @@ random weights: its speed does not depend on the weight values).
 1. ms per tile of a preview of a 512² tile (64² latent px): linear map vs TAESD decode (+ averaging
    to 256 px), batch 1 and 4, median of repeats.
 2. The same request (tiny random SD model, 1024×512, 256 px tiles, 8 steps) with previews on
-   (TAESD found in a model folder, held to its budget) and off, runs alternated, median wall time.
+   (TAESD found in a model folder, held to its budget; the linear map for the tiles it does not pay
+   for) and off, runs alternated, median wall time; the previews made by each decoder.
 
 Writes benchmarks/results/previews-cpu.json.
 """
@@ -82,8 +83,9 @@ def main() -> None:
         t = time.perf_counter()
         res = generate(req, shown.append, previews=previews)
         seconds = time.perf_counter() - t
-        counts[previews] = (sum(type(e).__name__ == "TilePreview" for e in shown), res.info["preview"],
-                            len(res.plan) * req.steps)
+        made = [e.decoder for e in shown if type(e).__name__ == "TilePreview"]
+        counts[previews] = (len(made), res.info["preview"], len(res.plan) * req.steps,
+                            {d: made.count(d) for d in sorted(set(made))})
         return seconds
 
     run(True)  # load, warm up
@@ -107,7 +109,8 @@ def main() -> None:
         "preview_ms_per_512_tile": cost,
         "run": {"request": req.to_dict(), "on_s": on, "off_s": off, "on_over_off": ratio,
                 "on_over_off_fastest": fastest, "on_over_off_pairs": pairs,
-                "previews_emitted": counts[True][0], "tiles_x_steps": counts[True][2], "preview": counts[True][1],
+                "previews_emitted": counts[True][0], "previews_by_decoder": counts[True][3],
+                "tiles_x_steps": counts[True][2], "preview": counts[True][1],
                 "budget": taesd.BUDGET},
     }
     path = ROOT / "benchmarks" / "results" / "previews-cpu.json"

@@ -13,13 +13,13 @@ from fakes import FieldDenoiser
 
 from paradiff_gui.cli import main
 from paradiff_gui.engine import GenerationRequest, generate
-from paradiff_gui.engine.core.events import Notice, TilePreview
+from paradiff_gui.engine.core.events import Notice, StepStarted, TilePreview
 from paradiff_gui.engine.core.request import RequestError
 from paradiff_gui.engine.models import folders
 from paradiff_gui.engine.models.registry import load_denoiser
 from paradiff_gui.engine.models.sd import preview as linear
 from paradiff_gui.engine.models.sd import taesd
-from paradiff_gui.engine.sampling.previews import PROBE, PreviewBudget
+from paradiff_gui.engine.sampling.previews import PROBE, STALE_STEPS, PreviewBudget
 
 # A scaling and shift other than TAESD's 1 and 0, so the test sees they are applied.
 SCALING, SHIFT = 0.5, 0.25
@@ -56,8 +56,8 @@ def _save(vae: AutoencoderTiny, folder: Path) -> Path:
 
 
 def _request(folder, **kw) -> GenerationRequest:
-    return GenerationRequest(model=str(folder), prompt="a red castle", width=256, height=256, tile=256, steps=2,
-                             seed=1, device="cpu", **kw)
+    return GenerationRequest(**{"model": str(folder), "prompt": "a red castle", "width": 256, "height": 256,
+                                "tile": 256, "steps": 2, "seed": 1, "device": "cpu", **kw})
 
 
 def _run(req) -> tuple[list, dict]:
@@ -182,7 +182,7 @@ def _drive(budget: PreviewBudget, now: list[float], batches, steps: int, call_s:
             chosen = [batch[k] for k in due]
             cost = per_px_s * tile_px * len(chosen)
             now[0] += cost
-            budget.paid(chosen, tile_px, cost)
+            budget.paid(chosen, tile_px, cost, _step)
             for i in chosen:
                 counts[i] = counts.get(i, 0) + 1
             over = max(over, budget.spent - budget.share * (now[0] - budget.started))
@@ -225,5 +225,43 @@ def test_the_loop_measures_the_cost_on_a_corner_before_any_whole_decode(sd_folde
     monkeypatch.setattr(taesd.TinyPreview, "rgb", lambda self, x0: sizes.append(tuple(x0.shape)) or rgb(self, x0))
     events, _ = _run(_request(sd_folder))
     assert sizes[0] == (1, 4, PROBE, PROBE)  # the probe, shown to no one
-    shown = [e for e in events if isinstance(e, TilePreview)]
+    shown = [e for e in events if isinstance(e, TilePreview) and e.decoder == "tiny"]
     assert len(shown) == len(sizes) - 1 and all(s == (1, 4, 32, 32) for s in sizes[1:])
+
+
+def _shown(events) -> tuple[int, dict[tuple[int, int], list[TilePreview]]]:
+    """The number of tiles a step, and the previews by (step, tile)."""
+    tiles = {len(e.plan.tiles) for e in events if isinstance(e, StepStarted)}
+    by: dict[tuple[int, int], list[TilePreview]] = {}
+    for e in events:
+        if isinstance(e, TilePreview):
+            by.setdefault((e.step, e.tile), []).append(e)
+    (n,) = tiles
+    return n, by
+
+
+def test_tiles_the_budget_does_not_pay_for_get_the_linear_map(sd_folder, with_taesd, monkeypatch):
+    # A budget that pays for no whole decode (a short CPU run): every tile still gets a preview
+    # at every step, through the linear map (one colour a latent px: 32² for a 256 px tile).
+    monkeypatch.setattr(taesd, "BUDGET", 1e-9)
+    events, info = _run(_request(sd_folder, width=384))
+    assert info["preview"] == f"tiny autoencoder ({with_taesd})"
+    n, by = _shown(events)
+    assert n > 1 and set(by) == {(s, i) for s in range(2) for i in range(n)}
+    assert all(len(v) == 1 and v[0].decoder == "linear" and v[0].rgb.shape == (32, 32, 3) for v in by.values())
+
+
+def test_a_tile_keeps_its_tiny_preview_until_it_is_stale(sd_folder, with_taesd, monkeypatch):
+    # The budget pays for tile 0 once, at step 0: it shows that sharp preview for STALE_STEPS
+    # steps (no blurry one in between), then the linear map takes over; the others are linear throughout.
+    monkeypatch.setattr(PreviewBudget, "due", lambda self, tiles, pixels: [
+        k for k, i in enumerate(tiles) if i == 0 and not self.made.setdefault(0, 0)])
+    steps = STALE_STEPS + 1
+    events, _ = _run(_request(sd_folder, width=384, steps=steps))
+    n, by = _shown(events)
+    kept = [(s, []) for s in range(1, STALE_STEPS)]
+    assert [(s, [e.decoder for e in by.get((s, 0), [])]) for s in range(steps)] == \
+        [(0, ["tiny"]), *kept] + [(s, ["linear"]) for s in range(STALE_STEPS, steps)]
+    assert by[(0, 0)][0].rgb.shape == (256, 256, 3)
+    assert all([e.decoder for e in by[(s, i)]] == ["linear"] for s in range(steps) for i in range(1, n))
+

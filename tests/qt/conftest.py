@@ -79,6 +79,23 @@ def flux_like(tmp_path):
 
 
 @pytest.fixture
+def panel(qtbot, monkeypatch, tmp_path):
+    """The Generate panel with a catalogue of the built-in model only and empty model folders
+    (the LoRA and ControlNet forms' tests; a module may define its own)."""
+    from paradiff_gui.engine.models.catalogue import ModelEntry
+    from paradiff_gui.qt.forms import model as model_form
+    from paradiff_gui.qt.widgets.panel import GenerationPanel
+
+    monkeypatch.setattr(model_form, "list_models", lambda: [ModelEntry("builtin:terrain", "builtin", "shipped")])
+    monkeypatch.setenv("PARADIFF_MODEL_PATH", str(tmp_path / "none"))
+    p = GenerationPanel()
+    qtbot.addWidget(p)
+    with qtbot.waitSignal(p.models_listed, timeout=5000):
+        pass
+    return p
+
+
+@pytest.fixture
 def canvas(qtbot):
     """A shown 600x500 canvas widget."""
     from paradiff_gui.qt.widgets.canvas import CanvasWidget

@@ -1,5 +1,6 @@
 """The ControlNet form: rows in and out of the request, add (model folders, dialogs), edit, remove,
-errors named by field, greyed for models that take none."""
+errors named by field. What it shares with the LoRA form (greying, the limit, the menu) is tested
+in test_parts_form.py."""
 
 from __future__ import annotations
 
@@ -11,22 +12,8 @@ from PySide6.QtWidgets import QFileDialog
 from paradiff_gui.engine.api.requests import request_for
 from paradiff_gui.engine.core.control import Control
 from paradiff_gui.engine.core.request import RequestError
-from paradiff_gui.engine.models.catalogue import ModelEntry
 from paradiff_gui.engine.models.info import describe_model
-from paradiff_gui.qt.forms import model as model_form
 from paradiff_gui.qt.forms.mapping import from_request, to_request
-from paradiff_gui.qt.widgets.panel import GenerationPanel
-
-
-@pytest.fixture
-def panel(qtbot, monkeypatch, tmp_path):
-    monkeypatch.setattr(model_form, "list_models", lambda: [ModelEntry("builtin:terrain", "builtin", "shipped")])
-    monkeypatch.setenv("PARADIFF_MODEL_PATH", str(tmp_path / "none"))
-    p = GenerationPanel()
-    qtbot.addWidget(p)
-    with qtbot.waitSignal(p.models_listed, timeout=5000):
-        pass
-    return p
 
 
 def test_the_mapping_and_the_panel_round_trip_controls(panel, sd_like):
@@ -46,7 +33,7 @@ def test_the_mapping_and_the_panel_round_trip_controls(panel, sd_like):
     assert panel.request().to_dict()["controls"] == req.to_dict()["controls"]
 
 
-def test_add_edit_remove_and_models_without_controls(panel, sd_like, qtbot, monkeypatch, tmp_path):
+def test_add_edit_remove(panel, sd_like, qtbot, monkeypatch, tmp_path):
     panel.set_request(request_for(sd_like, prompt="a castle", seed=3))
     form = panel.control_form
     found = tmp_path / "models" / "cn-canny"
@@ -90,12 +77,6 @@ def test_add_edit_remove_and_models_without_controls(panel, sd_like, qtbot, monk
     with qtbot.waitSignal(panel.changed):
         form.rows[0].remove.click()
     assert panel.request().controls == (Control("/x/cn-tile.safetensors", "/img/source.png", 1.5, 0.2, 0.8, "tile"),)
-    # The built-in model takes none: the form greys, its request has none, and the list stays for later.
-    panel.select_model("builtin:terrain", apply_defaults=True)
-    assert not form.isEnabled() and panel.request().controls == ()
-    assert [r.spec.model for r in form.rows] == ["/x/cn-tile.safetensors"]
-    panel.select_model(sd_like, apply_defaults=True)
-    assert form.isEnabled() and len(panel.request().controls) == 1
 
 
 def test_the_controlnets_in_the_model_folders_are_listed_and_nothing_else(panel, qtbot, monkeypatch, tmp_path):

@@ -1,30 +1,16 @@
-"""The LoRA form: rows in and out of the request, add (model folders, file dialog), weight, remove."""
+"""The LoRA form: rows in and out of the request, add (model folders, file dialog), weight, remove.
+What it shares with the ControlNet form (greying, the limit, the menu) is tested in test_parts_form.py."""
 
 from __future__ import annotations
 
-import pytest
 from PySide6.QtWidgets import QFileDialog
 
 from paradiff_gui.engine.api.requests import request_for
 from paradiff_gui.engine.core.lora import LoraSpec
-from paradiff_gui.engine.models.catalogue import ModelEntry
 from paradiff_gui.engine.models.info import describe_model
-from paradiff_gui.qt.forms import model as model_form
 from paradiff_gui.qt.forms.mapping import from_request, to_request
-from paradiff_gui.qt.widgets.panel import GenerationPanel
 
 SHA = "ab" * 32
-
-
-@pytest.fixture
-def panel(qtbot, monkeypatch, tmp_path):
-    monkeypatch.setattr(model_form, "list_models", lambda: [ModelEntry("builtin:terrain", "builtin", "shipped")])
-    monkeypatch.setenv("PARADIFF_MODEL_PATH", str(tmp_path / "none"))
-    p = GenerationPanel()
-    qtbot.addWidget(p)
-    with qtbot.waitSignal(p.models_listed, timeout=5000):
-        pass
-    return p
 
 
 def test_the_mapping_and_the_panel_round_trip_loras(panel, sd_like):
@@ -38,7 +24,7 @@ def test_the_mapping_and_the_panel_round_trip_loras(panel, sd_like):
     assert panel.request() == req
 
 
-def test_add_weigh_remove_and_models_without_loras(panel, sd_like, qtbot, monkeypatch, tmp_path):
+def test_add_weigh_remove(panel, sd_like, qtbot, monkeypatch, tmp_path):
     panel.set_request(request_for(sd_like, prompt="a castle", seed=3))
     form = panel.lora_form
     found = tmp_path / "models" / "found.safetensors"
@@ -54,12 +40,6 @@ def test_add_weigh_remove_and_models_without_loras(panel, sd_like, qtbot, monkey
     with qtbot.waitSignal(panel.changed):
         form.rows[0].remove.click()
     assert panel.request().loras == (LoraSpec("/x/picked.safetensors", 0.4),)
-    # The built-in model takes none: the form greys, its request has none, and the list stays for later.
-    panel.select_model("builtin:terrain", apply_defaults=True)
-    assert not form.isEnabled() and panel.request().loras == ()
-    assert [r.spec.path for r in form.rows] == ["/x/picked.safetensors"]
-    panel.select_model(sd_like, apply_defaults=True)
-    assert form.isEnabled() and panel.request().loras == (LoraSpec("/x/picked.safetensors", 0.4),)
 
 
 def test_the_loras_in_the_model_folders_are_listed_and_nothing_else(panel, qtbot, monkeypatch, tmp_path):

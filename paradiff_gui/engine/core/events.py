@@ -59,6 +59,9 @@ class TilePreview:
     tile: int  # index into this step's plan
     rgb: np.ndarray  # (h, w, 3) uint8
     rect: tuple[int, int, int, int]  # where the tile sits: x0, y0, x1, y1 in image px
+    # What made it: "linear" (the backend's cheap latent→RGB map) or "tiny" (a tiny autoencoder:
+    # sharp, costly; with a budget, the linear map fills the tiles it does not pay for).
+    decoder: str = "linear"
 
 
 @dataclass(frozen=True)

@@ -60,10 +60,13 @@ class Denoiser(Protocol):
         """
         ...
 
-    def preview(self, x: torch.Tensor, pred: torch.Tensor, t: float) -> torch.Tensor:
+    def preview(self, x: torch.Tensor, pred: torch.Tensor, t: float, linear: bool = False) -> torch.Tensor:
         """Cheap RGB previews of the batch's denoised estimate: (B, h, w, 3) uint8, on any device.
 
         Stay on the device: the loop copies previews to the host without stalling the GPU.
+        ``linear``: the cheap linear map even where a tiny autoencoder is loaded (the loop asks
+        for it for the tiles a ``preview_budget`` does not pay for); a backend whose previews are
+        all cheap may ignore it.
         """
         ...
 

@@ -264,11 +264,11 @@ class FlowDenoiser(VaeCodec):
         taesd.attach(self, request.preview, self.tiny_family)  # linear map or a tiny autoencoder
 
     @torch.no_grad()
-    def preview(self, x: torch.Tensor, pred: torch.Tensor, t: float) -> torch.Tensor:
+    def preview(self, x: torch.Tensor, pred: torch.Tensor, t: float, linear: bool = False) -> torch.Tensor:
         # x_σ = (1 − σ)·x0 + σ·ε and v = ε − x0 give x0 = x_σ − σ·v.
         sigma = t / NUM_TRAIN_TIMESTEPS
         x0 = x.float() - sigma * pred.float()
-        if self.tiny is not None:
+        if self.tiny is not None and not linear:
             return self.tiny.rgb(x0)
         return previews.apply_linear_rgb(x0, self._rgb)
 

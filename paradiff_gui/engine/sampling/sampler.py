@@ -157,10 +157,11 @@ class _Denoise:
 
     def _preview(self, crops: torch.Tensor, pred: torch.Tensor, tiles: list[Tile], plan: TilePlan) -> None:
         """The batch's previews; costly ones (a tiny autoencoder) only for the tiles the preview
-        budget pays for (sampling/previews.py), so they never slow the step by more than it."""
-        if self._budget is None:
-            rects = [plan.image_rect(tl) for tl in tiles]
-            self._queue_previews(tiles, rects, self.den.preview(crops, pred, self.t_value))
+        budget pays for (sampling/previews.py), so they never slow the step by more than it; the
+        other tiles get the cheap linear map, unless their costly preview is still fresh."""
+        if self._budget is None:  # every tile, at every batch
+            decoder = "linear" if getattr(self.den, "tiny", None) is None else "tiny"
+            self._queue_previews([(tiles, self.den.preview(crops, pred, self.t_value), decoder)], plan)
             return
         pixels = crops.shape[-2] * crops.shape[-1]  # latent px of a tile
         if self._budget.needs_probe:  # its cost, measured on a corner of one tile (shown to no one)
@@ -169,15 +170,22 @@ class _Denoise:
             self.den.preview(crops[corner], pred[corner], self.t_value)
             self._budget.measured(min(PROBE, crops.shape[-2]) * min(PROBE, crops.shape[-1]),
                                   time.perf_counter() - started)
-        due = self._budget.due([tl.index for tl in tiles], pixels)
-        if not due:
-            return
-        started = time.perf_counter()
-        keep = [tiles[k] for k in due]
-        if len(due) < len(tiles):
-            crops, pred = crops[due], pred[due]
-        self._queue_previews(keep, [plan.image_rect(tl) for tl in keep], self.den.preview(crops, pred, self.t_value))
-        self._budget.paid([tl.index for tl in keep], pixels, time.perf_counter() - started)
+        index = [tl.index for tl in tiles]
+        due = self._budget.due(index, pixels)
+        parts = []
+        if due:
+            started = time.perf_counter()
+            keep = [tiles[k] for k in due]
+            rgb = self.den.preview(crops[due], pred[due], self.t_value) if len(due) < len(tiles) \
+                else self.den.preview(crops, pred, self.t_value)
+            parts.append((keep, rgb, "tiny"))
+            self._budget.paid([tl.index for tl in keep], pixels, time.perf_counter() - started, self.step)
+        fill = self._budget.filled(index, self.step, due)
+        if fill:
+            parts.append(([tiles[k] for k in fill], self.den.preview(crops[fill], pred[fill], self.t_value,
+                                                                     linear=True), "linear"))
+        if parts:
+            self._queue_previews(parts, plan)
 
     def _model(self, crops: torch.Tensor, t: torch.Tensor, tiles: list[Tile], plan: TilePlan) -> torch.Tensor:
         if self.regional is None:
@@ -213,21 +221,25 @@ class _Denoise:
         return torch.cat([self._predict(crops[:half], t, tiles[:half], plan),
                           self._predict(crops[half:], t, tiles[half:], plan)])
 
-    def _queue_previews(self, tiles: list[Tile], rects: list[tuple[int, int, int, int]], rgb: torch.Tensor) -> None:
-        """Start copying this batch's previews to the host and emit the previous batch's.
+    def _queue_previews(self, parts: list[tuple[list[Tile], torch.Tensor, str]], plan: TilePlan) -> None:
+        """Start copying this batch's previews (``parts``: tiles, their RGB, the decoder that made
+        it) to the host and emit the previous batch's.
 
         Reading a GPU result on the host waits for the GPU. Emitting one batch late means the
         wait is for a copy queued *before* the current batch's model call, so the GPU is never
         left idle by previews; the last batch of a step is flushed once per step.
         """
-        if rgb.device.type == "cuda":
-            host = torch.empty(rgb.shape, dtype=rgb.dtype, pin_memory=True)
-            host.copy_(rgb, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record()
-        else:
-            host, done = rgb, None
-        previous, self._pending = self._pending, (self.step, tiles, rects, host, done)
+        queued = []
+        for tiles, rgb, decoder in parts:
+            if rgb.device.type == "cuda":
+                host = torch.empty(rgb.shape, dtype=rgb.dtype, pin_memory=True)
+                host.copy_(rgb, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record()
+            else:
+                host, done = rgb, None
+            queued.append((tiles, [plan.image_rect(tl) for tl in tiles], host, done, decoder))
+        previous, self._pending = self._pending, (self.step, queued)
         if previous is not None:
             self._emit_previews(*previous)
 
@@ -236,12 +248,13 @@ class _Denoise:
             pending, self._pending = self._pending, None
             self._emit_previews(*pending)
 
-    def _emit_previews(self, step: int, tiles: list[Tile], rects: list, host: torch.Tensor, done: Any) -> None:
-        if done is not None:
-            done.synchronize()
-        arrays = host.numpy()
-        for k, tl in enumerate(tiles):
-            self.emit(TilePreview(step, tl.index, np.ascontiguousarray(arrays[k]), rects[k]))
+    def _emit_previews(self, step: int, queued: list) -> None:
+        for tiles, rects, host, done, decoder in queued:
+            if done is not None:
+                done.synchronize()
+            arrays = host.numpy()
+            for k, tl in enumerate(tiles):
+                self.emit(TilePreview(step, tl.index, np.ascontiguousarray(arrays[k]), rects[k], decoder))
 
 
 @dataclass(frozen=True)

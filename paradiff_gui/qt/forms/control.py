@@ -2,21 +2,21 @@
 step range; added from the ControlNets found in the model folders (``find_controlnets``, on a
 worker) or from a file/folder dialog, removed one by one.
 
-Like the LoRA form, each row keeps its request's :class:`Control` whole (a ``downscale`` or an
-unset preprocessor the form has no field for), so a shown request comes back exactly; the fields
-replace only what they edit. Each row checks itself as the request would (``parse_control``) and
-names its bad field under it; the plan summary says the same for the whole request. Models that
-take no ControlNets (the built-ins, the diffusion transformers) grey the form, and their requests
-get none (``mapping.to_request``). A union ControlNet's row shows a Mode combo (the kinds of map
-that model knows, read from its config or header) and names a missing or unknown mode as the
-engine would (``check_mode``).
+Like the LoRA form (both are a :class:`~.parts.PartsForm`: the list, the menu, the scan, the
+greying), each row keeps its request's :class:`Control` whole (a ``downscale`` or an unset
+preprocessor the form has no field for), so a shown request comes back exactly; the fields replace
+only what they edit. Each row checks itself as the request would (``parse_control``) and names its
+bad field under it; the plan summary says the same for the whole request. Models that take no
+ControlNets (the built-ins, the diffusion transformers) grey the form, and their requests get none
+(``mapping.to_request``). A union ControlNet's row shows a Mode combo (the kinds of map that model
+knows, read from its config or header) and names a missing or unknown mode as the engine would
+(``check_mode``).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from PySide6.QtWidgets import (
     QComboBox,
@@ -27,7 +27,6 @@ from PySide6.QtWidgets import (
     QLabel,
     QPushButton,
     QSizePolicy,
-    QToolButton,
     QVBoxLayout,
 )
 
@@ -44,9 +43,8 @@ from ...engine.core.control import (
 from ...engine.core.modelinfo import ModelInfo
 from ...engine.core.request import RequestError
 from ...engine.models.sd.control import check_mode, union_modes
-from ..jobs import Jobs
-from .base import Form
-from .mapping import FormValues, takes_controls
+from .mapping import takes_controls
+from .parts import PartRow, PartsForm, part_name
 
 CONTROLNET_FILTER = "ControlNet (*.safetensors)"
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.tif *.tiff *.bmp)"
@@ -69,28 +67,23 @@ def _fraction(name: str, tip: str) -> QDoubleSpinBox:
     return s
 
 
-class ControlRow(QFrame):
-    """One ControlNet: name and remove; image and preprocessor; weight, start, end; its error."""
+class ControlRow(PartRow):
+    """One ControlNet: name and remove; image and preprocessor; weight, start, end; its error.
+    Each line is a layout of its own: a new field is a widget on a line and one ``edited`` emit."""
 
-    def __init__(self, spec: Control, form: ControlsForm) -> None:
-        super().__init__()
-        self.spec = spec
+    def __init__(self, spec: Control) -> None:
+        super().__init__(spec, "ControlNet", "control_remove")
         self.setFrameShape(QFrame.Shape.StyledPanel)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(4, 4, 4, 4)
         outer.setSpacing(2)
 
         top = QHBoxLayout()
-        p = Path(spec.model)
-        self.label = QLabel((p.stem if p.suffix == ".safetensors" else p.name) or spec.model)
+        self.label = QLabel(part_name(spec.model))
         self.label.setToolTip(spec.model)
         self.label.setMinimumWidth(1)  # a long name is clipped, not a wider panel
         self.label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         top.addWidget(self.label, 1)
-        self.remove = QToolButton()
-        self.remove.setObjectName("control_remove")
-        self.remove.setText("✕")
-        self.remove.setToolTip("Remove this ControlNet")
         top.addWidget(self.remove)
         outer.addLayout(top)
 
@@ -151,13 +144,12 @@ class ControlRow(QFrame):
         outer.addWidget(self.error)
 
         self.show_spec()
-        self.image.clicked.connect(lambda: form._pick_image(self))
-        self.pre.activated.connect(lambda i: form._edit(self, preprocessor=self.pre.itemData(i)))
-        self.mode.activated.connect(lambda i: form._edit(self, mode=self.mode.itemData(i)))
-        self.weight.valueChanged.connect(lambda w: form._edit(self, weight=round(w, 2)))
-        self.start.valueChanged.connect(lambda x: form._edit(self, start=round(x, 2)))
-        self.end.valueChanged.connect(lambda x: form._edit(self, end=round(x, 2)))
-        self.remove.clicked.connect(lambda: form.remove(form.rows.index(self)))
+        self.image.clicked.connect(self._pick_image)
+        self.pre.activated.connect(lambda i: self.edited.emit({"preprocessor": self.pre.itemData(i)}))
+        self.mode.activated.connect(lambda i: self.edited.emit({"mode": self.mode.itemData(i)}))
+        self.weight.valueChanged.connect(lambda w: self.edited.emit({"weight": round(w, 2)}))
+        self.start.valueChanged.connect(lambda x: self.edited.emit({"start": round(x, 2)}))
+        self.end.valueChanged.connect(lambda x: self.edited.emit({"end": round(x, 2)}))
 
     def show_spec(self) -> None:
         s = self.spec
@@ -173,6 +165,13 @@ class ControlRow(QFrame):
         self.mode.setCurrentIndex(max(0, self.mode.findData(s.mode)) if s.mode else 0)
         for w in (self.weight, self.start, self.end, self.pre, self.mode):
             w.blockSignals(False)
+
+    def _pick_image(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Control image", str(Path(self.spec.image or "").parent),
+                                              IMAGE_FILTER)
+        if path:
+            self.edited.emit({"image": path})
+            self.show_spec()
 
     def check(self, index: int) -> None:
         """Show what the request would say about this ControlNet (the panel has no init image)."""
@@ -191,128 +190,34 @@ class ControlRow(QFrame):
         self.error.hide()
 
 
-class ControlsForm(Form):
+class ControlsForm(PartsForm):
+    field, limit, what = "controlnets", MAX_CONTROLS, "ControlNet"
+    found_name = "control_found"
+
     def __init__(self) -> None:
         super().__init__("ControlNet")
-        self.rows: list[ControlRow] = []
-        self._jobs = Jobs(self, workers=1)  # the model folders are walked off the GUI thread
-        outer = QVBoxLayout(self)
-        self.list_layout = QVBoxLayout()
-        outer.addLayout(self.list_layout)
-        buttons = QHBoxLayout()
-        self.found = QComboBox()
-        self.found.setObjectName("control_found")
-        self.found.setToolTip("ControlNets found in the model folders ($PARADIFF_MODEL_PATH and the app's models "
-                              "folder)")
-        self.found.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.found.setMinimumContentsLength(8)
-        self.found.activated.connect(self._add_found)
-        buttons.addWidget(self.found, 1)
-        self.add_file = QPushButton("File…")
-        self.add_file.setObjectName("control_add")
-        self.add_file.setToolTip("Add a ControlNet from its single .safetensors file")
-        self.add_file.clicked.connect(self._add_from_dialog)
-        buttons.addWidget(self.add_file)
-        self.add_folder = QPushButton("Folder…")
-        self.add_folder.setObjectName("control_add_folder")
-        self.add_folder.setToolTip("Add a ControlNet from its diffusers folder (config.json + weights)")
-        self.add_folder.clicked.connect(self._add_folder_from_dialog)
-        buttons.addWidget(self.add_folder)
-        outer.addLayout(buttons)
-        self.refresh_found([])
-
-    # -- the list ---------------------------------------------------------------------------------
+        self.add_file = self.add_button("File…", "control_add", lambda: QFileDialog.getOpenFileName(
+            self, "Add a ControlNet", "", CONTROLNET_FILTER)[0], "Add a ControlNet from its single .safetensors file")
+        self.add_folder = self.add_button(
+            "Folder…", "control_add_folder", lambda: QFileDialog.getExistingDirectory(self, "Add a ControlNet folder"),
+            "Add a ControlNet from its diffusers folder (config.json + weights)")
 
     def controlnets(self) -> tuple[Control, ...]:
-        return tuple(row.spec for row in self.rows)
+        return self.specs()
 
-    def add(self, model: str, image: str | None = None) -> None:
-        if len(self.rows) >= MAX_CONTROLS:
-            return
-        self._append(Control(str(model), image, preprocessor="tile"))
-        self._changed()
+    def new_spec(self, path: str) -> Control:
+        return Control(path, None, preprocessor="tile")
 
-    def remove(self, index: int) -> None:
-        row = self.rows.pop(index)
-        self.list_layout.removeWidget(row)
-        row.deleteLater()
-        self._update()
-        self._changed()
+    def make_row(self, spec: Control) -> ControlRow:
+        return ControlRow(spec)
 
-    def _append(self, spec: Control) -> None:
-        row = ControlRow(spec, self)
-        self.rows.append(row)
-        self.list_layout.addWidget(row)
-        self._update()
-
-    def _edit(self, row: ControlRow, **fields: Any) -> None:
-        row.spec = replace(row.spec, **fields)
-        row.check(self.rows.index(row))
-        self._changed()
-
-    def _update(self) -> None:
-        room = len(self.rows) < MAX_CONTROLS
-        self.add_file.setEnabled(room)
-        self.add_folder.setEnabled(room)
-        self.found.setEnabled(room and self.found.count() > 1)
-        for i, row in enumerate(self.rows):
-            row.check(i)
-
-    # -- adding -----------------------------------------------------------------------------------
-
-    def scan(self) -> None:
-        """Look for ControlNets in the model folders on a worker (configs and headers only), then list them."""
+    def finder(self) -> Callable[[], list[Path]]:
         from ...engine.models.sd.control import find_controlnets
 
-        self._jobs.submit(find_controlnets, self.refresh_found)
+        return find_controlnets
 
-    def refresh_found(self, paths: list[Path]) -> None:
-        """List ``paths`` in the "from the model folders" menu."""
-        self.found.clear()
-        self.found.addItem("Model folders…" if paths else "None in the model folders")
-        for p in paths:
-            self.found.addItem(p.stem if p.is_file() else p.name, str(p))
-            self.found.setItemData(self.found.count() - 1, str(p), 3)  # Qt.ToolTipRole: the whole path
-        self._update()
+    def takes(self, info: ModelInfo) -> bool:
+        return takes_controls(info)
 
-    def _add_found(self, index: int) -> None:
-        path = self.found.itemData(index)
-        self.found.setCurrentIndex(0)
-        if path:
-            self.add(path)
-
-    def _add_from_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Add a ControlNet", "", CONTROLNET_FILTER)
-        if path:
-            self.add(path)
-
-    def _add_folder_from_dialog(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Add a ControlNet folder")
-        if path:
-            self.add(path)
-
-    def _pick_image(self, row: ControlRow) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Control image", str(Path(row.spec.image or "").parent),
-                                              IMAGE_FILTER)
-        if path:
-            self._edit(row, image=path)
-            row.show_spec()
-
-    # -- the form protocol ------------------------------------------------------------------------
-
-    def set_model(self, info: ModelInfo) -> None:
-        on = takes_controls(info)
-        self.setEnabled(on)
-        self.setToolTip("" if on else f"{info.label} takes no ControlNets (SD 1.x/2.x and SDXL do)")
-
-    def values(self) -> dict[str, Any]:
-        return {"controlnets": self.controlnets()}
-
-    def show_values(self, v: FormValues) -> None:
-        with self.showing():
-            while self.rows:
-                row = self.rows.pop()
-                self.list_layout.removeWidget(row)
-                row.deleteLater()
-            for spec in v.controlnets:
-                self._append(spec)
+    def refusal(self, info: ModelInfo) -> str:
+        return f"{info.label} takes no ControlNets (SD 1.x/2.x and SDXL do)"

@@ -3,42 +3,30 @@ LoRAs found in the model folders (``engine.models.lora.find_loras``), removed on
 
 Each row keeps its request's ``LoraSpec`` whole (the sha256 a replayed recipe carries too), so a
 shown request comes back exactly; only the weight is edited in place. Models that take no LoRAs
-(the built-ins) grey the form, and their requests get none (``mapping.to_request``).
+(the built-ins) grey the form, and their requests get none (``mapping.to_request``). The list,
+the menu, the scan and the greying are the shared :class:`~.parts.PartsForm`'s.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from PySide6.QtWidgets import (
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
-    QHBoxLayout,
-    QLabel,
-    QPushButton,
-    QToolButton,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtWidgets import QDoubleSpinBox, QFileDialog, QHBoxLayout, QLabel
 
 from ...engine.core.lora import MAX_LORA_WEIGHT, MAX_LORAS, MIN_LORA_WEIGHT, LoraSpec
 from ...engine.core.modelinfo import ModelInfo
-from ..jobs import Jobs
-from .base import Form
-from .mapping import FormValues, takes_loras
+from .mapping import takes_loras
+from .parts import PartRow, PartsForm
 
 LORA_FILTER = "LoRA (*.safetensors)"
 
 
-class LoraRow(QWidget):
+class LoraRow(PartRow):
     """One LoRA: its name (the path in the tooltip), its weight, a remove button."""
 
-    def __init__(self, spec: LoraSpec, form: LorasForm) -> None:
-        super().__init__()
-        self.spec = spec
+    def __init__(self, spec: LoraSpec) -> None:
+        super().__init__(spec, "LoRA", "lora_remove")
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         self.label = QLabel(spec.name)
@@ -54,111 +42,35 @@ class LoraRow(QWidget):
         self.weight.setToolTip("How strongly the LoRA changes the model: 1 as trained, 0 not at all, "
                                "negative values push away from what it learnt.")
         layout.addWidget(self.weight)
-        self.remove = QToolButton()
-        self.remove.setObjectName("lora_remove")
-        self.remove.setText("✕")
-        self.remove.setToolTip("Remove this LoRA")
         layout.addWidget(self.remove)
-        self.weight.valueChanged.connect(lambda w: form._weight_changed(self, w))
-        self.remove.clicked.connect(lambda: form.remove(form.rows.index(self)))
+        self.weight.valueChanged.connect(lambda w: self.edited.emit({"weight": round(w, 2)}))
 
 
-class LorasForm(Form):
+class LorasForm(PartsForm):
+    field, limit, what = "loras", MAX_LORAS, "LoRA"
+    found_name = "lora_found"
+
     def __init__(self) -> None:
         super().__init__("LoRA")
-        self.rows: list[LoraRow] = []
-        self._jobs = Jobs(self, workers=1)  # the model folders are walked off the GUI thread
-        outer = QVBoxLayout(self)
-        self.list_layout = QVBoxLayout()
-        outer.addLayout(self.list_layout)
-        buttons = QHBoxLayout()
-        self.found = QComboBox()
-        self.found.setObjectName("lora_found")
-        self.found.setToolTip("LoRAs found in the model folders ($PARADIFF_MODEL_PATH and the app's models folder)")
-        self.found.activated.connect(self._add_found)
-        buttons.addWidget(self.found, 1)
-        self.add_file = QPushButton("Add file…")
-        self.add_file.setObjectName("lora_add")
-        self.add_file.clicked.connect(self._add_from_dialog)
-        buttons.addWidget(self.add_file)
-        outer.addLayout(buttons)
-        self.refresh_found([])
-
-    # -- the list ---------------------------------------------------------------------------------
+        self.add_file = self.add_button("Add file…", "lora_add", lambda: QFileDialog.getOpenFileName(
+            self, "Add a LoRA", "", LORA_FILTER)[0])
 
     def loras(self) -> tuple[LoraSpec, ...]:
-        return tuple(row.spec for row in self.rows)
+        return self.specs()
 
-    def add(self, path: str, weight: float = 1.0) -> None:
-        if len(self.rows) >= MAX_LORAS:
-            return
-        self._append(LoraSpec(str(path), weight))
-        self._changed()
+    def new_spec(self, path: str) -> LoraSpec:
+        return LoraSpec(path, 1.0)
 
-    def remove(self, index: int) -> None:
-        row = self.rows.pop(index)
-        self.list_layout.removeWidget(row)
-        row.deleteLater()
-        self._update()
-        self._changed()
+    def make_row(self, spec: LoraSpec) -> LoraRow:
+        return LoraRow(spec)
 
-    def _append(self, spec: LoraSpec) -> None:
-        row = LoraRow(spec, self)
-        self.rows.append(row)
-        self.list_layout.addWidget(row)
-        self._update()
-
-    def _weight_changed(self, row: LoraRow, weight: float) -> None:
-        row.spec = replace(row.spec, weight=round(weight, 2))
-        self._changed()
-
-    def _update(self) -> None:
-        self.add_file.setEnabled(len(self.rows) < MAX_LORAS)
-        self.found.setEnabled(len(self.rows) < MAX_LORAS and self.found.count() > 1)
-
-    # -- adding -----------------------------------------------------------------------------------
-
-    def scan(self) -> None:
-        """Look for LoRAs in the model folders on a worker (headers only, no weights read), then list them."""
+    def finder(self) -> Callable[[], list[Path]]:
         from ...engine.models.lora import find_loras
 
-        self._jobs.submit(find_loras, self.refresh_found)
+        return find_loras
 
-    def refresh_found(self, paths: list[Path]) -> None:
-        """List ``paths`` in the "from the model folders" menu."""
-        self.found.clear()
-        self.found.addItem("Add a LoRA from the model folders…" if paths else "No LoRAs in the model folders")
-        for p in paths:
-            self.found.addItem(p.stem, str(p))
-            self.found.setItemData(self.found.count() - 1, str(p), 3)  # Qt.ToolTipRole: the whole path
-        self._update()
+    def takes(self, info: ModelInfo) -> bool:
+        return takes_loras(info)
 
-    def _add_found(self, index: int) -> None:
-        path = self.found.itemData(index)
-        self.found.setCurrentIndex(0)
-        if path:
-            self.add(path)
-
-    def _add_from_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Add a LoRA", "", LORA_FILTER)
-        if path:
-            self.add(path)
-
-    # -- the form protocol ------------------------------------------------------------------------
-
-    def set_model(self, info: ModelInfo) -> None:
-        on = takes_loras(info)
-        self.setEnabled(on)
-        self.setToolTip("" if on else f"{info.label} takes no LoRAs (SD 1.x/2.x, SDXL and FLUX.1 do)")
-
-    def values(self) -> dict[str, Any]:
-        return {"loras": self.loras()}
-
-    def show_values(self, v: FormValues) -> None:
-        with self.showing():
-            while self.rows:
-                row = self.rows.pop()
-                self.list_layout.removeWidget(row)
-                row.deleteLater()
-            for spec in v.loras:
-                self._append(spec)
+    def refusal(self, info: ModelInfo) -> str:
+        return f"{info.label} takes no LoRAs (SD 1.x/2.x, SDXL and FLUX.1 do)"

@@ -195,10 +195,10 @@ class SDDenoiser(VaeCodec):
         return out
 
     @torch.no_grad()
-    def preview(self, x: torch.Tensor, pred: torch.Tensor, t: float) -> torch.Tensor:
+    def preview(self, x: torch.Tensor, pred: torch.Tensor, t: float, linear: bool = False) -> torch.Tensor:
         ti = min(max(round(t), 0), len(self._alphas_cumprod) - 1)
         x0 = previews.x0_from_vp(x.float(), pred.float(), float(self._alphas_cumprod[ti]), self.prediction_type)
-        if self.tiny is not None:
+        if self.tiny is not None and not linear:
             return self.tiny.rgb(x0)
         return previews.apply_linear_rgb(x0, self._rgb)
 

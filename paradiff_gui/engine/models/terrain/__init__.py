@@ -204,7 +204,7 @@ class TerrainDenoiser:
                 f"{NATIVE}x{NATIVE}; got tiles of {plan.tile_w}x{plan.tile_h}")
         return TerrainConditioning(terrain_difficulty(request))
 
-    def preview(self, x: torch.Tensor, pred: torch.Tensor, t: float) -> torch.Tensor:
+    def preview(self, x: torch.Tensor, pred: torch.Tensor, t: float, linear: bool = False) -> torch.Tensor:
         grey = ((pred[:, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return grey[..., None].expand(-1, -1, -1, 3)
 
