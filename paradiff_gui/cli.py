@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--strength", type=_float_arg(0.0, 1.0), metavar="0..1",
                    help=f"how much of the init image is re-drawn, above 0 and at most 1 (default "
                         f"{rq.DEFAULT_STRENGTH}); 1 is text-to-image")
+    g.add_argument("--anchor", type=int, choices=rq.ANCHORS, metavar="N",
+                   help="faithful image-to-image: the result shrunk N times equals the init image shrunk N times "
+                        "(2 keeps all but the finest detail, 8 or more only the composition); 0: off (the default)")
     _control_args(g)
     g.add_argument("--wrap", choices=rq.WRAPS,
                    help="seamless: the tile plan wraps across these canvas edges, so the picture tiles")
@@ -195,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--scale", type=int, choices=(2, 4, 8), required=True)
     u.add_argument("--strength", type=_float_arg(0.0, 1.0), metavar="0..1",
                    help="how much each pass re-draws, above 0 and at most 1 (default 0.5)")
+    u.add_argument("--anchor", type=int, choices=(0, 2), metavar="2|0",
+                   help="2 (the default): each pass shrunk 2x equals its source, so the result shrunk SCALE times "
+                        "is IMAGE; 0: the model may move the large shapes too")
     u.add_argument("-o", "--output", metavar="OUT.png", help="the last pass's file (default IMAGE-xSCALE.png)")
     u.add_argument("--model")
     u.add_argument("--prompt")
@@ -286,8 +292,8 @@ def parse_control_specs(specs: list[str], pres: list[str], modes: list[str] | No
 
 _OVERRIDES = ("model", "prompt", "negative_prompt", "overlap", "steps", "guidance", "sampler", "seed",
               "fusion", "jitter", "global_context", "bridges", "bridge_width", "tile_batch", "device", "dtype",
-              "host_memory", "compile", "init_image", "strength", "wrap", "positions", "transformer", "weights",
-              "preview")
+              "host_memory", "compile", "init_image", "strength", "anchor", "wrap", "positions", "transformer",
+              "weights", "preview")
 _REGION_SPEC = re.compile(r"\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*:(.*)", re.S)
 _OPTION = re.compile(r"\s*([a-z][a-z0-9_]*)\s*=(.*)", re.S)
 
@@ -705,7 +711,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             base = None  # not a Paradiff picture: the model's defaults
         base = build_request(fields, parse_settings(args.settings), base=base,
                              model=args.model or os.environ.get("PARADIFF_MODEL") or rq.DEFAULT_MODEL)
-        passes = upscale_passes(args.image, args.scale, strength=args.strength, base=base, output=args.output)
+        passes = upscale_passes(args.image, args.scale, strength=args.strength, anchor=args.anchor, base=base,
+                                output=args.output)
         if args.control_specs:  # each pass's init image is the previous pass: a tile ControlNet follows it
             controls = parse_control_specs(args.control_specs, args.control_pre, args.control_mode)
             passes = [dataclasses.replace(p, request=p.request.replace(controls=controls)) for p in passes]

@@ -24,6 +24,7 @@ from .requests import request_for
 
 SCALES = (2, 4, 8)
 DEFAULT_UPSCALE_STRENGTH = 0.5
+DEFAULT_UPSCALE_ANCHOR = 2  # each ×2 pass shrunk 2× equals its source: the upscale keeps what the source holds
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,16 @@ def _scaled_region(region: Region, i: int, sx: float, sy: float) -> Region:
 
 
 def upscale_passes(source: str | os.PathLike[str], scale: int, *, strength: float | None = None,
-                   base: GenerationRequest | None = None, output: str | os.PathLike[str] | None = None,
+                   anchor: int | None = None, base: GenerationRequest | None = None,
+                   output: str | os.PathLike[str] | None = None,
                    **fields: Any) -> list[UpscalePass]:
     """The passes that upscale ``source`` by ``scale`` (2, 4 or 8).
 
     ``base`` gives the generation fields (model, prompt, seed, options...); without it the
     source's own recipe when it has one (a Paradiff picture), else the model's defaults. ``fields``
-    go on top of either. ``output`` is the last pass's file (default ``SOURCE-x{scale}.png``
+    go on top of either. ``anchor`` (default 2: faithful; 0: free) is each pass's
+    (sampling/anchor.py): with 2, every pass shrunk 2× equals the picture it started from, so the
+    result shrunk ``scale``× is the source. ``output`` is the last pass's file (default ``SOURCE-x{scale}.png``
     beside the source); the earlier passes are written beside it as ``NAME-x2.png``, ``NAME-x4.png``.
     """
     if isinstance(scale, bool) or scale not in SCALES:
@@ -67,6 +71,10 @@ def upscale_passes(source: str | os.PathLike[str], scale: int, *, strength: floa
             base = request_for(**({"model": fields["model"]} if "model" in fields else {}))
     base = base.replace(**{k: v for k, v in fields.items()}) if fields else base
     strength = DEFAULT_UPSCALE_STRENGTH if strength is None else strength
+    anchor = DEFAULT_UPSCALE_ANCHOR if anchor is None else anchor
+    if isinstance(anchor, bool) or anchor not in (0, 2):
+        raise RequestError("anchor", f"an upscale pass doubles the picture, so it keeps its source with anchor 2, or "
+                                     f"nothing with 0; got {anchor!r}")
     out = Path(output) if output is not None else src.with_name(f"{src.stem}-x{scale}.png")
     stem = out.stem[: -len(f"-x{scale}")] if out.stem.endswith(f"-x{scale}") else out.stem
     passes: list[UpscalePass] = []
@@ -79,7 +87,7 @@ def upscale_passes(source: str | os.PathLike[str], scale: int, *, strength: floa
         width, height = (max(SIZE_MULTIPLE, round(v * k / SIZE_MULTIPLE) * SIZE_MULTIPLE) for v in (w, h))
         regions = tuple(_scaled_region(r, i, width / base.width, height / base.height)
                         for i, r in enumerate(base.regions))
-        request = base.replace(width=width, height=height, init_image=previous, strength=strength,
+        request = base.replace(width=width, height=height, init_image=previous, strength=strength, anchor=anchor,
                                global_context=0.0, regions=regions,
                                grid=None, tile=base.tile if base.grid is None else None)
         path = out if k == scale else out.with_name(f"{stem}-x{k}{out.suffix}")
@@ -89,7 +97,8 @@ def upscale_passes(source: str | os.PathLike[str], scale: int, *, strength: floa
 
 
 def upscale(source: str | os.PathLike[str], scale: int, *, strength: float | None = None,
-            base: GenerationRequest | None = None, output: str | os.PathLike[str] | None = None,
+            anchor: int | None = None, base: GenerationRequest | None = None,
+            output: str | os.PathLike[str] | None = None,
             on_event: Callable[[Any], None] | None = None, cancel: Any = None, **fields: Any) -> list[Any]:
     """Run :func:`upscale_passes` and write each pass's picture (with its recipe); returns the
     passes' :class:`GenerationResult` in order."""
@@ -97,7 +106,7 @@ def upscale(source: str | os.PathLike[str], scale: int, *, strength: float | Non
     from ..sampling.sampler import generate
 
     results = []
-    for step in upscale_passes(source, scale, strength=strength, base=base, output=output, **fields):
+    for step in upscale_passes(source, scale, strength=strength, anchor=anchor, base=base, output=output, **fields):
         result = generate(step.request, on_event, cancel)
         save_image(step.output, result.image, result.request, result.plan, result.info)
         results.append(result)

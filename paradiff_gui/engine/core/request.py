@@ -58,6 +58,7 @@ DEFAULT_STRENGTH = 0.6  # image-to-image: how much of the init image is re-drawn
 # Limits in image pixels. Sizes and tiles are multiples of 8 so that they map to whole latent
 # pixels for the SD VAE (factor 8) and trivially for pixel-space models (factor 1).
 SIZE_MULTIPLE = 8
+ANCHORS = (0, 2, 4, 8, 16, 32, 64)  # image-to-image: keep the init image shrunk N× (0: off)
 MIN_SIZE, MAX_SIZE = 64, 65536
 MIN_TILE, MAX_TILE = 64, 4096
 MAX_OVERLAP = 2048
@@ -158,6 +159,7 @@ class GenerationRequest:
     loras: tuple[LoraSpec, ...] = ()
     init_image: str | None = None  # image-to-image: the picture to start from (a file path)
     strength: float | None = None  # 0 < S <= 1: how much of init_image is re-drawn (None: DEFAULT_STRENGTH)
+    anchor: int = 0  # N: the result shrunk N× equals init_image shrunk N× (0: off; sampling/anchor.py)
     controls: tuple[Control, ...] = ()  # ControlNets, each cropped per tile (core/control.py)
     wrap: str = "none"  # seamless: none, x, y or xy
     positions: str = "local"  # diffusion transformers: tiles' token positions, local or canvas (POSITIONS)
@@ -273,6 +275,19 @@ class GenerationRequest:
                     or not 0.0 < float(self.strength) <= 1.0:
                 raise RequestError("strength", f"must be a number above 0 and at most 1, got {self.strength!r}")
             object.__setattr__(self, "strength", float(self.strength))
+        if isinstance(self.anchor, bool) or self.anchor not in ANCHORS:
+            raise RequestError("anchor", "the result shrunk N× keeps the init image shrunk N×: must be 0 (off) or "
+                                         f"{', '.join(map(str, ANCHORS[1:-1]))} or {ANCHORS[-1]}, got {self.anchor!r}")
+        if self.anchor:
+            if self.init_image is None:
+                raise RequestError("anchor", "keeps an init image's large shapes: give init_image too, or anchor 0")
+            if self.width % self.anchor or self.height % self.anchor:
+                fits = [n for n in ANCHORS[1:] if not self.width % n and not self.height % n]
+                raise RequestError("anchor", f"{self.anchor} must divide the width and height ({self.width}x"
+                                             f"{self.height}): use {' or '.join(map(str, fits))}")
+            if self.wrap != "none":
+                raise RequestError("anchor", "keeps the init image's large shapes, which are not seamless: use anchor "
+                                             "0 with wrap")
         if self.init_image is not None and self.global_context > 0:
             raise RequestError("global_context", "lays out the canvas from noise, and an init image already gives the "
                                                  "layout: use global_context 0 with init_image")

@@ -34,6 +34,17 @@ def _resize(plane: np.ndarray, width: int, height: int) -> np.ndarray:
         (width, height), Image.Resampling.BICUBIC), dtype=np.float32)
 
 
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(width, height) from the file's header, or None when it cannot be read (the loader says why)."""
+    from .export import pillow_pixel_limit
+
+    try:
+        with pillow_pixel_limit(None), Image.open(path) as im:
+            return im.size
+    except OSError:
+        return None
+
+
 def load_init_image(path: str | os.PathLike[str], width: int, height: int, output: str) -> tuple[np.ndarray, list[str]]:
     """``path`` as float32 in [0, 1] at ``width`` x ``height``, and notes for the person (what was
     resized or converted). ``output`` is the model's: "rgb" or "height"."""

@@ -53,7 +53,7 @@ from ..core.modelinfo import ModelInfo
 from ..core.plan import Tile, TilePlan
 from ..core.request import GenerationRequest, RequestError
 from ..io.init_image import file_digest as init_digest
-from ..io.init_image import load_init_image
+from ..io.init_image import image_size, load_init_image
 from ..models import lora as lora_models
 from ..models.base import Denoiser, ModelUnavailable
 from ..models.control_images import control_notes, control_record
@@ -61,6 +61,7 @@ from ..models.info import describe_model
 from ..models.registry import load_denoiser
 from ..runtime import distributed, memory
 from ..runtime.devices import dtype_name, resolve_device, resolve_dtype
+from .anchor import back_project, keep_low_band, latent_factor
 from .bridges import Bridge, config_for
 from .compose import Regional, extend, fold, image_timesteps, regional
 from .previews import PROBE, PreviewBudget
@@ -355,6 +356,9 @@ def _synchronized(run: _Denoise, plan: TilePlan, noise: torch.Tensor, generator:
         latents = scheduler.add_noise(init.to(den.device), noise.to(den.device), timesteps[:1])
     else:
         latents = noise.to(den.device) * scheduler.init_noise_sigma
+    anchor = latent_factor(request.anchor, plan.height, plan.width) if init is not None else 0
+    if anchor:
+        init, noise = init.to(den.device, latents.dtype), noise.to(den.device, latents.dtype)
     kwargs = _step_kwargs(scheduler, generator)
     t_host = timesteps.cpu()
     total = len(t_host)
@@ -379,6 +383,9 @@ def _synchronized(run: _Denoise, plan: TilePlan, noise: torch.Tensor, generator:
         pred, consensus = predict_canvas(run, step_plan, x_in, t, weights[step_plan])
         # 4.3 One scheduler step on the whole canvas.
         latents = scheduler.step(pred, t, latents, **kwargs, return_dict=False)[0]
+        if anchor and getattr(scheduler, "state_in_first_order", True):  # ILVR: keep the init image's low band
+            ref = init if i + 1 == total else scheduler.add_noise(init, noise, timesteps[i + 1: i + 2])
+            latents = keep_low_band(latents, ref, anchor)
         if bridge is not None:  # 4.4 this step's values are the neighbours' values of the next
             bridge.end_step()
         run.flush_previews()  # the one host wait of the step, after the step is queued
@@ -567,6 +574,23 @@ def _init_latents(den: Denoiser, request: GenerationRequest, plan: TilePlan, emi
     return encode(pixels, lambda _done, _total: None).float().cpu()
 
 
+def _anchored(image: np.ndarray, request: GenerationRequest, plan: TilePlan, den: Denoiser,
+              cancel: CancelToken) -> np.ndarray:
+    """The decoded picture back-projected so that shrunk ``anchor``× (box) it equals the init image
+    shrunk as much: the init image's own pixels when it is that size already (an upscale pass),
+    else the init image as the run read it (at canvas size) shrunk the same way."""
+    n = request.anchor
+    w, h = plan.image_size
+    output = _loaded_info(request, den, plan).output
+    if image_size(request.init_image) == (w // n, h // n):
+        source, _ = load_init_image(request.init_image, w // n, h // n, output)
+    else:
+        pixels, _ = load_init_image(request.init_image, w, h, output)
+        source = pixels.reshape(h // n, n, w // n, n, *pixels.shape[2:]).mean(axis=(1, 3))
+    top = float(np.iinfo(image.dtype).max)
+    return back_project(image, source * top, n, top, cancel=cancel.check)
+
+
 def _loaded_info(request: GenerationRequest, den: Denoiser, plan: TilePlan) -> ModelInfo:
     # The loaded backend is the truth for geometry; the configs on disk for the rest.
     info = describe_model(request.model)
@@ -695,6 +719,8 @@ def generate(
             wrap = {"wrap": plan.wrap} if plan.wrap != "none" else {}  # (decoders without it never see it)
             image = den.decode(latents, lambda done, total: _decoding(emit, cancel, done, total), **wrap) \
                 if shard.leader else None
+            if request.anchor and image is not None:  # exact in pixels (sampling/anchor.py)
+                image = _anchored(image, request, plan, den, cancel)
         seconds = time.perf_counter() - started
         info = {"model_name": den.name, "device": str(den.device), "dtype": dtype_name(den.dtype),
                 "tiles": len(plan), "plan": plan.describe(), "tile_batch": run.batch}
