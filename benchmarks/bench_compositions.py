@@ -1,7 +1,7 @@
 """Compositions on the built-in terrain model: regional prompts, upscaling, seamless canvases.
 
     python benchmarks/bench_compositions.py regions   # -> benchmarks/results/compositions-regions.json
-    python benchmarks/bench_compositions.py upscale   # -> benchmarks/results/compositions-upscale.json
+    python benchmarks/bench_compositions.py upscale --scale 4   # -> benchmarks/results/compositions-upscale-x4.json
     python benchmarks/bench_compositions.py wrap      # -> benchmarks/results/compositions-wrap.json
     python benchmarks/bench_compositions.py ... --seeds 1 2 3 --pictures docs/images
 
@@ -9,10 +9,12 @@
   (feather 64 px). Each half's roughness (mean |∇| of the heights, outside a band of 64 px on either
   side of the border) against a single-difficulty run of that value with the same seed; the seam
   across the region border (the seam metric on the line x = 256, as if two tiles met there).
-- **upscale**: a 256² terrain (seed s) upscaled ×4 in two ×2 passes at the given strength. Shapes
-  kept: the result box-downsampled to 256² against the source, PSNR on the 16-bit heights (peak
-  65535). Detail added: the share of spectral energy above a quarter of the Nyquist frequency,
-  against the same source upscaled bicubically. The seam ratio of the last pass over its tiles.
+- **upscale** (``--scale 2|4``, ``--anchor 2|0``): a 256² terrain (seed s) upscaled in ×2 passes at
+  the given strength. Shapes kept: the result box-downsampled (and, as a check the anchor does not
+  act on, Lanczos-downsampled) to 256² against the source, PSNR over the source's own height range
+  (peak = its max − min) and on the 16-bit heights (peak 65535), and the correlation. Detail
+  added: the share of spectral energy above a quarter of the Nyquist frequency, against the same
+  source upscaled bicubically. The seam ratio of the last pass over its tiles.
 - **wrap**: 512² with ``--wrap xy`` and without; the output tiled 2×2 and the seam metric on the
   centre cross (the lines where copies meet).
 
@@ -117,8 +119,9 @@ def bench_regions(den, seeds, pictures, feather=64):
                                                      "tiles_seam_ratio", "seconds", "single_seconds"])}
 
 
-def bench_upscale(den, seeds, pictures, strength):
+def bench_upscale(den, seeds, pictures, strength, scale=4, anchor=None):
     rows = []
+    side = 256 * scale
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
             src, _ = run(den, width=256, height=256, seed=seed)
@@ -126,37 +129,51 @@ def bench_upscale(den, seeds, pictures, strength):
             save_png(path, src.image, src.request, src.plan, src.info)
             started = time.perf_counter()
             out = None
-            for step in upscale_passes(path, 4, strength=strength, base=src.request.replace(device="cpu")):
+            for step in upscale_passes(path, scale, strength=strength, anchor=anchor,
+                                       base=src.request.replace(device="cpu")):
                 out = generate(step.request, denoiser=den, previews=False)
                 save_png(step.output, out.image, out.request, out.plan, out.info)
             secs = time.perf_counter() - started
             big = out.image
+            source = src.image.astype(np.float64)
+            spread = float(source.max() - source.min())
             bicubic = np.asarray(Image.fromarray(src.image.astype(np.float32), mode="F").resize(
-                (1024, 1024), Image.Resampling.BICUBIC))
-            down = box_down(big, 4)
+                (side, side), Image.Resampling.BICUBIC))
+            down = box_down(big, scale)
+            # An operator the anchor does not use: Lanczos (the anchor makes the box mean exact).
+            lanczos = np.asarray(Image.fromarray(big.astype(np.float32), mode="F").resize(
+                (256, 256), Image.Resampling.LANCZOS), dtype=np.float64)
             r = {
-                "seed": seed, "seconds": round(secs, 1),
-                "psnr_down_db": psnr(down, src.image),
-                "psnr_bicubic_down_db": psnr(box_down(bicubic, 4), src.image),
+                "seed": seed, "seconds": round(secs, 1), "anchor": out.request.anchor,
+                # PSNR over the source's own height range (peak = its max - min), not the 16-bit range.
+                "psnr_range_db": psnr(down, source, spread),
+                "psnr_range_lanczos_db": psnr(lanczos, source, spread),
+                "psnr_bicubic_range_db": psnr(box_down(bicubic, scale), source, spread),
+                "psnr_down_db": psnr(down, source),
                 # What PSNR on 16-bit heights gives for free: these terrains span ~1 % of the range,
                 # so a flat picture at the source's mean height already scores about 40 dB.
-                "psnr_flat_mean_db": psnr(np.full_like(down, src.image.mean()), src.image),
-                "corr_down": float(np.corrcoef(down.ravel(), src.image.astype(np.float64).ravel())[0, 1]),
-                "rms_down_over_std": float(np.sqrt(np.mean((down - src.image) ** 2)) / src.image.std()),
+                "psnr_flat_mean_db": psnr(np.full_like(down, source.mean()), source),
+                "corr_down": float(np.corrcoef(down.ravel(), source.ravel())[0, 1]),
+                "corr_lanczos": float(np.corrcoef(lanczos.ravel(), source.ravel())[0, 1]),
+                "rms_down_over_std": float(np.sqrt(np.mean((down - source) ** 2)) / source.std()),
                 "hf_share": hf_share(big), "hf_share_bicubic": hf_share(bicubic),
                 "seam_ratio": analyse(big, [out.plan.image_rect(t) for t in out.plan.tiles]).seam_ratio,
             }
+            r["hf_vs_bicubic"] = r["hf_share"] / r["hf_share_bicubic"]
             rows.append(r)
             print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
             if pictures and seed == seeds[0]:
                 save_relief(pictures / "compose-upscale-source.png", np.asarray(
-                    Image.fromarray(src.image).resize((1024, 1024), Image.Resampling.NEAREST)))
-                save_relief(pictures / "compose-upscale-x4.png", big)
-    return {"setup": f"256² source (8 steps), x4 in two x2 passes at strength {strength}; PSNR of the 4x "
-                     "box-downsampled result vs the source (16-bit heights); high-frequency share above Nyquist/4",
-            "strength": strength, "rows": rows,
-            "summary": _summary(rows, ["psnr_down_db", "psnr_flat_mean_db", "corr_down", "rms_down_over_std",
-                                       "hf_share", "hf_share_bicubic", "seam_ratio", "seconds"])}
+                    Image.fromarray(src.image).resize((side, side), Image.Resampling.NEAREST)))
+                save_relief(pictures / f"compose-upscale-x{scale}.png", big)
+    return {"setup": f"256² source (8 steps), x{scale} in x2 passes at strength {strength}, anchor "
+                     f"{rows[0]['anchor']}; PSNR of the {scale}x box-downsampled (and Lanczos-downsampled) result vs "
+                     "the source over the source's own height range; high-frequency share above Nyquist/4",
+            "strength": strength, "scale": scale, "rows": rows,
+            "summary": _summary(rows, ["psnr_range_db", "psnr_range_lanczos_db", "psnr_bicubic_range_db",
+                                       "psnr_down_db", "psnr_flat_mean_db", "corr_down", "corr_lanczos",
+                                       "rms_down_over_std", "hf_share", "hf_share_bicubic", "hf_vs_bicubic",
+                                       "seam_ratio", "seconds"])}
 
 
 def bench_wrap(den, seeds, pictures):
@@ -191,6 +208,8 @@ def main() -> int:
     ap.add_argument("what", choices=("regions", "upscale", "wrap"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--strength", type=float, default=None)
+    ap.add_argument("--scale", type=int, choices=(2, 4, 8), default=4, help="upscale: the factor")
+    ap.add_argument("--anchor", type=int, choices=(0, 2), default=None, help="upscale: 2 (faithful, the default) or 0")
     ap.add_argument("--feather", type=int, default=64, help="regions: the region's feather (px)")
     ap.add_argument("--pictures", type=Path, default=None, help="write shaded-relief pictures here")
     ap.add_argument("--out", type=Path, default=None)
@@ -202,13 +221,18 @@ def main() -> int:
     elif args.what == "upscale":
         from paradiff_gui.engine.api.upscale import DEFAULT_UPSCALE_STRENGTH
 
-        data = bench_upscale(den, args.seeds, args.pictures, args.strength or DEFAULT_UPSCALE_STRENGTH)
+        data = bench_upscale(den, args.seeds, args.pictures, args.strength or DEFAULT_UPSCALE_STRENGTH, args.scale,
+                             args.anchor)
     else:
         data = bench_wrap(den, args.seeds, args.pictures)
     data.update(command=" ".join(["python benchmarks/bench_compositions.py", *sys.argv[1:]]),
                 version=__version__, torch=torch.__version__, machine=platform.processor() or platform.machine(),
                 cpu_threads=torch.get_num_threads(), date=time.strftime("%Y-%m-%d"))
-    out = args.out or RESULTS / f"compositions-{args.what}.json"
+    name = args.what
+    if args.what == "upscale":
+        name = f"upscale-x{args.scale}" + ("-anchor0" if args.anchor == 0 else "") \
+            + (f"-{args.strength}" if args.strength else "")
+    out = args.out or RESULTS / f"compositions-{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2) + "\n")
     print(f"wrote {out}")
