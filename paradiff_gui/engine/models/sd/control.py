@@ -74,6 +74,9 @@ def load_controlnet(path: str, index: int, dtype: torch.dtype, device: torch.dev
             if not config.is_file():
                 raise ModelUnavailable(f"{name}: {p} is a folder but not a diffusers ControlNet (no config.json)")
             cls_name = json.loads(config.read_text()).get("_class_name", "")
+            if cls_name.startswith("Flux"):  # bad input (exit 2), named: it is for another base
+                raise RequestError(name, f"{p.name} is a FLUX.1 ControlNet ({cls_name}), and the model is SD: use an "
+                                         "SD 1.x/2.x/SDXL ControlNet (ControlNetModel), or a FLUX.1 model")
             if cls_name != "ControlNetModel":
                 what = "a union ControlNet, which Paradiff does not run yet" if "Union" in cls_name else \
                     f"a {cls_name or 'model'}, not a ControlNetModel"
@@ -83,7 +86,7 @@ def load_controlnet(path: str, index: int, dtype: torch.dtype, device: torch.dev
             net = ControlNetModel.from_single_file(str(p), torch_dtype=dtype, local_files_only=True)
         else:
             raise ModelUnavailable(f"{name}: no such ControlNet {p} (a diffusers folder or a .safetensors file)")
-    except ModelUnavailable:
+    except (ModelUnavailable, RequestError):
         raise
     except (OSError, ValueError, KeyError, json.JSONDecodeError, RuntimeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

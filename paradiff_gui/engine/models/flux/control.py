@@ -1,0 +1,172 @@
+"""FLUX.1 ControlNets (``FluxControlNetModel``, InstantX layout): loaded, checked against the base,
+and run per tile batch with each tile's own crop of the control *latents*.
+
+What diffusers' ``FluxControlNetPipeline`` does, tile by tile: the control image (in [-1, 1]) is
+VAE-encoded, shifted and scaled like an init image and packed into 2×2-patch tokens like the image
+tokens; the ControlNet sees the same tokens, timestep, guidance (when the ControlNet has a
+guidance embedding), pooled and text embeddings and positions as the transformer; its block
+samples, times ``weight``, go to the transformer as ``controlnet_block_samples`` and
+``controlnet_single_block_samples``; several ControlNets' samples are summed; the start/end
+range is the SD one (``sd/control.py``: step ``i`` of ``n`` steers while ``start ≤ i/n`` and
+``(i+1)/n ≤ end``).
+
+Ours: the control image is encoded once per canvas size (not per tile: a tile's crop of the canvas's
+latents is what the tile's share of the picture encodes to, up to the VAE's receptive field at
+the crop's edge), and each tile takes its crop in latent px (wrapped plans read across the edge).
+The pipeline *samples* the latent distribution with its generator; we take its mean, as the
+init image's encode does (a control should not depend on noise; the VAE's spread is tiny).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...core.plan import Tile
+from ...core.request import GenerationRequest, RequestError
+from ..base import ModelUnavailable
+from ..control_images import control_map, crop
+from ..sd.control import ControlSet
+
+KIND = "FLUX.1"
+
+
+def load_flux_controlnet(path: str, index: int, dtype: torch.dtype, device: torch.device) -> Any:
+    """A ``FluxControlNetModel`` from a diffusers folder. An SD ControlNet is refused by name (exit
+    2); a folder that cannot be loaded raises ModelUnavailable naming it (exit 3)."""
+    from diffusers import FluxControlNetModel
+
+    name = f"controls[{index}].model"
+    p = Path(path).expanduser()
+    config = p / "config.json"
+    if not (p.is_dir() and config.is_file()):
+        raise ModelUnavailable(f"{name}: no FLUX.1 ControlNet at {p} (a diffusers FluxControlNetModel folder: "
+                               "config.json + weights)")
+    try:
+        cfg = json.loads(config.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelUnavailable(f"{name}: could not read {config} ({exc})") from None
+    cls_name = cfg.get("_class_name", "")
+    if cls_name in ("ControlNetModel", "ControlNetUnionModel", "ControlNetXSAdapter"):
+        raise RequestError(name, f"{p.name} is an SD ControlNet ({cls_name}), and the model is {KIND}: use a "
+                                 "FLUX.1 ControlNet (FluxControlNetModel), or an SD 1.x/2.x/SDXL model")
+    if cls_name != "FluxControlNetModel":
+        raise RequestError(name, f"{p.name} is a {cls_name or 'model'}, not a FLUX.1 ControlNet: use a "
+                                 "FluxControlNetModel folder")
+    if cfg.get("num_mode") is not None:
+        raise RequestError(name, f"{p.name} is a union FLUX.1 ControlNet (control modes), which Paradiff does "
+                                 "not run yet: use a single-condition FLUX.1 ControlNet")
+    if cfg.get("conditioning_embedding_channels") is not None:
+        raise RequestError(name, f"{p.name} takes the control image as pixels (XLabs layout, an input hint "
+                                 "block), which Paradiff does not run yet: use an InstantX-style FLUX.1 ControlNet "
+                                 "(the control image as latents)")
+    try:
+        with warnings.catch_warnings():  # diffusers 0.42's own FluxControlNetModel uses its deprecated FluxPosEmbed
+            warnings.filterwarnings("ignore", message=".*FluxPosEmbed.*", category=FutureWarning)
+            net = FluxControlNetModel.from_pretrained(str(p), torch_dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelUnavailable(f"{name}: could not load {p.name} as a FLUX.1 ControlNet ({first})") from None
+    return net.to(device).eval()
+
+
+def check_base(net: Any, transformer: Any, index: int, path: str) -> None:
+    """Refuse a FLUX ControlNet whose token and text widths do not fit the transformer."""
+    nc, tc = net.config, transformer.config
+    keys = ("in_channels", "joint_attention_dim", "pooled_projection_dim", "attention_head_dim",
+            "num_attention_heads")
+    bad = [k for k in keys if nc.get(k) != tc.get(k)]
+    if bad:
+        raise RequestError(f"controls[{index}].model",
+                           f"{Path(path).name} does not fit this {KIND} transformer ({bad[0]}: {nc.get(bad[0])} "
+                           f"vs {tc.get(bad[0])}): use a ControlNet made for this model")
+
+
+@dataclass
+class _Unit:
+    net: Any
+    pixels: np.ndarray  # (H, W, 3) uint8: the control map at canvas size (image px)
+    weight: float
+    start: float
+    end: float
+    latents: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # per canvas size (latent px)
+
+
+class FluxControlSet(ControlSet):
+    """The run's FLUX ControlNets with their encoded maps, and where in the schedule the loop is
+    (``begin_step``/``scale_now`` as for SD; ``canvas_hw`` in latent px, hence scale 1)."""
+
+    def __init__(self, units: list[_Unit], den: Any, guidance: float) -> None:
+        super().__init__([], 1)
+        self.units = units  # type: ignore[assignment]
+        self.den = den
+        self.guidance = guidance  # the ControlNet's guidance embedding takes the request's (as the pipeline)
+        h, w = units[0].pixels.shape[:2]
+        self.canvas_hw = (h // den.scale, w // den.scale)
+
+    def begin_step(self, plan: Any, step: int, total: int) -> None:
+        self.step, self.total = step, total
+        self.canvas_hw = (plan.height, plan.width)
+
+    def latents_at(self, unit: _Unit, h: int, w: int) -> torch.Tensor:
+        """The map's latents for a canvas of (h, w) latent px, encoded once per size (the global
+        context's small pass takes a resized map)."""
+        if (h, w) not in unit.latents:
+            from PIL import Image
+
+            a = unit.pixels
+            sh, sw = h * self.den.scale, w * self.den.scale
+            if a.shape[:2] != (sh, sw):
+                a = np.asarray(Image.fromarray(a).resize((sw, sh), Image.Resampling.LANCZOS))
+            z = self.den.encode(np.asarray(a, dtype=np.float32) / 255.0, lambda _d, _n: None)
+            unit.latents[(h, w)] = z.to(self.den.device, self.den.dtype)
+        return unit.latents[(h, w)]
+
+    def samples(self, tiles: Sequence[Tile], call: Any) -> dict[str, Any]:
+        """The transformer's extra keyword arguments for this batch: the summed block samples of
+        each ControlNet on each tile's crop, or nothing when none steers this step. ``call(net,
+        cond, scale)`` runs one ControlNet with the batch's own inputs."""
+        double = single = None
+        for unit in self.units:
+            w = self.scale_now(unit)
+            if w == 0.0:  # diffusers runs it at scale 0: samples of exactly zero
+                continue
+            cond = crop(self.latents_at(unit, *self.canvas_hw), tiles, 1)  # latent px
+            d, s = call(unit.net, cond, w)
+            double = list(d) if double is None else [a + b for a, b in zip(double, d, strict=True)]
+            single = list(s) if single is None else [a + b for a, b in zip(single, s, strict=True)]
+        if double is None:
+            return {}
+        # (A ControlNet without single blocks gives none: the transformer takes None, not an empty list.)
+        return {"controlnet_block_samples": double or None, "controlnet_single_block_samples": single or None,
+                "controlnet_blocks_repeat": False}
+
+
+def control_set(den: Any, request: GenerationRequest, cache: dict[str, Any]) -> FluxControlSet | None:
+    """The request's FLUX ControlNets (loaded once per base model, kept in ``cache``) with their maps."""
+    if not request.controls:
+        return None
+    units = []
+    layers = None
+    for i, c in enumerate(request.controls):
+        key = str(Path(c.model).expanduser().resolve())
+        if key not in cache:
+            cache[key] = load_flux_controlnet(c.model, i, den.dtype, den.device)
+        net = cache[key]
+        check_base(net, den.transformer, i, c.model)
+        shape = (net.config.num_layers, net.config.num_single_layers)
+        if layers is not None and shape != layers:  # their samples are summed block by block
+            raise RequestError(f"controls[{i}].model", f"{Path(c.model).name} has {shape[0]}+{shape[1]} blocks and "
+                                                       f"controls[0] {layers[0]}+{layers[1]}: several FLUX.1 "
+                                                       "ControlNets must have the same blocks")
+        layers = shape
+        pixels, _ = control_map(request, i)
+        units.append(_Unit(net, pixels, c.weight, c.start, c.end))
+    return FluxControlSet(units, den, request.guidance)

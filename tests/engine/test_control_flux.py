@@ -1,0 +1,160 @@
+"""FLUX.1 ControlNet on the tiny FLUX: one tile equals diffusers' FluxControlNetPipeline, each tile
+reads only its own crop of the control latents (a marker changes only the tiles that cover it:
+plain, jittered and wrapped plans, tiles at different canvas places in one batch), and a
+ControlNet for the other family is refused by name."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxControlNetModel, FluxControlNetPipeline
+from diffusers.pipelines.flux import pipeline_flux_controlnet
+from PIL import Image
+
+from paradiff_gui.engine import GenerationRequest, generate
+from paradiff_gui.engine.core.events import StepStarted
+from paradiff_gui.engine.core.request import RequestError
+from paradiff_gui.engine.models import flow
+from paradiff_gui.engine.models.registry import load_denoiser
+
+# diffusers 0.42's FluxControlNetModel builds its rotary embedding from its own deprecated import.
+pytestmark = pytest.mark.filterwarnings("ignore:.*FluxPosEmbed.*:FutureWarning")
+
+W, H = 128, 96  # image px: one tile
+STEPS = 3
+
+
+def tiny_flux_controlnet(seed: int) -> FluxControlNetModel:
+    """Shaped like tiny_dit.tiny_flux's transformer; its zero-initialised layers (the control
+    embedder and the output blocks) get random weights, or every block sample would be zero."""
+    torch.manual_seed(seed)
+    net = FluxControlNetModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                              num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                              axes_dims_rope=(4, 4, 8), guidance_embeds=True)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return net
+
+
+@pytest.fixture(scope="module")
+def dev_folder(tmp_path_factory):
+    from tiny import save
+    from tiny_dit import tiny_flux
+
+    return save(tiny_flux(guidance_embeds=True), tmp_path_factory.mktemp("models") / "tiny-flux-dev")
+
+
+@pytest.fixture(scope="module")
+def cn_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cn") / "tiny-flux-cn"
+    tiny_flux_controlnet(2).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def control_png(tmp_path_factory):
+    g = np.random.default_rng(5)
+    small = (g.random((6, 8, 3)) * 255).astype(np.uint8)
+    path = tmp_path_factory.mktemp("ctl") / "control.png"
+    Image.fromarray(small).resize((W, H), Image.Resampling.BICUBIC).save(path)
+    return path
+
+
+def request(folder, **kw):
+    fields = dict(model=str(folder), prompt="a red castle", width=W, height=H, tile=512, steps=STEPS,
+                  sampler="euler", seed=7, guidance=3.5, device="cpu", fusion="gaussian")
+    return GenerationRequest(**{**fields, **kw})
+
+
+def test_one_tile_equals_flux_controlnet_pipeline(dev_folder, cn_folder, control_png, monkeypatch):
+    # Steps 1 and 2 of 3 only: the range decides which steps the ControlNet steers.
+    weight, start, end = 0.8, 0.3, 1.0
+    control = {"model": str(cn_folder), "image": str(control_png), "weight": weight, "start": start, "end": end}
+    got = generate(request(dev_folder, controls=[control]))
+    assert len(got.plan) == 1
+    # The pipeline samples the control's latent distribution; Paradiff takes its mean (a control
+    # should not depend on noise): the oracle takes the mean too.
+    monkeypatch.setattr(pipeline_flux_controlnet, "retrieve_latents",
+                        functools.partial(pipeline_flux_controlnet.retrieve_latents, sample_mode="argmax"))
+    pipe = FluxControlNetPipeline.from_pretrained(str(dev_folder), controlnet=FluxControlNetModel.from_pretrained(
+        str(cn_folder)), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator("cpu").manual_seed(7)
+    noise = torch.randn((1, 16, H // 8, W // 8), generator=g)
+    packed = pipe(prompt="a red castle", control_image=Image.open(control_png), height=H, width=W,
+                  num_inference_steps=STEPS, guidance_scale=3.5, latents=flow.pack(noise), generator=g,
+                  output_type="latent", controlnet_conditioning_scale=weight, control_guidance_start=start,
+                  control_guidance_end=end).images
+    expect = flow.unpack(packed, H // 8, W // 8)
+    diff = (got.latents - expect).abs().max().item()
+    print(f"flux controlnet one tile: max |diff| {diff:.2e}")
+    assert diff < 1e-4
+    plain = generate(request(dev_folder))
+    assert (got.latents - plain.latents).abs().max() > 1e-2, "the ControlNet steers"
+    (rec,) = got.info["controls"]
+    assert rec["model"] == "tiny-flux-cn" and (rec["weight"], rec["start"], rec["end"]) == (weight, start, end)
+
+
+@pytest.mark.parametrize("layout", ["plain", "jitter", "wrap"])
+def test_a_marker_changes_only_the_tiles_that_cover_it(dev_folder, cn_folder, tmp_path, layout):
+    cw, ch = 512, 128  # image px: 64x16 latent px, tiles of 16 latent px
+    box = (0, 48, 16, 64) if layout == "wrap" else (280, 48, 296, 64)  # image px
+    blank = np.zeros((ch, cw, 3), np.uint8)
+    marked = blank.copy()
+    marked[box[1]:box[3], box[0]:box[2]] = 255
+    paths = []
+    for name, a in (("blank", blank), ("marked", marked)):
+        paths.append(tmp_path / f"{name}.png")
+        Image.fromarray(a).save(paths[-1])
+    extra = {"jitter": True} if layout == "jitter" else {"wrap": "x"} if layout == "wrap" else {}
+    den = load_denoiser(request(dev_folder), torch.device("cpu"), torch.float32)
+    # The VAE encoder's GroupNorm (whole-picture statistics) carries any marker faintly into every
+    # latent, so the crop is tested on a pixel-local stand-in encode: 8x8 means, 16 channels.
+    den.encode = lambda px, _p: torch.nn.functional.avg_pool2d(
+        torch.from_numpy(np.asarray(px, np.float32)).permute(2, 0, 1)[None], 8).repeat(1, 6, 1, 1)[:, :16]
+    reach = (den.encode(marked / 255.0, None) - den.encode(blank / 255.0, None)).abs()[0].amax(0).numpy() > 0
+    runs = []
+    for path in paths:
+        events = []
+        req = request(dev_folder, width=cw, height=ch, tile=128, overlap=32, steps=1, tile_batch=3, seed=1,
+                      positions="canvas", controls=[{"model": str(cn_folder), "image": str(path)}], **extra)
+        runs.append((generate(req, events.append, denoiser=den, previews=False),
+                     next(e.plan for e in events if isinstance(e, StepStarted))))
+    (a, plan), (b, _) = runs
+    diff = (a.latents - b.latents).abs()[0].amax(0).numpy()
+    mask = np.zeros_like(reach)
+    hits = []
+    for tl in plan.tiles:
+        ys = [y % plan.height for y in range(tl.y0, tl.y1)]
+        xs = [x % plan.width for x in range(tl.x0, tl.x1)]
+        if reach[np.ix_(ys, xs)].any():
+            hits.append((ys, xs))
+            mask[np.ix_(ys, xs)] = True
+    assert 0 < len(hits) < len(plan.tiles)
+    assert diff[~mask].max() == 0, "tiles that do not cover the marker are untouched"
+    for ys, xs in hits:  # ... and every tile that covers it felt it
+        assert diff[np.ix_(ys, xs)].max() > 0
+    if layout == "wrap":  # the marker at the left edge reached a tile that runs past the right edge
+        assert any(tl.x1 > plan.width for tl in plan.tiles)
+        assert diff[:, plan.width - 4:].max() > 0
+
+
+def test_a_controlnet_of_the_other_family_is_refused_by_name(dev_folder, cn_folder, control_png, sd_folder,
+                                                             tmp_path):
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(sd_folder), subfolder="unet")
+    sd_cn = tmp_path / "tiny-sd-cn"
+    ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16)).save_pretrained(str(sd_cn))
+    with pytest.raises(RequestError) as e:  # an SD ControlNet on FLUX
+        generate(request(dev_folder, controls=[{"model": str(sd_cn), "image": str(control_png)}]))
+    assert e.value.field == "controls[0].model" and "SD ControlNet" in e.value.message
+    assert "FluxControlNetModel" in e.value.message
+    with pytest.raises(RequestError) as e:  # a FLUX ControlNet on SD
+        generate(GenerationRequest(model=str(sd_folder), prompt="a", width=W, height=H, steps=1, device="cpu",
+                                   controls=[{"model": str(cn_folder), "image": str(control_png)}]))
+    assert e.value.field == "controls[0].model" and "FLUX.1 ControlNet" in e.value.message
