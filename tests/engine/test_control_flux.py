@@ -158,3 +158,58 @@ def test_a_controlnet_of_the_other_family_is_refused_by_name(dev_folder, cn_fold
         generate(GenerationRequest(model=str(sd_folder), prompt="a", width=W, height=H, steps=1, device="cpu",
                                    controls=[{"model": str(cn_folder), "image": str(control_png)}]))
     assert e.value.field == "controls[0].model" and "FLUX.1 ControlNet" in e.value.message
+
+
+def test_a_batch_of_tiles_on_the_canvas_equals_each_tile_with_its_own_position_ids(dev_folder, cn_folder,
+                                                                                     control_png):
+    # Several tiles at different canvas places in one call (positions canvas) take per-row rotary
+    # positions in the transformer *and* in the ControlNet; the oracle runs diffusers' own modules
+    # one tile at a time with that tile's canvas position ids (what FluxControlNetPipeline would
+    # build for the tile at its place), and the tile's crop of the control latents.
+    from paradiff_gui.engine.core.plan import TilePlan
+
+    req = request(dev_folder, width=384, height=128, tile=128, overlap=32, positions="canvas",
+                  controls=[{"model": str(cn_folder), "image": str(control_png), "weight": 0.9}])
+    den = load_denoiser(req, torch.device("cpu"), torch.float32)
+    plan = TilePlan.for_request(req, den.scale, den.native_tile)
+    tiles = list(plan.tiles)
+    assert len({(tl.y0, tl.x0) for tl in tiles}) == len(tiles) >= 3
+    cond = den.prepare(req, plan)
+    den.begin_step(plan, 0, STEPS)
+    (unit,) = cond.control.units
+    latents = cond.control.latents_at(unit, plan.height, plan.width)  # the canvas's control latents
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn((len(tiles), 16, tiles[0].height, tiles[0].width), generator=g)
+    t = torch.tensor(700.0)
+    got = den.predict(x, t, tiles, cond)  # one call: per-row positions
+    alone = torch.cat([den.predict(x[i:i + 1], t, [tl], cond) for i, tl in enumerate(tiles)])  # one per call
+
+    def ids(tl, canvas: bool) -> torch.Tensor:  # (tokens, 3): (0, row, col), moved to the tile's place
+        rows, cols = tl.height // 2, tl.width // 2
+        out = torch.zeros(rows, cols, 3)
+        out[..., 1] = torch.arange(rows)[:, None] + (tl.y0 / 2 if canvas else 0)
+        out[..., 2] = torch.arange(cols)[None, :] + (tl.x0 / 2 if canvas else 0)
+        return out.reshape(-1, 3)
+
+    def oracle(controlnet_canvas: bool) -> torch.Tensor:
+        out = []
+        for i, tl in enumerate(tiles):
+            common = dict(timestep=(t / 1000).expand(1), guidance=torch.full([1], 3.5), pooled_projections=cond.pooled,
+                          encoder_hidden_states=cond.embeds, txt_ids=cond.txt_ids, return_dict=False)
+            hidden = flow.pack(x[i:i + 1])
+            d, s = unit.net(hidden_states=hidden, controlnet_cond=flow.pack(latents[..., tl.y0:tl.y1, tl.x0:tl.x1]),
+                            conditioning_scale=0.9, img_ids=ids(tl, controlnet_canvas), **common)
+            v = den.transformer(hidden_states=hidden, img_ids=ids(tl, True), controlnet_block_samples=d,
+                                controlnet_single_block_samples=s, **common)[0]
+            out.append(flow.unpack(v, tl.height, tl.width))
+        return torch.cat(out)
+
+    with torch.no_grad():
+        expect, local = oracle(controlnet_canvas=True), oracle(controlnet_canvas=False)
+    diff = (got - expect).abs().max().item()
+    diff_alone = (alone - expect).abs().max().item()
+    sensitivity = (local - expect).abs().max().item()
+    print(f"flux controlnet vs per-tile oracle: max |diff| batched {diff:.2e}, one per call {diff_alone:.2e}; ControlNet at local ids moves it "
+          f"{sensitivity:.2e}")
+    assert sensitivity > 1e-3, "the ControlNet's positions matter in this set-up"
+    assert diff < 1e-5 and diff_alone < 1e-5
