@@ -6,6 +6,7 @@ ControlNet for the other family is refused by name."""
 from __future__ import annotations
 
 import functools
+import shutil
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from paradiff_gui.engine import GenerationRequest, generate
 from paradiff_gui.engine.core.events import StepStarted
 from paradiff_gui.engine.core.request import RequestError
 from paradiff_gui.engine.models import flow
+from paradiff_gui.engine.models.base import ModelUnavailable
 from paradiff_gui.engine.models.registry import load_denoiser
 
 # diffusers 0.42's FluxControlNetModel builds its rotary embedding from its own deprecated import.
@@ -25,19 +27,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*FluxPosEmbed.*:FutureWarning")
 
 W, H = 128, 96  # image px: one tile
 STEPS = 3
-
-
-def tiny_flux_controlnet(seed: int) -> FluxControlNetModel:
-    """Shaped like tiny_dit.tiny_flux's transformer; its zero-initialised layers (the control
-    embedder and the output blocks) get random weights, or every block sample would be zero."""
-    torch.manual_seed(seed)
-    net = FluxControlNetModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
-                              num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
-                              axes_dims_rope=(4, 4, 8), guidance_embeds=True)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return net
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +39,37 @@ def dev_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cn_folder(tmp_path_factory):
+    from tiny_dit import tiny_flux_controlnet
+
     folder = tmp_path_factory.mktemp("cn") / "tiny-flux-cn"
     tiny_flux_controlnet(2).save_pretrained(str(folder))
     return folder
+
+
+@pytest.fixture(scope="module")
+def cn_file(tmp_path_factory, cn_folder):
+    """The folder's weight file alone, renamed, as a download of it is used."""
+    path = tmp_path_factory.mktemp("cnfile") / "flux-canny.safetensors"
+    shutil.copy(cn_folder / "diffusion_pytorch_model.safetensors", path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def unrun(tmp_path_factory):
+    """FLUX.1 ControlNets in layouts Paradiff does not run: a union one (folder and file), one that
+    takes pixels (an input hint block) and XLabs' own format (BFL names)."""
+    from safetensors.torch import save_file
+    from tiny_dit import tiny_flux_controlnet
+
+    root = tmp_path_factory.mktemp("unrun")
+    union = tiny_flux_controlnet(3, num_mode=4)
+    union.save_pretrained(str(root / "union-folder"))
+    save_file(union.state_dict(), str(root / "union.safetensors"))
+    save_file(tiny_flux_controlnet(3, conditioning_embedding_channels=16).state_dict(), str(root / "hint.safetensors"))
+    xlabs = ("double_blocks.0.img_attn.qkv.weight", "controlnet_blocks.0.weight", "input_hint_block.0.weight",
+             "pos_embed_input.weight")
+    save_file({k: torch.zeros(4) for k in xlabs}, str(root / "xlabs.safetensors"))
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +226,64 @@ def test_a_batch_of_tiles_on_the_canvas_equals_each_tile_with_its_own_position_i
     diff = (got - expect).abs().max().item()
     diff_alone = (alone - expect).abs().max().item()
     sensitivity = (local - expect).abs().max().item()
-    print(f"flux controlnet vs per-tile oracle: max |diff| batched {diff:.2e}, one per call {diff_alone:.2e}; ControlNet at local ids moves it "
-          f"{sensitivity:.2e}")
+    print(f"flux controlnet vs per-tile oracle: max |diff| batched {diff:.2e}, one per call {diff_alone:.2e}; "
+          f"the ControlNet at local ids moves it {sensitivity:.2e}")
     assert sensitivity > 1e-3, "the ControlNet's positions matter in this set-up"
     assert diff < 1e-5 and diff_alone < 1e-5
+
+
+def test_a_single_file_runs_as_its_folder(dev_folder, cn_folder, cn_file, control_png):
+    # diffusers 0.42 has no FluxControlNetModel.from_single_file: the config comes from the file's
+    # tensor names and shapes, the rotary axes from the base transformer.
+    control = {"image": str(control_png), "weight": 0.8}
+    a = generate(request(dev_folder, steps=2, controls=[{"model": str(cn_folder), **control}]), previews=False)
+    b = generate(request(dev_folder, steps=2, controls=[{"model": str(cn_file), **control}]), previews=False)
+    assert torch.equal(a.latents, b.latents)
+    assert b.info["controls"][0]["model"] == "flux-canny.safetensors"
+
+
+@pytest.mark.parametrize("name,says", [
+    ("union-folder", "a union FLUX.1 ControlNet (control modes), which Paradiff does not run yet"),
+    ("union.safetensors", "a union FLUX.1 ControlNet"),
+    ("hint.safetensors", "takes the control image as pixels"),
+    ("xlabs.safetensors", "XLabs' own format (BFL's tensor names), which diffusers 0.42 cannot load"),
+])
+def test_layouts_not_run_are_refused_by_name_with_what_works(dev_folder, unrun, control_png, name, says):
+    with pytest.raises(ModelUnavailable) as e:
+        generate(request(dev_folder, steps=1, controls=[{"model": str(unrun / name), "image": str(control_png)}]))
+    message = str(e.value)
+    assert message.startswith("controls[0].model: ") and name in message and says in message, message
+    assert "FluxControlNetModel layout works, as its folder (config.json + weights) or its single .safetensors" \
+        in message
+
+
+def test_the_finder_lists_the_flux_controlnets_paradiff_runs(tmp_path, cn_folder, cn_file, unrun):
+    from paradiff_gui.engine.models.sd.control import find_controlnets
+
+    models = tmp_path / "models"
+    shutil.copytree(cn_folder, models / "flux-depth")
+    shutil.copytree(unrun, models / "unrun")
+    shutil.copy(cn_file, models / "flux-canny.safetensors")
+    assert set(find_controlnets([models])) == {models / "flux-depth", models / "flux-canny.safetensors"}
+
+
+def test_the_memory_estimate_counts_a_flux_controlnet(dev_folder, cn_folder, cn_file, control_png):
+    from paradiff_gui.engine.models.info import describe_model
+    from paradiff_gui.engine.runtime import memory
+
+    info = describe_model(str(dev_folder))
+    plain = GenerationRequest(model=str(dev_folder), width=256, height=256, guidance=3.5, device="cpu")
+    plan = info.plan(plain)
+    tokens = plan.tile_h * plan.tile_w // 4 + info.text_tokens  # image tokens (2x2 latent px) + the prompt's
+    params = sum(p.numel() for p in FluxControlNetModel.from_pretrained(str(cn_folder)).parameters())
+    a = memory.footprint(plain, info, "fp16")
+    for model in (cn_folder, cn_file):
+        steered = plain.replace(controls=[{"model": str(model), "image": str(control_png)}])
+        b = memory.footprint(steered, info, "fp16")
+        assert b.weights - a.weights == params * 2
+        # Its block samples (1 double + 1 single block), three sets at the end of its call.
+        assert b.per_view - a.per_view == 3 * 2 * tokens * info.hidden * 2
+        assert b.canvas - a.canvas == 16 * plan.height * plan.width * 2  # its latents at canvas size
+        assert b.peak(4) > a.peak(4)
+    both = plain.replace(controls=[{"model": str(m), "image": str(control_png)} for m in (cn_folder, cn_file)])
+    assert memory.footprint(both, info, "fp16").per_view - a.per_view == 4 * 2 * tokens * info.hidden * 2

@@ -6,8 +6,8 @@ Like the LoRA form, each row keeps its request's :class:`Control` whole (a ``dow
 unset preprocessor the form has no field for), so a shown request comes back exactly; the fields
 replace only what they edit. Each row checks itself as the request would (``parse_control``) and
 names its bad field under it; the plan summary says the same for the whole request. Models that
-take no ControlNets (the built-ins, the diffusion transformers) grey the form, and their requests
-get none (``mapping.to_request``).
+take no ControlNets (the built-ins, SD3) grey the form with the reason, and their requests get none
+(``mapping.to_request``); SD 1.x/2.x, SDXL and FLUX.1 take them.
 """
 
 from __future__ import annotations
@@ -282,7 +282,8 @@ class ControlsForm(Form):
     def set_model(self, info: ModelInfo) -> None:
         on = takes_controls(info)
         self.setEnabled(on)
-        self.setToolTip("" if on else f"{info.label} takes no ControlNets (SD 1.x/2.x and SDXL do)")
+        why = "Paradiff runs no SD3 ControlNets yet" if info.positions else "it takes no ControlNets"
+        self.setToolTip("" if on else f"{info.label}: {why} (SD 1.x/2.x, SDXL and FLUX.1 models take them)")
 
     def values(self) -> dict[str, Any]:
         return {"controlnets": self.controlnets()}

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...core.controlnet_files import describe_controlnet
 from ...core.plan import Tile
 from ...core.request import GenerationRequest, RequestError
 from ..base import ModelUnavailable
@@ -38,54 +39,87 @@ from ..sd.control import ControlSet
 KIND = "FLUX.1"
 
 
-def load_flux_controlnet(path: str, index: int, dtype: torch.dtype, device: torch.device) -> Any:
-    """A ``FluxControlNetModel`` from a diffusers folder. An SD ControlNet is refused by name (exit
-    2); a folder that cannot be loaded raises ModelUnavailable naming it (exit 3)."""
-    from diffusers import FluxControlNetModel
-
+def load_flux_controlnet(path: str, index: int, dtype: torch.dtype, device: torch.device, transformer: Any) -> Any:
+    """A ``FluxControlNetModel`` from a diffusers folder or from its single ``.safetensors`` file
+    (diffusers' names, as InstantX and Shakker-Labs publish it: the config is read off the tensors'
+    names and shapes, the rotary axes are the base transformer's). Checked against ``transformer``
+    before any weight loads. A ControlNet for another family is refused by name (exit 2); a layout
+    Paradiff or diffusers does not run, or a file that cannot be loaded, raises ModelUnavailable
+    naming it and what would work (exit 3)."""
     name = f"controls[{index}].model"
     p = Path(path).expanduser()
-    config = p / "config.json"
-    if not (p.is_dir() and config.is_file()):
-        raise ModelUnavailable(f"{name}: no FLUX.1 ControlNet at {p} (a diffusers FluxControlNetModel folder: "
-                               "config.json + weights)")
-    try:
-        cfg = json.loads(config.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelUnavailable(f"{name}: could not read {config} ({exc})") from None
-    cls_name = cfg.get("_class_name", "")
-    if cls_name in ("ControlNetModel", "ControlNetUnionModel", "ControlNetXSAdapter"):
-        raise RequestError(name, f"{p.name} is an SD ControlNet ({cls_name}), and the model is {KIND}: use a "
-                                 "FLUX.1 ControlNet (FluxControlNetModel), or an SD 1.x/2.x/SDXL model")
-    if cls_name != "FluxControlNetModel":
-        raise RequestError(name, f"{p.name} is a {cls_name or 'model'}, not a FLUX.1 ControlNet: use a "
-                                 "FluxControlNetModel folder")
-    if cfg.get("num_mode") is not None:
-        raise RequestError(name, f"{p.name} is a union FLUX.1 ControlNet (control modes), which Paradiff does "
-                                 "not run yet: use a single-condition FLUX.1 ControlNet")
-    if cfg.get("conditioning_embedding_channels") is not None:
-        raise RequestError(name, f"{p.name} takes the control image as pixels (XLabs layout, an input hint "
-                                 "block), which Paradiff does not run yet: use an InstantX-style FLUX.1 ControlNet "
-                                 "(the control image as latents)")
+    folder = p.is_dir() and (p / "config.json").is_file()
+    if not folder and not (p.suffix == ".safetensors" and p.is_file()):
+        raise ModelUnavailable(f"{name}: no FLUX.1 ControlNet at {p} ({_WHAT_WORKS})")
+    if folder:
+        try:
+            cls_name = json.loads((p / "config.json").read_text()).get("_class_name", "")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ModelUnavailable(f"{name}: could not read {p / 'config.json'} ({exc})") from None
+    found = describe_controlnet(p)
+    if found is None:
+        if folder:
+            raise RequestError(name, f"{p.name} is a {cls_name or 'model'}, not a FLUX.1 ControlNet: use a "
+                                     "FluxControlNetModel folder")
+        raise ModelUnavailable(f"{name}: {p.name} holds no ControlNet tensors Paradiff knows ({_WHAT_WORKS})")
+    if found.family != KIND:
+        what = "an SD ControlNet" if found.family == "SD" else f"an {found.family} ControlNet"
+        raise RequestError(name, f"{p.name} is {what} ({found.layout}), and the model is {KIND}: use a "
+                                 "FLUX.1 ControlNet (FluxControlNetModel), or a model of its family")
+    if not found.runs:
+        what = _LAYOUTS.get(found.layout) or f"an incomplete FluxControlNetModel file ({found.config.get('error')})"
+        raise ModelUnavailable(f"{name}: {p.name} is {what}; {_WHAT_WORKS}")
+    check_base(found.config, transformer, index, path)  # before the weights load
     try:
         with warnings.catch_warnings():  # diffusers 0.42's own FluxControlNetModel uses its deprecated FluxPosEmbed
             warnings.filterwarnings("ignore", message=".*FluxPosEmbed.*", category=FutureWarning)
-            net = FluxControlNetModel.from_pretrained(str(p), torch_dtype=dtype, local_files_only=True)
+            net = _from_pretrained(p, dtype) if folder else _from_file(p, found.config, transformer, dtype)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelUnavailable(f"{name}: could not load {p.name} as a FLUX.1 ControlNet ({first})") from None
+        raise ModelUnavailable(f"{name}: could not load {p.name} as a FLUX.1 ControlNet ({first}); {_WHAT_WORKS}") \
+            from None
     return net.to(device).eval()
 
 
-def check_base(net: Any, transformer: Any, index: int, path: str) -> None:
-    """Refuse a FLUX ControlNet whose token and text widths do not fit the transformer."""
-    nc, tc = net.config, transformer.config
+_WHAT_WORKS = ("a FLUX.1 ControlNet in diffusers' FluxControlNetModel layout works, as its folder (config.json + "
+               "weights) or its single .safetensors file: InstantX's or Shakker-Labs' single-condition ones")
+_LAYOUTS = {
+    "union": "a union FLUX.1 ControlNet (control modes), which Paradiff does not run yet",
+    "hint": "a FLUX.1 ControlNet that takes the control image as pixels (an input hint block, XLabs' layout), "
+            "which Paradiff does not run yet",
+    "xlabs": "a FLUX.1 ControlNet in XLabs' own format (BFL's tensor names), which diffusers 0.42 cannot load",
+}
+
+
+def _from_pretrained(p: Path, dtype: torch.dtype) -> Any:
+    from diffusers import FluxControlNetModel
+
+    return FluxControlNetModel.from_pretrained(str(p), torch_dtype=dtype, local_files_only=True)
+
+
+def _from_file(p: Path, config: dict[str, Any], transformer: Any, dtype: torch.dtype) -> Any:
+    """diffusers 0.42 has no ``from_single_file`` for FLUX ControlNets: the model is built from the
+    config the tensors imply (on the meta device: no memory), and the file's tensors are assigned."""
+    from diffusers import FluxControlNetModel
+    from safetensors.torch import load_file
+
+    config = {**config, "axes_dims_rope": tuple(transformer.config.axes_dims_rope)}
+    with torch.device("meta"):
+        net = FluxControlNetModel.from_config(config)
+    state = {k: v.to(dtype) for k, v in load_file(str(p)).items()}
+    net.load_state_dict(state, strict=True, assign=True)
+    return net
+
+
+def check_base(config: Any, transformer: Any, index: int, path: str) -> None:
+    """Refuse a FLUX ControlNet (its config) whose token and text widths do not fit the transformer."""
+    tc = transformer.config
     keys = ("in_channels", "joint_attention_dim", "pooled_projection_dim", "attention_head_dim",
             "num_attention_heads")
-    bad = [k for k in keys if nc.get(k) != tc.get(k)]
+    bad = [k for k in keys if config.get(k) != tc.get(k)]
     if bad:
         raise RequestError(f"controls[{index}].model",
-                           f"{Path(path).name} does not fit this {KIND} transformer ({bad[0]}: {nc.get(bad[0])} "
+                           f"{Path(path).name} does not fit this {KIND} transformer ({bad[0]}: {config.get(bad[0])} "
                            f"vs {tc.get(bad[0])}): use a ControlNet made for this model")
 
 
@@ -158,9 +192,9 @@ def control_set(den: Any, request: GenerationRequest, cache: dict[str, Any]) -> 
     for i, c in enumerate(request.controls):
         key = str(Path(c.model).expanduser().resolve())
         if key not in cache:
-            cache[key] = load_flux_controlnet(c.model, i, den.dtype, den.device)
+            cache[key] = load_flux_controlnet(c.model, i, den.dtype, den.device, den.transformer)
         net = cache[key]
-        check_base(net, den.transformer, i, c.model)
+        check_base(net.config, den.transformer, i, c.model)
         shape = (net.config.num_layers, net.config.num_single_layers)
         if layers is not None and shape != layers:  # their samples are summed block by block
             raise RequestError(f"controls[{i}].model", f"{Path(c.model).name} has {shape[0]}+{shape[1]} blocks and "

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...core.controlnet_files import describe_controlnet
 from ...core.lora import safetensors_header
 from ...core.plan import Tile, TilePlan
 from ...core.request import GenerationRequest, RequestError
@@ -39,9 +40,17 @@ def base_name(cross_attention_dim: Any, xl: bool) -> str:
 
 def _is_controlnet_folder(folder: Path) -> bool:
     try:
-        return json.loads((folder / "config.json").read_text()).get("_class_name") == "ControlNetModel"
+        if json.loads((folder / "config.json").read_text()).get("_class_name") == "ControlNetModel":
+            return True
     except (OSError, ValueError, AttributeError):
         return False
+    return _runs_on_flux(folder)
+
+
+def _runs_on_flux(path: Path) -> bool:
+    """A FLUX.1 ControlNet that flux/control.py runs (folder or single file)."""
+    found = describe_controlnet(path)
+    return found is not None and found.family == "FLUX.1" and found.runs
 
 
 def _is_controlnet_file(path: Path) -> bool:
@@ -49,12 +58,13 @@ def _is_controlnet_file(path: Path) -> bool:
         header = safetensors_header(path)
     except (OSError, ValueError):
         return False
-    return any(k.startswith(_CONTROLNET_KEYS) for k in header)
+    return any(k.startswith(_CONTROLNET_KEYS) for k in header) or _runs_on_flux(path)
 
 
 def find_controlnets(folders: Sequence[Path] | None = None) -> list[Path]:
     """The ControlNets in the model folders: diffusers folders whose ``config.json`` names a
-    ``ControlNetModel``, and ``.safetensors`` files whose header has a ControlNet's tensors. Only
+    ``ControlNetModel`` or a FLUX.1 ``FluxControlNetModel`` Paradiff runs, and ``.safetensors``
+    files whose header has such a ControlNet's tensors (core/controlnet_files.py). Only
     configs and headers are read; diffusers pipelines (``model_index.json``) are not walked into."""
     from ..folders import walk_parts
 
@@ -83,6 +93,9 @@ def load_controlnet(path: str, index: int, dtype: torch.dtype, device: torch.dev
                 raise ModelUnavailable(f"{name}: {p.name} is {what}; use a single-condition SD/SDXL ControlNet")
             net = ControlNetModel.from_pretrained(str(p), torch_dtype=dtype, local_files_only=True)
         elif p.suffix == ".safetensors" and p.is_file():
+            if (found := describe_controlnet(p)) is not None and found.family != "SD":  # for another base (exit 2)
+                raise RequestError(name, f"{p.name} is a {found.family} ControlNet, and the model is SD: use an "
+                                         "SD 1.x/2.x/SDXL ControlNet, or a model of its family")
             net = ControlNetModel.from_single_file(str(p), torch_dtype=dtype, local_files_only=True)
         else:
             raise ModelUnavailable(f"{name}: no such ControlNet {p} (a diffusers folder or a .safetensors file)")
