@@ -160,7 +160,7 @@ def test_a_marker_changes_only_the_tiles_that_cover_it(dev_folder, cn_folder, tm
         assert diff[:, plan.width - 4:].max() > 0
 
 
-def test_a_controlnet_of_the_other_family_is_refused_by_name(dev_folder, cn_folder, control_png, sd_folder,
+def test_a_controlnet_of_the_other_family_is_refused_by_name(dev_folder, cn_folder, cn_file, control_png, sd_folder,
                                                              tmp_path):
     from diffusers import ControlNetModel, UNet2DConditionModel
 
@@ -171,10 +171,17 @@ def test_a_controlnet_of_the_other_family_is_refused_by_name(dev_folder, cn_fold
         generate(request(dev_folder, controls=[{"model": str(sd_cn), "image": str(control_png)}]))
     assert e.value.field == "controls[0].model" and "SD ControlNet" in e.value.message
     assert "FluxControlNetModel" in e.value.message
-    with pytest.raises(RequestError) as e:  # a FLUX ControlNet on SD
-        generate(GenerationRequest(model=str(sd_folder), prompt="a", width=W, height=H, steps=1, device="cpu",
-                                   controls=[{"model": str(cn_folder), "image": str(control_png)}]))
-    assert e.value.field == "controls[0].model" and "FLUX.1 ControlNet" in e.value.message
+    shutil.copy(sd_cn / "diffusion_pytorch_model.safetensors", tmp_path / "sd-canny.safetensors")
+    with pytest.raises(RequestError) as e:  # ... as its single file
+        generate(request(dev_folder, controls=[{"model": str(tmp_path / "sd-canny.safetensors"),
+                                                "image": str(control_png)}]))
+    assert e.value.field == "controls[0].model" and "sd-canny.safetensors is an SD ControlNet" in e.value.message
+    for model in (cn_folder, cn_file):  # a FLUX ControlNet on SD, folder and file
+        with pytest.raises(RequestError) as e:
+            generate(GenerationRequest(model=str(sd_folder), prompt="a", width=W, height=H, steps=1, device="cpu",
+                                       controls=[{"model": str(model), "image": str(control_png)}]))
+        assert e.value.field == "controls[0].model" and "FLUX.1 ControlNet" in e.value.message
+        assert "and the model is SD" in e.value.message
 
 
 def test_a_batch_of_tiles_on_the_canvas_equals_each_tile_with_its_own_position_ids(dev_folder, cn_folder,
