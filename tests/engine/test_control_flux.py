@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from diffusers import FluxControlNetModel, FluxControlNetPipeline
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxControlNetModel, FluxControlNetPipeline
 from diffusers.pipelines.flux import pipeline_flux_controlnet
 from PIL import Image
 
@@ -26,7 +26,7 @@ from paradiff_gui.engine.models.registry import load_denoiser
 pytestmark = pytest.mark.filterwarnings("ignore:.*FluxPosEmbed.*:FutureWarning")
 
 W, H = 128, 96  # image px: one tile
-STEPS = 3
+STEPS = 2
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,8 @@ def request(folder, **kw):
 
 
 def test_one_tile_equals_flux_controlnet_pipeline(dev_folder, cn_folder, control_png, monkeypatch):
-    # Steps 1 and 2 of 3 only: the range decides which steps the ControlNet steers.
-    weight, start, end = 0.8, 0.3, 1.0
+    # Step 1 of 2 only: the range decides which steps the ControlNet steers.
+    weight, start, end = 0.8, 0.5, 1.0
     control = {"model": str(cn_folder), "image": str(control_png), "weight": weight, "start": start, "end": end}
     got = generate(request(dev_folder, controls=[control]))
     assert len(got.plan) == 1
@@ -97,8 +97,10 @@ def test_one_tile_equals_flux_controlnet_pipeline(dev_folder, cn_folder, control
     # should not depend on noise): the oracle takes the mean too.
     monkeypatch.setattr(pipeline_flux_controlnet, "retrieve_latents",
                         functools.partial(pipeline_flux_controlnet.retrieve_latents, sample_mode="argmax"))
-    pipe = FluxControlNetPipeline.from_pretrained(str(dev_folder), controlnet=FluxControlNetModel.from_pretrained(
-        str(cn_folder)), local_files_only=True)
+    # The pipeline on the run's own modules (read once), with a scheduler of its own.
+    parts = load_denoiser(request(dev_folder), torch.device("cpu"), torch.float32).pipe.components
+    pipe = FluxControlNetPipeline(**{**parts, "scheduler": FlowMatchEulerDiscreteScheduler.from_config(
+        parts["scheduler"].config)}, controlnet=FluxControlNetModel.from_pretrained(str(cn_folder)))
     pipe.set_progress_bar_config(disable=True)
     g = torch.Generator("cpu").manual_seed(7)
     noise = torch.randn((1, 16, H // 8, W // 8), generator=g)
@@ -117,7 +119,7 @@ def test_one_tile_equals_flux_controlnet_pipeline(dev_folder, cn_folder, control
 
 
 @pytest.mark.parametrize("layout", ["plain", "jitter", "wrap"])
-def test_a_marker_changes_only_the_tiles_that_cover_it(dev_folder, cn_folder, tmp_path, layout):
+def test_a_marker_changes_only_the_tiles_that_cover_it(dev_folder, cn_folder, tmp_path, layout, monkeypatch):
     cw, ch = 512, 128  # image px: 64x16 latent px, tiles of 16 latent px
     box = (0, 48, 16, 64) if layout == "wrap" else (280, 48, 296, 64)  # image px
     blank = np.zeros((ch, cw, 3), np.uint8)
@@ -131,8 +133,9 @@ def test_a_marker_changes_only_the_tiles_that_cover_it(dev_folder, cn_folder, tm
     den = load_denoiser(request(dev_folder), torch.device("cpu"), torch.float32)
     # The VAE encoder's GroupNorm (whole-picture statistics) carries any marker faintly into every
     # latent, so the crop is tested on a pixel-local stand-in encode: 8x8 means, 16 channels.
-    den.encode = lambda px, _p: torch.nn.functional.avg_pool2d(
-        torch.from_numpy(np.asarray(px, np.float32)).permute(2, 0, 1)[None], 8).repeat(1, 6, 1, 1)[:, :16]
+    # (On the shared, cached denoiser: put back after the test.)
+    monkeypatch.setattr(den, "encode", lambda px, _p: torch.nn.functional.avg_pool2d(
+        torch.from_numpy(np.asarray(px, np.float32)).permute(2, 0, 1)[None], 8).repeat(1, 6, 1, 1)[:, :16])
     reach = (den.encode(marked / 255.0, None) - den.encode(blank / 255.0, None)).abs()[0].amax(0).numpy() > 0
     runs = []
     for path in paths:
@@ -192,7 +195,7 @@ def test_a_batch_of_tiles_on_the_canvas_equals_each_tile_with_its_own_position_i
     # build for the tile at its place), and the tile's crop of the control latents.
     from paradiff_gui.engine.core.plan import TilePlan
 
-    req = request(dev_folder, width=384, height=128, tile=128, overlap=32, positions="canvas",
+    req = request(dev_folder, width=320, height=128, tile=128, overlap=32, positions="canvas",
                   controls=[{"model": str(cn_folder), "image": str(control_png), "weight": 0.9}])
     den = load_denoiser(req, torch.device("cpu"), torch.float32)
     plan = TilePlan.for_request(req, den.scale, den.native_tile)
@@ -215,9 +218,10 @@ def test_a_batch_of_tiles_on_the_canvas_equals_each_tile_with_its_own_position_i
         out[..., 2] = torch.arange(cols)[None, :] + (tl.x0 / 2 if canvas else 0)
         return out.reshape(-1, 3)
 
-    def oracle(controlnet_canvas: bool) -> torch.Tensor:
+    def oracle(which: list[int], controlnet_canvas: bool = True) -> torch.Tensor:
         out = []
-        for i, tl in enumerate(tiles):
+        for i in which:
+            tl = tiles[i]
             common = dict(timestep=(t / 1000).expand(1), guidance=torch.full([1], 3.5), pooled_projections=cond.pooled,
                           encoder_hidden_states=cond.embeds, txt_ids=cond.txt_ids, return_dict=False)
             hidden = flow.pack(x[i:i + 1])
@@ -229,10 +233,11 @@ def test_a_batch_of_tiles_on_the_canvas_equals_each_tile_with_its_own_position_i
         return torch.cat(out)
 
     with torch.no_grad():
-        expect, local = oracle(controlnet_canvas=True), oracle(controlnet_canvas=False)
+        expect = oracle(list(range(len(tiles))))
+        local = oracle([len(tiles) - 1], controlnet_canvas=False)  # the tile farthest from the origin
     diff = (got - expect).abs().max().item()
     diff_alone = (alone - expect).abs().max().item()
-    sensitivity = (local - expect).abs().max().item()
+    sensitivity = (local - expect[-1:]).abs().max().item()
     print(f"flux controlnet vs per-tile oracle: max |diff| batched {diff:.2e}, one per call {diff_alone:.2e}; "
           f"the ControlNet at local ids moves it {sensitivity:.2e}")
     assert sensitivity > 1e-3, "the ControlNet's positions matter in this set-up"
@@ -243,8 +248,8 @@ def test_a_single_file_runs_as_its_folder(dev_folder, cn_folder, cn_file, contro
     # diffusers 0.42 has no FluxControlNetModel.from_single_file: the config comes from the file's
     # tensor names and shapes, the rotary axes from the base transformer.
     control = {"image": str(control_png), "weight": 0.8}
-    a = generate(request(dev_folder, steps=2, controls=[{"model": str(cn_folder), **control}]), previews=False)
-    b = generate(request(dev_folder, steps=2, controls=[{"model": str(cn_file), **control}]), previews=False)
+    a = generate(request(dev_folder, steps=1, controls=[{"model": str(cn_folder), **control}]), previews=False)
+    b = generate(request(dev_folder, steps=1, controls=[{"model": str(cn_file), **control}]), previews=False)
     assert torch.equal(a.latents, b.latents)
     assert b.info["controls"][0]["model"] == "flux-canny.safetensors"
 
@@ -255,9 +260,13 @@ def test_a_single_file_runs_as_its_folder(dev_folder, cn_folder, cn_file, contro
     ("hint.safetensors", "takes the control image as pixels"),
     ("xlabs.safetensors", "XLabs' own format (BFL's tensor names), which diffusers 0.42 cannot load"),
 ])
-def test_layouts_not_run_are_refused_by_name_with_what_works(dev_folder, unrun, control_png, name, says):
+def test_layouts_not_run_are_refused_by_name_with_what_works(dev_folder, unrun, name, says):
+    # (The command line's exit 3 for one of them: tests/cli/test_cli_control.py.)
+    from paradiff_gui.engine.models.flux.control import load_flux_controlnet
+
+    transformer = load_denoiser(request(dev_folder), torch.device("cpu"), torch.float32).transformer
     with pytest.raises(ModelUnavailable) as e:
-        generate(request(dev_folder, steps=1, controls=[{"model": str(unrun / name), "image": str(control_png)}]))
+        load_flux_controlnet(str(unrun / name), 0, torch.float32, torch.device("cpu"), transformer)
     message = str(e.value)
     assert message.startswith("controls[0].model: ") and name in message and says in message, message
     assert "FluxControlNetModel layout works, as its folder (config.json + weights) or its single .safetensors" \
