@@ -1,7 +1,10 @@
 """FLUX.1 ControlNet on the tiny FLUX: one tile equals diffusers' FluxControlNetPipeline, each tile
 reads only its own crop of the control latents (a marker changes only the tiles that cover it:
-plain, jittered and wrapped plans, tiles at different canvas places in one batch), and a
-ControlNet for the other family is refused by name."""
+plain, jittered and wrapped plans, tiles at different canvas places in one batch), tiles on the
+canvas get their own position ids in the ControlNet too (batched and one per call), a single
+file runs as its folder, layouts not run are refused by name with what works, a ControlNet for
+the other family is refused by name, the finder lists FLUX ControlNets, and the memory estimate
+counts them."""
 
 from __future__ import annotations
 

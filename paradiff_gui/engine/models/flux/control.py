@@ -42,10 +42,11 @@ KIND = "FLUX.1"
 def load_flux_controlnet(path: str, index: int, dtype: torch.dtype, device: torch.device, transformer: Any) -> Any:
     """A ``FluxControlNetModel`` from a diffusers folder or from its single ``.safetensors`` file
     (diffusers' names, as InstantX and Shakker-Labs publish it: the config is read off the tensors'
-    names and shapes, the rotary axes are the base transformer's). Checked against ``transformer``
-    before any weight loads. A ControlNet for another family is refused by name (exit 2); a layout
-    Paradiff or diffusers does not run, or a file that cannot be loaded, raises ModelUnavailable
-    naming it and what would work (exit 3)."""
+    names and shapes, the rotary axes are the base transformer's, and it is checked against
+    ``transformer`` before the weights load; a folder is checked once loaded, by ``control_set``).
+    A ControlNet for another family is refused by name (exit 2); a layout Paradiff or diffusers
+    does not run, or a file that cannot be loaded, raises ModelUnavailable naming it and what
+    would work (exit 3)."""
     name = f"controls[{index}].model"
     p = Path(path).expanduser()
     folder = p.is_dir() and (p / "config.json").is_file()
@@ -69,7 +70,8 @@ def load_flux_controlnet(path: str, index: int, dtype: torch.dtype, device: torc
     if not found.runs:
         what = _LAYOUTS.get(found.layout) or f"an incomplete FluxControlNetModel file ({found.config.get('error')})"
         raise ModelUnavailable(f"{name}: {p.name} is {what}; {_WHAT_WORKS}")
-    check_base(found.config, transformer, index, path)  # before the weights load
+    if not folder:  # its config is whole (read off the tensors): checked before the weights load
+        check_base(found.config, transformer, index, path)
     try:
         with warnings.catch_warnings():  # diffusers 0.42's own FluxControlNetModel uses its deprecated FluxPosEmbed
             warnings.filterwarnings("ignore", message=".*FluxPosEmbed.*", category=FutureWarning)
