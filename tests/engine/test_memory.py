@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -253,3 +254,17 @@ def test_on_a_cpu_the_budget_picks_the_tile_batch(monkeypatch):
     assert any(isinstance(e, events.Notice) and "host-memory budget" in e.message for e in seen)
     # The batch never changes the picture (up to float summation order: one 16-bit level).
     assert np.abs(tight.image.astype(int) - free.image.astype(int)).max() <= 1
+
+
+def test_the_controlnet_share_of_a_view_covers_the_measured_one_without_wasting_half():
+    """CONTROL_VIEW_SHARE against what an SD 1.5 ControlNet adds to a 512 px view's live tensors
+    (real geometry on the meta device: nothing computed; benchmarks/control_memory.py)."""
+    import sys
+
+    from paradiff_gui.engine.runtime import memory
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from control_memory import control_share
+
+    measured = control_share(xl=False, side=512)
+    assert 0.1 < measured <= memory.CONTROL_VIEW_SHARE < 2 * measured, measured

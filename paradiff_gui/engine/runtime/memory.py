@@ -125,10 +125,11 @@ def device_weights(info: ModelInfo, dtype_bytes: int, weights: str = "full") -> 
 
 
 # ControlNets (models/sd/control.py) run before the UNet on the same views: one at a time, each
-# the UNet's encoder half and middle block, whose activations are about half the UNet's; their
-# summed residuals (the skip tensors) stay until the UNet has run. A rule of thumb like the
-# UNet's own: the view grows by this share while any ControlNet steers.
-CONTROL_VIEW_SHARE = 0.6
+# the UNet's encoder half and middle block; their summed residuals (the skip tensors) stay until
+# the UNet has run. Measured on the real geometry (benchmarks/control_memory.py, live operator
+# outputs, fused attention): a ControlNet adds 0.30 of an SD 1.5 view, 0.40 of an SDXL one. The
+# view grows by this share while any ControlNet steers (the UNet's own figure keeps its headroom).
+CONTROL_VIEW_SHARE = 0.4
 # A FLUX.1 ControlNet (models/flux/control.py) runs before the transformer on the same tokens: its
 # blocks' activations are the transformer's (same width and tokens), and it is not alive with the
 # transformer's; what stays is its block samples, one (tokens × hidden) tensor per block. At the end
