@@ -131,12 +131,13 @@ def device_weights(info: ModelInfo, dtype_bytes: int, weights: str = "full") -> 
 # view grows by this share while any ControlNet steers (the UNet's own figure keeps its headroom).
 CONTROL_VIEW_SHARE = 0.4
 # A FLUX.1 ControlNet (models/flux/control.py) runs before the transformer on the same tokens: its
-# blocks' activations are the transformer's (same width and tokens), and it is not alive with the
-# transformer's; what stays is its block samples, one (tokens × hidden) tensor per block. At the end
-# of its call three sets are alive (the blocks' outputs, their projections, those times the weight);
-# with several ControlNets their running sum is one more; the summed set stays while the transformer
-# runs. So a view grows by CONTROL_DIT_SAMPLE_SETS (+1 for several) × blocks × tokens × hidden.
-CONTROL_DIT_SAMPLE_SETS = 3
+# blocks' activations are the transformer's (same width and tokens) and not alive with the
+# transformer's; what stays is its block samples, one (tokens × hidden) tensor per block, and with
+# several ControlNets their running sum. A view grows by CONTROL_DIT_SAMPLE_SETS (+1 for several) ×
+# blocks × tokens × hidden. Measured on the real geometry (benchmarks/flux_control_memory.py:
+# FLUX.1-dev, an InstantX-shaped ControlNet of 5 + 10 blocks, a 1024² tile, bf16, live operator
+# outputs): one ControlNet adds 1.37 such sets (0.54 GiB), two add 2.26.
+CONTROL_DIT_SAMPLE_SETS = 1.5
 
 
 def _safetensors_params(path: Path) -> int:
@@ -202,7 +203,7 @@ def footprint(request: GenerationRequest, info: ModelInfo, dtype: str = "fp16") 
         if blocks:
             image_tokens = (plan.tile_h // DIT_PATCH) * (plan.tile_w // DIT_PATCH)
             sets = CONTROL_DIT_SAMPLE_SETS + (len(request.controls) > 1)
-            per_view += sets * blocks * (image_tokens + info.text_tokens) * info.hidden * b
+            per_view += int(sets * blocks * (image_tokens + info.text_tokens) * info.hidden * b)
         else:
             per_view = int(per_view * (1 + CONTROL_VIEW_SHARE))
     views = info.views_per_tile if request.guidance > 1.0 else 1
