@@ -13,6 +13,7 @@ import torch
 from diffusers import (
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
+    FluxControlNetModel,
     FluxPipeline,
     FluxTransformer2DModel,
     SD3Transformer2DModel,
@@ -67,6 +68,20 @@ def tiny_flux(guidance_embeds: bool = True, seed: int = 0) -> FluxPipeline:
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tiny_tokenizer(),
         text_encoder_2=text_encoder_2, tokenizer_2=tiny_t5_tokenizer(), transformer=transformer,
     )
+
+
+def tiny_flux_controlnet(seed: int, **config) -> FluxControlNetModel:
+    """Shaped like tiny_flux's transformer (``config``: e.g. ``num_mode`` for a union one); its
+    zero-initialised layers (the control embedder and the output blocks) get random weights, or
+    every block sample would be zero."""
+    torch.manual_seed(seed)
+    net = FluxControlNetModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                              num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                              axes_dims_rope=(4, 4, 8), guidance_embeds=True, **config)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return net
 
 
 def tiny_sd3(with_t5: bool = True, seed: int = 0, pos_embed_max_size: int = 32) -> StableDiffusion3Pipeline:

@@ -182,3 +182,59 @@ def test_memory_counts_controlnet_weights_and_residuals(sd_folder, cn_folder, ed
     host_b = memory.host_footprint(steered, info, "cuda")
     # The map stays on the host as uint8 (3 bytes a px), plus two working copies while it is read.
     assert host_b.inputs - host_a.inputs == 128 * 96 * 3 * (1 + 2)
+
+
+@pytest.fixture(scope="module")
+def flux_folder(tmp_path_factory):
+    from tiny import save
+    from tiny_dit import tiny_flux
+
+    return save(tiny_flux(guidance_embeds=True), tmp_path_factory.mktemp("models") / "tiny-flux")
+
+
+@pytest.fixture(scope="module")
+def flux_cn_file(tmp_path_factory):
+    """A FLUX.1 ControlNet as its single diffusers-named .safetensors file (InstantX's layout)."""
+    import warnings
+
+    from safetensors.torch import save_file
+    from tiny_dit import tiny_flux_controlnet
+
+    with warnings.catch_warnings():  # diffusers 0.42's FluxControlNetModel uses its own deprecated FluxPosEmbed
+        warnings.filterwarnings("ignore", message=".*FluxPosEmbed.*", category=FutureWarning)
+        net = tiny_flux_controlnet(2)
+    path = tmp_path_factory.mktemp("cn") / "flux-canny.safetensors"
+    save_file(net.state_dict(), str(path))
+    return path
+
+
+def test_flux_control_runs_records_and_replays(flux_folder, flux_cn_file, edges_png, tmp_path, capsys):
+    flux = ["generate", "--model", str(flux_folder), "--prompt", "a red castle", "--size", "128x96", "--steps", "2",
+            "--seed", "5", "--guidance", "3.5", "--device", "cpu", "--quiet"]
+    out, plain = tmp_path / "a.png", tmp_path / "plain.png"
+    code, err = run([*flux, "--control", f"{flux_cn_file}:{edges_png}:0.7:0:0.5", "-o", str(out)], capsys)
+    assert code == 0, err
+    (c,) = load_request(out).controls
+    assert (c.model, c.image, c.weight, c.start, c.end) == (str(flux_cn_file), str(edges_png), 0.7, 0.0, 0.5)
+    (rec,) = read_recipe(out)["info"]["controls"]
+    assert rec["model"] == "flux-canny.safetensors" and len(rec["sha256"]) == 64
+    code, err = run([*flux, "-o", str(plain)], capsys)
+    assert code == 0, err
+    assert not np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(plain))), "the ControlNet steered"
+    again = tmp_path / "b.png"
+    code, err = run(["generate", "--request", str(out), "--quiet", "-o", str(again)], capsys)
+    assert code == 0, err
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
+
+
+def test_a_flux_controlnet_format_diffusers_cannot_load_exits_3(flux_folder, edges_png, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    xlabs = tmp_path / "flux-canny-controlnet-v3.safetensors"  # XLabs' own names (BFL's)
+    save_file({k: torch.zeros(4) for k in ("double_blocks.0.img_attn.qkv.weight", "controlnet_blocks.0.weight",
+                                           "input_hint_block.0.weight", "pos_embed_input.weight")}, str(xlabs))
+    code, err = run(["generate", "--model", str(flux_folder), *FAST, "--control", f"{xlabs}:{edges_png}",
+                     "-o", str(tmp_path / "x.png")], capsys)
+    assert code == 3, err
+    assert "controls[0].model: flux-canny-controlnet-v3.safetensors is a FLUX.1 ControlNet in XLabs' own format" in err
+    assert "FluxControlNetModel layout works" in err

@@ -169,3 +169,23 @@ def test_a_union_controlnet_row_shows_its_modes_and_names_a_missing_one(panel, s
     assert b.error.isHidden() and panel.request().controls[1].mode == "segment"
     panel.set_request(request_for(sd_like, controls=[{"model": str(plain), "image": "/x.png", "mode": "depth"}]))
     assert form.rows[0].error.text().startswith("mode: cn-depth is a single-condition ControlNet, which takes no mode")
+def test_flux_takes_controlnets_and_sd3_is_greyed_with_its_reason(panel, flux_like, tmp_path):
+    sd3 = tmp_path / "sd3-like"
+    for part, name, config in (
+            ("transformer", "config.json", {"num_attention_heads": 24, "attention_head_dim": 64, "sample_size": 128}),
+            ("scheduler", "scheduler_config.json", {"_class_name": "FlowMatchEulerDiscreteScheduler"}),
+            ("vae", "config.json", {"block_out_channels": [128, 256, 512, 512], "latent_channels": 16})):
+        (sd3 / part).mkdir(parents=True)
+        (sd3 / part / name).write_text(json.dumps(config))
+    (sd3 / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
+    control = Control("/cn/flux-canny.safetensors", "/img/edges.png", 0.7, 0.0, 0.6, "canny")
+    panel.set_request(request_for(flux_like, prompt="a castle", controls=[control]))
+    form = panel.control_form
+    assert form.isEnabled() and form.toolTip() == ""
+    assert panel.request().controls == (control,)
+    panel.select_model(str(sd3), apply_defaults=True)
+    assert not form.isEnabled() and panel.request().controls == ()
+    assert form.toolTip() == ("sd3-like (SD3): Paradiff runs no SD3 ControlNets yet (SD 1.x/2.x, SDXL and FLUX.1 "
+                              "models take them)")
+    panel.select_model(flux_like, apply_defaults=True)
+    assert form.isEnabled() and panel.request().controls == (control,)

@@ -27,6 +27,7 @@ class ModelInfo:
     guidance_embedded: bool = False  # guidance is an input of the model (FLUX.1-dev): one view per tile
     tile_multiple: int = 8  # image px that tile sides and the canvas must be multiples of (FLUX/SD3: 16)
     positions: bool = False  # image tokens carry positions (FLUX/SD3): request.positions applies
+    controlnets: bool = True  # takes ControlNets (request.controls): SD 1.x/2.x, SDXL, FLUX.1; not SD3 yet
     channels: int = 4  # latent channels
     samplers: tuple[str, ...] = SAMPLERS
     output: str = "rgb"  # "rgb" (8-bit colour) or "height" (16-bit single channel)

@@ -467,7 +467,8 @@ def describe_folder(folder: Path) -> dict[str, Any] | None:
         t5 = _json(folder / "model_index.json").get("text_encoder_3")
         t5 = isinstance(t5, list) and t5[:1] != [None] and (folder / "text_encoder_3").is_dir()
         info.update(native_tile=int(transformer.get("sample_size", 128)) * scale, guidance=True,
-                    text_tokens=SD3_TEXT_TOKENS[t5], label=f"{folder.name} (SD3)")
+                    text_tokens=SD3_TEXT_TOKENS[t5], label=f"{folder.name} (SD3)",
+                    controlnets=False)  # SD3ControlNetModel is not run yet
         defaults = {"steps": 28, "guidance": 7.0}  # StableDiffusion3Pipeline's defaults
     return {"kind": kind, "defaults": {**defaults, "sampler": "euler"}, "info": info}
 

@@ -31,7 +31,10 @@ the model's width, tile area and precision:
 
 LoRAs (models/lora.py) count from their files' headers (``core.lora.lora_size``): their own
 weights on the device (PEFT keeps them while they are fused), and on the host the snapshot of the
-layers they change (the exact base weights put back after the run).
+layers they change (the exact base weights put back after the run). ControlNets count their
+weights from their files' headers too; an SD ControlNet grows a view by a share
+(CONTROL_VIEW_SHARE), a FLUX.1 one by its block samples (CONTROL_DIT_SAMPLE_SETS), and FLUX.1's
+control latents (one canvas each, in the run's dtype) stay on the device.
 
 They are estimates: ``--tile-batch auto`` keeps a 15 % margin below the free memory.
 """
@@ -49,6 +52,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.controlnet_files import describe_controlnet
 from ..core.lora import lora_size
 from ..core.modelinfo import ModelInfo
 from ..core.request import MAX_HOST_MEMORY, MAX_TILE_BATCH, MIN_HOST_MEMORY, GenerationRequest, RequestError
@@ -141,6 +145,14 @@ def control_map_bytes(request: GenerationRequest) -> int:
     of one map while it is read and resized or preprocessed."""
     n = len(request.controls)
     return (n + 2) * request.width * request.height * 3 if n else 0
+# A FLUX.1 ControlNet (models/flux/control.py) runs before the transformer on the same tokens: its
+# blocks' activations are the transformer's (same width and tokens) and not alive with the
+# transformer's; what stays is its block samples, one (tokens × hidden) tensor per block, and with
+# several ControlNets their running sum. A view grows by CONTROL_DIT_SAMPLE_SETS (+1 for several) ×
+# blocks × tokens × hidden. Measured on the real geometry (benchmarks/flux_control_memory.py:
+# FLUX.1-dev, an InstantX-shaped ControlNet of 5 + 10 blocks, a 1024² tile, bf16, live operator
+# outputs): one ControlNet adds 1.37 such sets (0.54 GiB), two add 2.26.
+CONTROL_DIT_SAMPLE_SETS = 1.5
 
 
 def _safetensors_params(path: Path) -> int:
@@ -162,6 +174,13 @@ def control_weights(request: GenerationRequest, dtype_bytes: int) -> int:
             with contextlib.suppress(OSError, ValueError, KeyError, struct.error):
                 total += _safetensors_params(f) * dtype_bytes
     return total
+
+
+def flux_control_blocks(request: GenerationRequest) -> int:
+    """The most blocks (double + single) among the request's FLUX.1 ControlNets, from their configs
+    or headers (core/controlnet_files.py); 0 when none is one or none can be read."""
+    found = [describe_controlnet(c.model) for c in request.controls]
+    return max((f.flux_blocks for f in found if f is not None and f.family == "FLUX.1"), default=0)
 
 
 def lora_params(request: GenerationRequest) -> tuple[int, int]:
@@ -195,9 +214,18 @@ def footprint(request: GenerationRequest, info: ModelInfo, dtype: str = "fp16") 
         per_view = 64 * info.channels * tile_px * 4  # a small pixel-space model: its input many times over
     if request.controls:
         weights += control_weights(request, b)
-        per_view = int(per_view * (1 + CONTROL_VIEW_SHARE)) + control_crop_bytes(request, tile_px * info.scale ** 2, b)
+        blocks = flux_control_blocks(request) if info.hidden else 0
+        if blocks:
+            image_tokens = (plan.tile_h // DIT_PATCH) * (plan.tile_w // DIT_PATCH)
+            sets = CONTROL_DIT_SAMPLE_SETS + (len(request.controls) > 1)
+            per_view += int(sets * blocks * (image_tokens + info.text_tokens) * info.hidden * b)
+        else:
+            per_view = int(per_view * (1 + CONTROL_VIEW_SHARE)) + control_crop_bytes(request, tile_px * info.scale ** 2,
+                                                                                    b)
     views = info.views_per_tile if request.guidance > 1.0 else 1
     canvas = CANVASES * info.channels * plan.height * plan.width * 4
+    if request.controls and info.hidden:  # FLUX.1: each control's latents stay on the device at canvas size
+        canvas += len(request.controls) * info.channels * plan.height * plan.width * b
     decode_px = min(request.width * request.height, DECODE_TILE_PX)
     decode = VAE_DECODE_BYTES_PER_PX * decode_px * b if info.scale > 1 else 0
     return Footprint(weights, canvas, per_view, views, decode, len(plan))

@@ -673,8 +673,8 @@ def generate(
             emit(Notice(message))
         if request.controls:
             if getattr(den, "begin_step", None) is None:
-                raise RequestError("controls", f"{den.name} takes no ControlNet yet (FLUX.1's is still to come): use "
-                                               "an SD 1.x/2.x or SDXL model, or no controls")
+                raise RequestError("controls", f"{den.name} takes no ControlNet yet: use an SD 1.x/2.x, "
+                                               "SDXL or FLUX.1 model, or no controls")
             for message in control_notes(request):
                 emit(Notice(message))
         if request.fusion == "independent" and (request.jitter or request.global_context > 0):

@@ -7,8 +7,8 @@ greying), each row keeps its request's :class:`Control` whole (a ``downscale`` o
 preprocessor the form has no field for), so a shown request comes back exactly; the fields replace
 only what they edit. Each row checks itself as the request would (``parse_control``) and names its
 bad field under it; the plan summary says the same for the whole request. Models that take no
-ControlNets (the built-ins, the diffusion transformers) grey the form, and their requests get none
-(``mapping.to_request``). A union ControlNet's row shows a Mode combo (the kinds of map that model
+ControlNets (the built-ins, SD3) grey the form with the reason, and their requests get none
+(``mapping.to_request``); SD 1.x/2.x, SDXL and FLUX.1 take them. A union ControlNet's row shows a Mode combo (the kinds of map that model
 knows, read from its config or header) and names a missing or unknown mode as the engine would
 (``check_mode``).
 """
@@ -220,4 +220,5 @@ class ControlsForm(PartsForm):
         return takes_controls(info)
 
     def refusal(self, info: ModelInfo) -> str:
-        return f"{info.label} takes no ControlNets (SD 1.x/2.x and SDXL do)"
+        why = "Paradiff runs no SD3 ControlNets yet" if info.positions else "it takes no ControlNets"
+        return f"{info.label}: {why} (SD 1.x/2.x, SDXL and FLUX.1 models take them)"

@@ -77,9 +77,9 @@ def takes_loras(info: ModelInfo) -> bool:
 
 
 def takes_controls(info: ModelInfo) -> bool:
-    """Whether ``info``'s model takes ControlNets: the UNet models (SD 1.x/2.x, SDXL) do; the
-    built-ins and the diffusion transformers (FLUX.1's ControlNet is still to come) do not."""
-    return takes_loras(info) and not info.positions
+    """Whether ``info``'s model takes ControlNets: the UNet models (SD 1.x/2.x, SDXL) and FLUX.1 do;
+    the built-ins and SD3 (its ControlNets are not run yet) do not."""
+    return takes_loras(info) and info.controlnets
 
 
 def _regions_for(info: ModelInfo, regions: tuple[Region, ...]) -> tuple[Region, ...]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from ...core.plan import Tile, TilePlan
 from ...core.request import GenerationRequest, RequestError
 from .. import flow
 from . import attention
+from . import control as controlnets
 
 KIND = "FLUX.1"
 NATIVE = 1024  # image px: the pipeline's default size (128 latent px a side)
@@ -39,6 +41,7 @@ class FluxConditioning:
     txt_ids: torch.Tensor  # (L, 3) zeros: text tokens sit at the origin of the rotary positions
     guidance: float | None  # the guidance embedding's value (dev); None: schnell
     positions: str  # local | canvas
+    control: controlnets.FluxControlSet | None = None  # ControlNets with their latents (flux/control.py)
 
 
 class FluxDenoiser(flow.FlowDenoiser):
@@ -54,6 +57,8 @@ class FluxDenoiser(flow.FlowDenoiser):
         self.guidance_embeds = bool(self.transformer.config.guidance_embeds)
         self._state = attention.OpenState()  # what the opened attention layers read for the next call
         self._open = False  # opened for the whole run (bridges)
+        self._controlnets: dict[str, Any] = {}  # loaded ControlNets, kept with the model (flux/control.py)
+        self._control: controlnets.FluxControlSet | None = None  # the run's, told the step by begin_step
 
     def notices(self, request: GenerationRequest) -> list[str]:
         said = super().notices(request)
@@ -74,9 +79,23 @@ class FluxDenoiser(flow.FlowDenoiser):
                 prompt=request.prompt, prompt_2=None, device=where, num_images_per_prompt=1,
                 max_sequence_length=sequence,
             )
+        # ControlNets not in this request are dropped; one set per run (a region's prepare shares it).
+        wanted = {str(Path(c.model).expanduser().resolve()) for c in request.controls}
+        self._controlnets = {k: v for k, v in self._controlnets.items() if k in wanted}
+        key = (request.controls, request.width, request.height, request.init_image, request.guidance)
+        if self._control is None or self._control.key != key:
+            self._control = controlnets.control_set(self, request, self._controlnets)
+            if self._control is not None:
+                self._control.key = key
         return FluxConditioning(embeds.to(self.device, self.dtype), pooled.to(self.device, self.dtype),
                                 txt_ids.to(self.device), request.guidance if self.guidance_embeds else None,
-                                request.positions)
+                                request.positions, self._control)
+
+    def begin_step(self, plan: TilePlan, step: int, total: int) -> None:
+        """The loop says which step of how many starts, on which plan: ControlNets steer only within
+        their range of the steps, and crop their latents at the plan's canvas size."""
+        if self._control is not None:
+            self._control.begin_step(plan, step, total)
 
     def image_ids(self, tile: Tile, positions: str) -> torch.Tensor:
         """(tokens, 3) rotary positions of a tile's image tokens: (0, row, col) as the pipeline makes
@@ -127,15 +146,37 @@ class FluxDenoiser(flow.FlowDenoiser):
                 stack.enter_context(self.bridge.tiles(tiles))
             self._state.text = cond.embeds.shape[1]
             self._state.rotary = self.rotary(tiles, cond) if per_row else None
+            hidden, img_ids = flow.pack(x), self.image_ids(tiles[0], cond.positions)
+            common = dict(timestep=timestep, pooled_projections=cond.pooled.expand(b, -1),
+                          encoder_hidden_states=cond.embeds.expand(b, -1, -1), txt_ids=cond.txt_ids,
+                          img_ids=img_ids, return_dict=False)
             try:
-                v = self.transformer(
-                    hidden_states=flow.pack(x), timestep=timestep, guidance=guidance,
-                    pooled_projections=cond.pooled.expand(b, -1), encoder_hidden_states=cond.embeds.expand(b, -1, -1),
-                    txt_ids=cond.txt_ids, img_ids=self.image_ids(tiles[0], cond.positions), return_dict=False,
-                )[0]
+                # ControlNets: each tile's own crop of each control's latents, packed like the tiles.
+                extra = {} if cond.control is None else cond.control.samples(
+                    tiles, lambda net, latents, scale: self._controlnet(net, hidden, latents, scale, tiles, cond,
+                                                                       per_row, common))
+                v = self.transformer(hidden_states=hidden, guidance=guidance, **common, **extra)[0]
             finally:
                 self._state.rotary = None
         return flow.unpack(v, h, w).to(x.dtype)
+
+    def _controlnet(self, net: Any, hidden: torch.Tensor, latents: torch.Tensor, scale: float,
+                    tiles: Sequence[Tile], cond: FluxConditioning, per_row: bool, common: dict[str, Any]) -> Any:
+        """One FLUX ControlNet on the batch: the transformer's inputs, the tiles' control latents
+        packed, the guidance its own config asks for. Tiles at different canvas places get per-row
+        rotary positions in its attention too (its own ``pos_embed``); bridges do not reach it
+        (a ControlNet sees its tile alone)."""
+        b = len(tiles)
+        guidance = torch.full([1], cond.control.guidance, device=self.device, dtype=torch.float32).expand(b) \
+            if net.config.guidance_embeds else None
+        with contextlib.ExitStack() as stack:
+            if per_row:
+                state = attention.OpenState(text=cond.embeds.shape[1])
+                parts = [net.pos_embed(torch.cat([cond.txt_ids, self.image_ids(tl, "canvas")])) for tl in tiles]
+                state.rotary = torch.stack([c for c, _ in parts]), torch.stack([s for _, s in parts])
+                stack.enter_context(attention.opened(net, state))
+            return net(hidden_states=hidden, controlnet_cond=flow.pack(latents.to(hidden.dtype)),
+                       conditioning_scale=scale, guidance=guidance, **common)
 
 
 # -- loading ------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ...core.control import UNION_MODES
+from ...core.controlnet_files import describe_controlnet
 from ...core.lora import safetensors_header
 from ...core.plan import Tile, TilePlan
 from ...core.request import GenerationRequest, RequestError
@@ -48,9 +49,17 @@ def base_name(cross_attention_dim: Any, xl: bool) -> str:
 
 def _is_controlnet_folder(folder: Path) -> bool:
     try:
-        return json.loads((folder / "config.json").read_text()).get("_class_name") in _CLASSES
+        if json.loads((folder / "config.json").read_text()).get("_class_name") in _CLASSES:
+            return True
     except (OSError, ValueError, AttributeError):
         return False
+    return _runs_on_flux(folder)
+
+
+def _runs_on_flux(path: Path) -> bool:
+    """A FLUX.1 ControlNet that flux/control.py runs (folder or single file)."""
+    found = describe_controlnet(path)
+    return found is not None and found.family == "FLUX.1" and found.runs
 
 
 def _is_controlnet_file(path: Path) -> bool:
@@ -58,13 +67,14 @@ def _is_controlnet_file(path: Path) -> bool:
         header = safetensors_header(path)
     except (OSError, ValueError):
         return False
-    return any(k.startswith(_CONTROLNET_KEYS) for k in header)
+    return any(k.startswith(_CONTROLNET_KEYS) for k in header) or _runs_on_flux(path)
 
 
 def find_controlnets(folders: Sequence[Path] | None = None) -> list[Path]:
     """The ControlNets in the model folders: diffusers folders whose ``config.json`` names a
-    ``ControlNetModel`` or ``ControlNetUnionModel``, and ``.safetensors`` files whose header has a
-    ControlNet's tensors. Only configs and headers are read; diffusers pipelines
+    ``ControlNetModel`` or ``ControlNetUnionModel`` or a FLUX.1 ``FluxControlNetModel`` Paradiff
+    runs, and ``.safetensors`` files whose header has such a ControlNet's tensors
+    (core/controlnet_files.py). Only configs and headers are read; diffusers pipelines
     (``model_index.json``) are not walked into."""
     from ..folders import walk_parts
 
@@ -125,19 +135,25 @@ def load_controlnet(path: str, index: int, dtype: torch.dtype, device: torch.dev
             if not config.is_file():
                 raise ModelUnavailable(f"{name}: {p} is a folder but not a diffusers ControlNet (no config.json)")
             cls_name = json.loads(config.read_text()).get("_class_name", "")
+            if cls_name.startswith("Flux"):  # bad input (exit 2), named: it is for another base
+                raise RequestError(name, f"{p.name} is a FLUX.1 ControlNet ({cls_name}), and the model is SD: use an "
+                                         "SD 1.x/2.x/SDXL ControlNet (ControlNetModel), or a FLUX.1 model")
             if cls_name not in _CLASSES:
                 raise ModelUnavailable(f"{name}: {p.name} is a {cls_name or 'model'}, not a ControlNetModel; use an "
                                        "SD/SDXL ControlNet (ControlNetModel, or ControlNetUnionModel for SDXL)")
             cls = ControlNetUnionModel if cls_name == "ControlNetUnionModel" else ControlNetModel
             net = cls.from_pretrained(str(p), torch_dtype=dtype, local_files_only=True)
         elif p.suffix == ".safetensors" and p.is_file():
+            if (found := describe_controlnet(p)) is not None and found.family != "SD":  # for another base (exit 2)
+                raise RequestError(name, f"{p.name} is a {found.family} ControlNet, and the model is SD: use an "
+                                         "SD 1.x/2.x/SDXL ControlNet, or a model of its family")
             if is_union(str(p)):
                 net = _load_union_file(p, name, dtype)
             else:
                 net = ControlNetModel.from_single_file(str(p), torch_dtype=dtype, local_files_only=True)
         else:
             raise ModelUnavailable(f"{name}: no such ControlNet {p} (a diffusers folder or a .safetensors file)")
-    except ModelUnavailable:
+    except (ModelUnavailable, RequestError):
         raise
     except (OSError, ValueError, KeyError, json.JSONDecodeError, RuntimeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
