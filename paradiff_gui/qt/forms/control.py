@@ -8,9 +8,9 @@ preprocessor the form has no field for), so a shown request comes back exactly; 
 only what they edit. Each row checks itself as the request would (``parse_control``) and names its
 bad field under it; the plan summary says the same for the whole request. Models that take no
 ControlNets (the built-ins, SD3) grey the form with the reason, and their requests get none
-(``mapping.to_request``); SD 1.x/2.x, SDXL and FLUX.1 take them. A union ControlNet's row shows a Mode combo (the kinds of map that model
-knows, read from its config or header) and names a missing or unknown mode as the engine would
-(``check_mode``).
+(``mapping.to_request``); SD 1.x/2.x, SDXL and FLUX.1 take them. A union ControlNet's row shows a
+Mode combo (the kinds of map that model knows, read from its config or header) and names a missing
+or unknown mode as the engine would (``check_mode``).
 """
 
 from __future__ import annotations
