@@ -203,7 +203,7 @@ def test_upscale_runs_image_to_image_passes_on_the_transformer(models, backend, 
     den = models[backend][1]
     resized = np.asarray(Image.open(src).resize((256, 128), Image.Resampling.BICUBIC)).astype(np.float32)
     encoded = den.encode(resized / 255, lambda d, n: None)
-    text = generate(dataclasses.replace(result.request, init_image=None, strength=None), denoiser=den,
+    text = generate(dataclasses.replace(result.request, init_image=None, strength=None, anchor=0), denoiser=den,
                     previews=False)
     near, far = ((r.latents - encoded).abs().mean().item() for r in (result, text))
     print(f"{backend} upscale: |x2 - source| {near:.3f}, |text - source| {far:.3f}")
