@@ -140,12 +140,16 @@ class FluxControlSet(ControlSet):
     (``begin_step``/``scale_now`` as for SD; ``canvas_hw`` in latent px, hence scale 1)."""
 
     def __init__(self, units: list[_Unit], den: Any, guidance: float) -> None:
-        super().__init__([], 1)
-        self.units = units  # type: ignore[assignment]
+        super().__init__([], 1, den.device, den.dtype)
+        self._units = units
         self.den = den
         self.guidance = guidance  # the ControlNet's guidance embedding takes the request's (as the pipeline)
         h, w = units[0].pixels.shape[:2]
         self.canvas_hw = (h // den.scale, w // den.scale)
+
+    @property
+    def units(self) -> list[_Unit]:  # type: ignore[override]
+        return self._units
 
     def begin_step(self, plan: Any, step: int, total: int) -> None:
         self.step, self.total = step, total
