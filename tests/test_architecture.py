@@ -1,11 +1,16 @@
-"""The house's shape, checked: no import cycle anywhere in paradiff_gui.
+"""The house's shape, checked: no import cycle anywhere in paradiff_gui, and the app's window
+stays a composition root.
 
 import-linter's contracts (pyproject.toml, run by ``make lint``) keep the engine's layers in
 order; this test finds any cycle at all, including inside one folder, where layers don't look."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grimp
+
+QT = Path(__file__).resolve().parents[1] / "paradiff_gui" / "qt"
 
 
 def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
@@ -65,3 +70,14 @@ def test_cycle_finder_sees_a_cycle():
     graph.add_import(importer="p.b", imported="p.c")
     graph.add_import(importer="p.c", imported="p.a")
     assert _cycles(graph) == [["p.a", "p.b", "p.c"]]
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text(encoding="utf-8").splitlines())
+
+
+def test_the_main_window_stays_a_composition_root():
+    # A new mode is a module of its own (a controller like generate.py or upscale.py), so the
+    # window does not grow back into one file that does everything.
+    assert _lines(QT / "window.py") <= 400
+    assert {str(p.relative_to(QT)): n for p in sorted(QT.rglob("*.py")) if (n := _lines(p)) > 500} == {}

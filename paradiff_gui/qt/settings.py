@@ -6,8 +6,10 @@ Keys live here and nowhere else, so a renamed key cannot leave a reader and a wr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import QByteArray, QSettings, QSize
 from PySide6.QtWidgets import QMainWindow
@@ -105,3 +107,34 @@ class AppSettings:
 
     def sync(self) -> None:
         self.q.sync()
+
+    # -- the whole app: which control each key restores -------------------------------------------
+
+    def restore_app(self, w: Any, minimum: QSize) -> None:
+        """The MainWindow ``w`` as last left: geometry, added models, the last request, the
+        Inspect overlays, View and Performance choices (its parts already built and connected)."""
+        self.restore_window(w, minimum)
+        w.panel.refresh_models(self.added_models())  # the catalogue scan runs off the GUI thread
+        request = self.last_request()
+        if request is not None:
+            w.panel.set_request(request, lock_seed=self.flag("request/seed_locked", False))
+        w.seams.borders.setChecked(self.flag("view/borders", True))
+        w.seams.overlaps.setChecked(self.flag("view/overlaps", False))
+        w.seams.heatmap.setChecked(self.flag("view/heatmap", False))
+        w.act_relief.setChecked(self.flag("view/relief", True))
+        w.results.relief = w.act_relief.isChecked()
+        w.act_tiled.setChecked(self.flag("view/tiled", False))
+        w.panel.spare_core.setChecked(self.flag("performance/spare_core", False))
+
+    def save_app(self, w: Any) -> None:
+        """What :meth:`restore_app` restores (relief and 2×2 are saved as they are toggled)."""
+        self.save_window(w)
+        self.set_added_models(w.panel.added_models())
+        with contextlib.suppress(rq.RequestError):  # an invalid form is not worth restoring
+            self.set_last_request(w.panel.request())
+        self.set_flag("request/seed_locked", w.panel.seed_lock.isChecked())
+        self.set_flag("view/borders", w.seams.borders.isChecked())
+        self.set_flag("view/overlaps", w.seams.overlaps.isChecked())
+        self.set_flag("view/heatmap", w.seams.heatmap.isChecked())
+        self.set_flag("performance/spare_core", w.panel.spare_core.isChecked())
+        self.sync()

@@ -2,27 +2,32 @@
 app's own run path (the worker thread, live previews, History), each pass's picture written to
 its file on the job pool before the next pass starts — the next pass reads it as its init image.
 
-The chain only sequences. The window gives it ``start_run`` (how a request runs) and tells it
-what happened: :meth:`UpscaleChain.finished` with each pass's result, :meth:`kept` once that
-result is in History, :meth:`stopped` when a pass is cancelled or fails. The next pass starts
-when the picture is both written and kept, so History lists the passes in order.
+:class:`UpscaleMode` is Upscale…'s half of the window: the action, the dialog, the checks
+before a chain starts and what the window says when it ends. The chain only sequences. The mode
+gives it ``start_run`` (the window's run path) and the window tells it what happened:
+:meth:`UpscaleChain.finished` with each pass's result, :meth:`kept` once that result is in
+History, :meth:`stopped` when a pass is cancelled or fails. The next pass starts when the picture
+is both written and kept, so History lists the passes in order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from PySide6.QtCore import QObject, QStandardPaths, Signal
+from PySide6.QtCore import QObject, QStandardPaths, Qt, Signal
 
-from ..engine.api.upscale import UpscalePass
+from ..engine.api.upscale import SCALES, UpscalePass
 from ..engine.core import events as ev
 from ..engine.core import request as rq
 from ..engine.core.modelinfo import ModelInfo
 from .dialogs import message_for
 from .jobs import Jobs
 from .widgets.inspector import Result
+from .widgets.upscale import UpscaleDialog
 
 log = logging.getLogger(__name__)
 
@@ -190,3 +195,70 @@ class UpscaleChain(QObject):
         self._token += 1
         self._result = None
         self.ended.emit(outcome, message)
+
+
+class UpscaleMode(QObject):
+    """Upscale…'s half of the window: ``w`` is the MainWindow (the current picture, its run path,
+    status and errors); ``chain`` runs the passes."""
+
+    def __init__(self, w: Any) -> None:
+        super().__init__(w)
+        self.w = w
+        self.chain = UpscaleChain(w.jobs, self._start_pass, self)
+        self.box: UpscaleDialog | None = None
+        self.chain.pass_started.connect(lambda i, n, k: w.progress.setFormat(f"pass {i}/{n} · %p%"))
+        self.chain.pass_written.connect(lambda i, path: log.info("upscale pass %d written to %s", i, path))
+        self.chain.ended.connect(self._ended)
+
+    def update_action(self) -> None:
+        r, w = self.w.current, self.w
+        w.act_upscale.setEnabled(not w.busy and r is not None and (r.image is not None or bool(r.path)))
+
+    def dialog(self) -> UpscaleDialog | None:
+        """Ask for the scale, strength and output of an upscale of the current picture (not blocking)."""
+        r = self.w.current
+        if r is None or r.layer is None:
+            return None
+        box = UpscaleDialog(self.w, r.title, (r.layer.width, r.layer.height), lambda k: default_output(r, k))
+        box.setWindowModality(Qt.WindowModality.WindowModal)
+        box.chosen.connect(lambda scale, strength, output: self.w.upscale(scale, strength, output))
+        box.open()
+        self.box = box
+        return box
+
+    def upscale(self, scale: int, strength: float | None = None, output: str | None = None) -> bool:
+        """See :meth:`MainWindow.upscale`."""
+        w, r = self.w, self.w.current
+        if w.busy:
+            return False
+        if r is None or (r.image is None and not r.path):
+            w.show_error("Nothing to upscale", "generate or open a picture first")
+            return False
+        if isinstance(scale, bool) or scale not in SCALES:
+            w.show_error("Cannot upscale", f"scale: must be 2, 4 or 8; got {scale!r}")
+            return False
+        # The picture's own recipe; a picture without one takes the panel's model and prompt.
+        base = r.request
+        if base is None:
+            with contextlib.suppress(rq.RequestError):
+                base = w.panel.request()
+        self.chain.start(r, scale, strength, Path(output) if output else default_output(r, scale), base)
+        w.last_error = None
+        w.status_text.setText(f"Preparing the ×{scale} upscale…")
+        w.run_state_changed(w.runner.state)
+        return True
+
+    def _start_pass(self, request: rq.GenerationRequest, info: ModelInfo) -> bool:
+        self.w.start_run(request, info, request.device.split(":")[0].replace("auto", "cpu"), check=True)
+        return True
+
+    def _ended(self, outcome: str, message: str) -> None:
+        w = self.w
+        w.progress.setFormat("%p%")
+        w.run_state_changed(w.runner.state)
+        if outcome == "failed" and message:
+            w.show_error("The upscale failed", message)
+        elif message:
+            w.status_text.setText(message)
+            w.statusBar().showMessage(message, 15000)  # the last pass's own status follows it
+        w.upscale_ended.emit(outcome)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
+from PIL import Image
 from PySide6.QtCore import Qt
 
 from paradiff_gui.qt import bridge as bridge_module
-from paradiff_gui.qt import window as window_module
+from paradiff_gui.qt import results as results_module
 from paradiff_gui.qt.run import RunState
 from paradiff_gui.qt.widgets.inspector import Result
 
@@ -87,13 +89,13 @@ def test_late_scores_and_relief_for_a_picture_no_longer_shown_are_dropped(qtbot,
     b = first.args[0]
     qtbot.waitUntil(lambda: b.report is not None, timeout=20000)
     gate = threading.Event()
-    real_score = window_module._score
+    real_score = results_module._score
 
     def slow_score(image, tiles):
         gate.wait(10)
         return real_score(image, tiles)
 
-    monkeypatch.setattr(window_module, "_score", slow_score)
+    monkeypatch.setattr(results_module, "_score", slow_score)
     c = Result(b.image.copy(), b.request, b.tiles, "copy", layer=b.layer)
     window.show_result(c)  # its scoring waits at the gate
     window.show_result(b)  # the person moves on
@@ -103,14 +105,14 @@ def test_late_scores_and_relief_for_a_picture_no_longer_shown_are_dropped(qtbot,
     assert window.seams.report is b.report and window.canvas.heat is b.heat  # ...but not shown over b
     # Relief toggled off and on again quickly; the grey layer, slower to build here, arrives last
     # and must not land.
-    real_prepare = window_module._prepare_display
+    real_prepare = results_module._prepare_display
 
     def prepare(image, relief):
         if not relief:
             time.sleep(0.3)
         return real_prepare(image, relief)
 
-    monkeypatch.setattr(window_module, "_prepare_display", prepare)
+    monkeypatch.setattr(results_module, "_prepare_display", prepare)
     relief_layer = b.layer
     window.act_relief.setChecked(False)
     window.act_relief.setChecked(True)
@@ -152,3 +154,38 @@ def test_the_stall_figure_measures_the_gui_thread(qtbot, window, fake):
         time.sleep(0.25)  # the GUI thread busy for 250 ms mid-run
     assert window.stats["stall_ticks"] > 0
     assert window.stats["stall_ms_max"] >= 150
+
+
+def test_a_picture_arriving_after_the_person_moved_on_waits_in_history(qtbot, window, fake, tmp_path, monkeypatch):
+    shown: list[Result] = []
+    window.result_ready.connect(shown.append)
+    # An image opened during a run is kept in History, not drawn over the run's previews.
+    Image.fromarray(np.full((64, 96, 3), 200, np.uint8)).save(tmp_path / "opened.png")
+    _long_run(window, fake)
+    window.open_image(str(tmp_path / "opened.png"))
+    qtbot.waitUntil(lambda: len(window.history.results) == 1, timeout=20000)
+    opened = window.history.results[0]
+    assert opened.layer is not None and window.current is None and window.canvas.layer is not opened.layer
+    with qtbot.waitSignal(window.run_ended, timeout=5000):
+        window.cancel()
+    # A finished run whose view is still being built when the next run starts: kept, not shown.
+    fake.batch_seconds = 0.0
+    window.panel.set_request(window.panel.request().replace(steps=3))
+    gate = threading.Event()
+    real_prepare = results_module._prepare_display
+
+    def slow_prepare(image, relief):
+        gate.wait(10)
+        return real_prepare(image, relief)
+
+    monkeypatch.setattr(results_module, "_prepare_display", slow_prepare)
+    with qtbot.waitSignal(window.run_ended, timeout=20000):
+        window.generate()
+    _long_run(window, fake)  # the next run starts while the first one's view waits at the gate
+    gate.set()
+    qtbot.waitUntil(lambda: len(window.history.results) == 2, timeout=20000)
+    late = window.history.results[1]
+    assert late.layer is not None and window.current is None and window.canvas.layer is not late.layer
+    assert shown == []
+    with qtbot.waitSignal(window.run_ended, timeout=5000):
+        window.cancel()

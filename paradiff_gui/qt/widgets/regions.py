@@ -17,6 +17,7 @@ Painting is a handful of rectangles per region (at most 16), so it costs nothing
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from PySide6.QtCore import QObject, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QKeyEvent, QMouseEvent, QPainter, QPen
@@ -125,6 +126,18 @@ class RegionsLayer(QObject):
         self.editable = True
         self.draw_mode = False
         self._drag: _Drag | None = None
+
+    def link(self, form: Any) -> None:
+        """Follow the regions form ``form`` (``forms/regions.py``): it holds the regions, this
+        layer draws them and reports the mouse's edits back to it."""
+        form.regions_changed.connect(self.set_regions)
+        form.selected.connect(self.select)
+        form.draw_toggled.connect(self.set_draw_mode)
+        self.drawn.connect(form.add_region)
+        self.edited.connect(form.set_rect)
+        self.selected.connect(form.select)
+        self.remove_requested.connect(form.remove)
+        self.set_regions(form.regions(), tuple(row.caption() for row in form.rows))
 
     # -- state -------------------------------------------------------------------------------
 
