@@ -301,7 +301,7 @@ def main() -> int:
     ap.add_argument("--scale", type=int, choices=(2, 4, 8), default=4, help="upscale: the factor")
     ap.add_argument("--anchor", type=int, choices=(0, 2), default=None, help="upscale: 2 (faithful, the default) or 0")
     ap.add_argument("--feather", type=int, default=None,
-                    help="regions: the region's feather (px, default 64); refine: the selection's (default 32)")
+                    help="regions: the region's feather (px, default 64); refine: the selection's (default 64)")
     ap.add_argument("--pictures", type=Path, default=None, help="write shaded-relief pictures here")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -310,7 +310,7 @@ def main() -> int:
     if args.what == "regions":
         data = bench_regions(den, args.seeds, args.pictures, args.feather or 64)
     elif args.what == "refine":
-        data = bench_refine(den, args.seeds, args.pictures, 32 if args.feather is None else args.feather,
+        data = bench_refine(den, args.seeds, args.pictures, 64 if args.feather is None else args.feather,
                             args.strength or 0.6)
     elif args.what == "upscale":
         from paradiff_gui.engine.api.upscale import DEFAULT_UPSCALE_STRENGTH

@@ -72,7 +72,7 @@ def rgb_png(path, w, h, seed=4):
 
 
 def terrain_base(**kw):
-    return request_for("builtin:terrain", device="cpu", steps=2, seed=5, **kw)
+    return request_for("builtin:terrain", device="cpu", **{"steps": 2, "seed": 5, **kw})
 
 
 def sd_base(folder, **kw):
@@ -142,21 +142,23 @@ def test_without_the_blend_the_outside_of_the_cut_out_drifts(terrain, height_png
 
 
 def test_the_border_of_a_refine_leaves_no_seam_on_terrain(terrain, tmp_path):
-    """The seam metric across the selection's edges (the picture cut 3x3 by them) on a heightfield-like
-    source: at or below 1.1 (1.0 = the edges look like anywhere else). A hard border (feather 0)
-    shows, which is what the metric must be able to see."""
-    path = tmp_path / "f.png"
-    Image.fromarray((fractal((192, 192), 11) * 40000 + 10000).astype(np.uint16)).save(path)
+    """The seam metric across the selection's edges (the picture cut 3x3 by them) on a terrain
+    picture: at or below 1.1 (1.0 = the edges look like anywhere else). A hard border (feather 0)
+    shows: the metric can see a seam there. (192², a one-step source: the figures over several seeds
+    at 256² are in docs/QUALITY.md.)"""
+    src = generate(request_for("builtin:terrain", device="cpu", width=192, height=192, steps=1, seed=3),
+                   denoiser=terrain, previews=False)
+    path = tmp_path / "t.png"
+    Image.fromarray(src.image).save(path)
     rect = (64, 64, 128, 128)
     cut = [(a, b, c, d) for b, d in ((0, 64), (64, 128), (128, 192)) for a, c in ((0, 64), (64, 128), (128, 192))]
-    soft = refine(path, rect=rect, feather=32, strength=0.6, base=terrain_base(steps=4), denoiser=terrain,
+    soft = refine(path, rect=rect, feather=32, strength=0.6, base=terrain_base(seed=9), denoiser=terrain,
                   output=tmp_path / "soft.png")
-    hard = refine(path, rect=rect, feather=0, strength=0.6, base=terrain_base(steps=4), denoiser=terrain,
+    hard = refine(path, rect=rect, feather=0, strength=0.6, base=terrain_base(seed=9), denoiser=terrain,
                   output=tmp_path / "hard.png")
-    src = open_image(path)
-    assert analyse(src, cut).seam_ratio < 1.1  # the lines themselves are nothing special on the source
+    assert analyse(src.image, cut).seam_ratio < 1.0  # the lines themselves are nothing special on the source
     assert analyse(soft.image, cut).seam_ratio <= 1.1
-    assert analyse(hard.image, cut).seam_ratio > analyse(soft.image, cut).seam_ratio
+    assert analyse(hard.image, cut).seam_ratio > 1.5
 
 
 def test_sd_refine_keeps_the_outside_bit_for_bit(sd_folder, sd, tmp_path):

@@ -34,7 +34,7 @@ from ..sampling.inpaint import Known
 from .requests import request_for
 
 DEFAULT_REFINE_STRENGTH = 0.6  # how much of the selection is re-drawn when no strength is given
-DEFAULT_REFINE_FEATHER = 32  # image px: the soft border's width, centred on the selection's edge
+DEFAULT_REFINE_FEATHER = 64  # image px: the soft border's width, centred on the selection's edge (docs/QUALITY.md)
 MASK_MODES = ("1", "L", "I;16", "I", "F")  # grayscale masks; white (the mode's top) = refine
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 image px, x1/y1 exclusive
 
