@@ -58,8 +58,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .api.requests import build_request, request_for
     from .api.refine import refine, refine_request
+    from .api.requests import build_request, request_for
     from .api.upscale import upscale, upscale_passes
     from .core import events
     from .core.cancel import Cancelled, CancelToken

@@ -195,7 +195,12 @@ def counted(den, monkeypatch):
     """Tile evaluations of the denoiser: the tiles of every predict call."""
     calls = []
     real = den.predict
-    monkeypatch.setattr(den, "predict", lambda x, t, tiles, cond: (calls.append(len(tiles)), real(x, t, tiles, cond))[1])
+
+    def predict(x, t, tiles, cond):
+        calls.append(len(tiles))
+        return real(x, t, tiles, cond)
+
+    monkeypatch.setattr(den, "predict", predict)
     return calls
 
 
