@@ -3,6 +3,7 @@
     python benchmarks/bench_compositions.py regions   # -> benchmarks/results/compositions-regions.json
     python benchmarks/bench_compositions.py upscale --scale 4   # -> benchmarks/results/compositions-upscale-x4.json
     python benchmarks/bench_compositions.py wrap      # -> benchmarks/results/compositions-wrap.json
+    python benchmarks/bench_compositions.py refine    # -> benchmarks/results/compositions-refine.json
     python benchmarks/bench_compositions.py ... --seeds 1 2 3 --pictures docs/images
 
 - **regions**: 512², background difficulty 10, a region over the right half with difficulty 90
@@ -17,6 +18,14 @@
   source upscaled bicubically. The seam ratio of the last pass over its tiles.
 - **wrap**: 512² with ``--wrap xy`` and without; the output tiled 2×2 and the seam metric on the
   centre cross (the lines where copies meet).
+- **refine** (``--feather``, ``--strength``): a 256² terrain (seed s, 8 steps) refined in the rectangle
+  [64, 64, 192, 192] (seed s + 100, same prompt and steps). Outside the feathered mask the output must
+  equal the source (counted: pixels that differ there); the seam across the selection's border (the
+  seam metric on the rectangle's four edge lines, the picture cut 3×3 by them), next to the same metric
+  on the source itself (what the lines show with no refine at all). Cost: the tile evaluations the refine
+  ran (counted from its events) against the whole picture's plan at the same settings; and the same
+  refine on a 1024² picture (the source upscaled bicubically), where the whole picture is not run,
+  only planned; and the plans of a 512² selection in an 8192² picture.
 
 Times are wall seconds of ``generate`` with the model loaded once (CPU; the machine's cores are
 shared with whatever else runs).
@@ -195,6 +204,87 @@ def bench_wrap(den, seeds, pictures):
     return out
 
 
+def _border_rects(rect, w, h):
+    """The picture cut 3×3 by the rectangle's edge lines: analyse() then measures exactly those lines."""
+    x0, y0, x1, y1 = rect
+    return [(a, b, c, d) for b, d in ((0, y0), (y0, y1), (y1, h)) for a, c in ((0, x0), (x0, x1), (x1, w))]
+
+
+def bench_refine(den, seeds, pictures, feather, strength):
+    from paradiff_gui.engine.api.refine import plan_tiles, refine_request, run_refinement, whole_request
+    from paradiff_gui.engine.core.events import BatchStarted
+    from paradiff_gui.engine.io.export import open_image
+
+    rect = (64, 64, 192, 192)
+    rows = []
+
+    def counting(evals):  # tile evaluations, from the run's own events
+        return lambda e: evals.append(len(e.tiles)) if isinstance(e, BatchStarted) else None
+
+    tmp = Path(tempfile.mkdtemp(prefix="paradiff-refine-"))
+    for seed in seeds:
+        # The sources are kept between runs (a 256² source takes minutes on a shared CPU).
+        path = Path(tempfile.gettempdir()) / f"paradiff-refine-source-{seed}.png"
+        if path.is_file():
+            src, src_secs = argparse.Namespace(image=open_image(path)), None
+        else:
+            src, src_secs = run(den, width=256, height=256, seed=seed, steps=8)
+            save_png(path, src.image, src.request, src.plan, src.info)
+        job = refine_request(path, rect=rect, feather=feather, strength=strength, seed=seed + 100,
+                             output=tmp / f"refined-{seed}.png")
+        evals = []
+        started = time.perf_counter()
+        res = run_refinement(job, counting(evals), denoiser=den)
+        secs = time.perf_counter() - started
+        out = open_image(job.output)
+        x0, y0, x1, y1 = job.box
+        outside = np.ones(out.shape, bool)
+        outside[y0:y1, x0:x1] = job.mask <= 0
+        whole = plan_tiles(whole_request(job), den.scale, den.native_tile)
+        r = {"seed": seed, "seconds": round(secs, 1), "source_seconds": src_secs and round(src_secs, 1),
+             "box": list(job.box), "outside_changed_px": int((out != src.image)[outside].sum()),
+             "inside_mean_abs_change": float(np.abs(out.astype(float) - src.image)[~outside].mean()),
+             "border_seam_ratio": analyse(out, _border_rects(rect, 256, 256)).seam_ratio,
+             "source_border_seam_ratio": analyse(src.image, _border_rects(rect, 256, 256)).seam_ratio,
+             "tile_evaluations": sum(evals), "steps": sum(evals) // res.info["tiles"],
+             "tiles": res.info["tiles"], "whole_tiles": whole}
+        rows.append(r)
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
+        if pictures and seed == seeds[0]:
+            save_relief(pictures / "refine-source.png", src.image)
+            save_relief(pictures / "refine-result.png", out)
+    # The same selection in a 1024² picture: only the sub-canvas runs.
+    big = tmp / "big.png"
+    Image.fromarray(np.asarray(Image.fromarray(src.image.astype(np.float32), mode="F").resize(
+        (1024, 1024), Image.Resampling.BICUBIC)).clip(0, 65535).astype(np.uint16)).save(big)
+    job = refine_request(big, rect=(448, 448, 576, 576), feather=feather, strength=strength, seed=7, steps=8)
+    evals = []
+    started = time.perf_counter()
+    run_refinement(job, counting(evals), denoiser=den)
+    large = {"picture": [1024, 1024], "rect": [448, 448, 576, 576], "box": list(job.box),
+             "seconds": round(time.perf_counter() - started, 1), "tile_evaluations": sum(evals),
+             "tiles": plan_tiles(job.request, den.scale, den.native_tile),
+             "whole_tiles": plan_tiles(whole_request(job), den.scale, den.native_tile)}
+    large["cost_share"] = large["tiles"] / large["whole_tiles"]
+    print(json.dumps(large), flush=True)
+    # 8192² with a 512² selection: the plans only (the whole picture would take hours on a CPU).
+    plans = {}
+    huge = tmp / "huge.png"
+    Image.fromarray(np.zeros((8192, 8192), np.uint16)).save(huge)
+    for name, tile, scale in (("builtin:terrain (128-px tiles)", None, 1), ("SD-like (512-px tiles, VAE x8)", 512, 8)):
+        base = request_for("builtin:terrain", device="cpu", tile=tile)
+        job = refine_request(huge, rect=(4096, 4096, 4608, 4608), feather=feather, base=base)
+        n_sub = plan_tiles(job.request, scale, tile or den.native_tile)
+        n_full = plan_tiles(whole_request(job), scale, tile or den.native_tile)
+        plans[name] = {"box": list(job.box), "tiles": n_sub, "whole_tiles": n_full, "cost_share": n_sub / n_full}
+    print(json.dumps(plans), flush=True)
+    return {"setup": f"256² source (8 steps, lcm), rect {list(rect)}, feather {feather}, strength {strength}, "
+                     "refine seed = source seed + 100", "feather": feather, "strength": strength, "rows": rows,
+            "large": large, "plans_8192": plans,
+            "summary": _summary(rows, ["border_seam_ratio", "source_border_seam_ratio", "outside_changed_px",
+                                       "inside_mean_abs_change", "seconds"])}
+
+
 def _summary(rows, keys):
     out = {}
     for k in keys:
@@ -205,19 +295,23 @@ def _summary(rows, keys):
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("regions", "upscale", "wrap"))
+    ap.add_argument("what", choices=("regions", "upscale", "wrap", "refine"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--strength", type=float, default=None)
     ap.add_argument("--scale", type=int, choices=(2, 4, 8), default=4, help="upscale: the factor")
     ap.add_argument("--anchor", type=int, choices=(0, 2), default=None, help="upscale: 2 (faithful, the default) or 0")
-    ap.add_argument("--feather", type=int, default=64, help="regions: the region's feather (px)")
+    ap.add_argument("--feather", type=int, default=None,
+                    help="regions: the region's feather (px, default 64); refine: the selection's (default 64)")
     ap.add_argument("--pictures", type=Path, default=None, help="write shaded-relief pictures here")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     den = load_denoiser(request_for("builtin:terrain", device="cpu"), torch.device("cpu"), torch.float32)
     if args.what == "regions":
-        data = bench_regions(den, args.seeds, args.pictures, args.feather)
+        data = bench_regions(den, args.seeds, args.pictures, args.feather or 64)
+    elif args.what == "refine":
+        data = bench_refine(den, args.seeds, args.pictures, 64 if args.feather is None else args.feather,
+                            args.strength or 0.6)
     elif args.what == "upscale":
         from paradiff_gui.engine.api.upscale import DEFAULT_UPSCALE_STRENGTH
 
@@ -229,6 +323,8 @@ def main() -> int:
                 version=__version__, torch=torch.__version__, machine=platform.processor() or platform.machine(),
                 cpu_threads=torch.get_num_threads(), date=time.strftime("%Y-%m-%d"))
     name = args.what
+    if args.what == "refine":
+        name = f"refine-f{data['feather']}-s{data['strength']}"
     if args.what == "upscale":
         name = f"upscale-x{args.scale}" + ("-anchor0" if args.anchor == 0 else "") \
             + (f"-{args.strength}" if args.strength else "")

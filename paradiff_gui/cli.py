@@ -219,6 +219,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help=LORA_HELP)
     u.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    f = sub.add_parser("refine", help="re-draw a selection of a picture, keeping the rest bit for bit",
+                       description="Refine a rectangle (--rect) or a masked part (--mask, white = refine) of IMAGE: "
+                                   "only the selection's sub-canvas runs (image-to-image at --strength, the picture "
+                                   "around it kept at every step), then it is laid over IMAGE with a --feather px "
+                                   "soft border; outside that the pixels are IMAGE's own. Writes a new file "
+                                   "(default IMAGE-refined.png), never IMAGE. The generation settings come from "
+                                   "IMAGE's recipe when it has one; flags override them. --replay REFINED.png runs "
+                                   "a refine again from its recipe.")
+    f.add_argument("image", nargs="?", help="the picture to refine (not with --replay)")
+    sel = f.add_mutually_exclusive_group()
+    sel.add_argument("--rect", metavar="X0,Y0,X1,Y1", help="the selection, image px (X1, Y1 exclusive)")
+    sel.add_argument("--mask", metavar="M.png", help="the selection: a grayscale image, white = refine (resized to "
+                                                     "the picture when its size differs)")
+    sel.add_argument("--replay", metavar="REFINED.png", help="run the refine that made REFINED.png again")
+    f.add_argument("--feather", type=int, metavar="PX", help="the soft border's width, px (default 32)")
+    f.add_argument("--strength", type=float, metavar="0..1",
+                   help="how much of the selection is re-drawn, above 0 and at most 1 (default 0.6)")
+    f.add_argument("-o", "--output", metavar="OUT.png",
+                   help="default IMAGE-refined.png (with --replay: REFINED-replay.png)")
+    f.add_argument("--model")
+    f.add_argument("--prompt")
+    f.add_argument("--negative", dest="negative_prompt", metavar="TEXT")
+    f.add_argument("--steps", type=_int_arg(1, rq.MAX_STEPS), metavar="N")
+    f.add_argument("--seed", type=_int_arg(0, rq.MAX_SEED), metavar="N")
+    f.add_argument("--guidance", type=_float_arg(rq.MIN_GUIDANCE, rq.MAX_GUIDANCE), metavar="CFG")
+    f.add_argument("--sampler", choices=rq.SAMPLERS)
+    f.add_argument("--tile-batch", dest="tile_batch", type=_tile_batch_arg, metavar="auto|N")
+    f.add_argument("--device", metavar="auto|cpu|cuda|cuda:N|mps")
+    f.add_argument("--dtype", choices=rq.DTYPES)
+    f.add_argument("--host-memory", dest="host_memory", type=_float_arg(rq.MIN_HOST_MEMORY, rq.MAX_HOST_MEMORY),
+                   metavar="GiB", help="the most host memory the run may take (default: $PARADIFF_HOST_MEMORY)")
+    f.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE")
+    f.add_argument("--lora", dest="lora_specs", action="append", default=[], metavar="FILE[:WEIGHT]",
+                   help=LORA_HELP)
+    f.add_argument("--quiet", action="store_true", help="no progress bar")
+
     m = sub.add_parser("models", help="list the models Paradiff can use")
     m.add_argument("--json", action="store_true")
 
@@ -746,6 +782,67 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_refine(args: argparse.Namespace) -> int:
+    """``paradiff refine``: engine.api.refine's sub-canvas, generated, laid over the picture and written."""
+    from .engine import Cancelled, CancelToken, ModelUnavailable
+    from .engine.api.refine import refine_from_recipe, refine_request, run_refinement
+    from .engine.api.requests import build_request, parse_settings
+    from .engine.io import partials
+    from .engine.io.metadata import load_request
+
+    partials.sweep()
+    fields = {k: getattr(args, k) for k in ("model", "prompt", "negative_prompt", "steps", "seed", "guidance",
+                                             "sampler", "tile_batch", "device", "dtype", "host_memory")
+              if getattr(args, k) is not None}
+    if args.lora_specs:
+        fields["loras"] = lora_args(args.lora_specs)
+    try:
+        if args.replay:
+            if args.image is not None:
+                raise rq.RequestError("image", "--replay takes the picture from REFINED.png's recipe: give no IMAGE")
+            replay = Path(args.replay)
+            out = args.output or replay.with_name(f"{replay.stem}-replay{replay.suffix}")
+            job = refine_from_recipe(replay, output=out, **fields)
+        else:
+            if args.image is None:
+                raise rq.RequestError("image", "give the picture to refine (or --replay REFINED.png)")
+            if args.rect is None and args.mask is None:
+                raise rq.RequestError("rect", "give the selection: --rect X0,Y0,X1,Y1 (image px) or --mask M.png")
+            try:
+                base = load_request(args.image)
+            except rq.RequestError:
+                base = None  # not a Paradiff picture: the model's defaults
+            base = build_request(fields, parse_settings(args.settings), base=base,
+                                 model=args.model or os.environ.get("PARADIFF_MODEL") or rq.DEFAULT_MODEL)
+            job = refine_request(args.image, rect=args.rect, mask=args.mask, feather=args.feather,
+                                 strength=args.strength, base=base, output=args.output)
+    except rq.RequestError as exc:
+        print(f"paradiff: invalid input: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    (x0, y0, x1, y1), (w, h) = job.box, job.record["source_size"]
+    print(f"refine: sub-canvas {x1 - x0}x{y1 - y0} at {x0},{y0} of the {w}x{h} picture", file=sys.stderr)
+    cancel = CancelToken()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
+    sink = _Progress(args.quiet)  # (it says the notices, quiet or not)
+    try:
+        result = run_refinement(job, sink, cancel)
+    except Cancelled:
+        sink.progress.stop()
+        print("paradiff: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except rq.RequestError as exc:
+        print(f"paradiff: invalid input: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except ModelUnavailable as exc:
+        print(f"paradiff: model unavailable: {exc}", file=sys.stderr)
+        return EXIT_MODEL
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print(f"wrote {job.output} ({result.image.shape[1]}x{result.image.shape[0]}, {result.seconds:.1f} s)",
+          file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .engine.models.catalogue import list_models, model_dirs
     from .engine.models.info import describe_model
@@ -819,6 +916,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_inspect(args)
         if args.command == "upscale":
             return cmd_upscale(args)
+        if args.command == "refine":
+            return cmd_refine(args)
         return cmd_models(args)
     except KeyboardInterrupt:
         print("paradiff: interrupted", file=sys.stderr)

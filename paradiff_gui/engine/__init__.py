@@ -5,7 +5,7 @@
 
 Compositions are request fields: ``regions=[{"rect": [0, 0, 1024, 1024], "prompt": "a lake"}]``,
 ``init_image="photo.png", strength=0.5``, ``wrap="xy"``; ``upscale("photo.png", 4)`` runs the x2
-passes and writes each one.
+passes and writes each one; ``refine("big.png", rect=(0, 0, 512, 512))`` re-draws a selection.
 """
 
 from __future__ import annotations
@@ -32,13 +32,15 @@ _LAZY = {
     "build_request": ".api.requests",
     "upscale": ".api.upscale",
     "upscale_passes": ".api.upscale",
+    "refine": ".api.refine",
+    "refine_request": ".api.refine",
     "Region": ".core.regions",
 }
 
 __all__ = [  # noqa: RUF022 (kept as the names of _LAZY, in its order)
     "events", "CancelToken", "Cancelled", "Tile", "TilePlan", "GenerationRequest", "RequestError", "Denoiser",
     "ModelUnavailable", "register_builtin", "GenerationResult", "generate", "request_for", "build_request",
-    "upscale", "upscale_passes", "Region",
+    "upscale", "upscale_passes", "refine", "refine_request", "Region",
 ]
 
 
@@ -56,6 +58,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .api.refine import refine, refine_request
     from .api.requests import build_request, request_for
     from .api.upscale import upscale, upscale_passes
     from .core import events

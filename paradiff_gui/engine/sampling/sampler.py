@@ -64,6 +64,7 @@ from ..runtime.devices import dtype_name, resolve_device, resolve_dtype
 from .anchor import back_project, keep_low_band, latent_factor
 from .bridges import Bridge, config_for
 from .compose import Regional, extend, fold, image_timesteps, regional
+from .inpaint import Known, keep_known
 from .previews import PROBE, PreviewBudget
 
 EventSink = Callable[[Event], None]
@@ -336,7 +337,7 @@ def _context_weights(steps: int, strength: float, power: float = 3.0) -> list[fl
 def _synchronized(run: _Denoise, plan: TilePlan, noise: torch.Tensor, generator: torch.Generator, *,
                   jitter: bool = False, guide: torch.Tensor | None = None,
                   bridge: Bridge | None = None, init: torch.Tensor | None = None,
-                  strength: float = 1.0) -> torch.Tensor:
+                  strength: float = 1.0, keep: torch.Tensor | None = None) -> torch.Tensor:
     """4. All tiles, every step, one canvas, one scheduler.
 
     ``jitter`` shifts the tile grid by a seeded offset every step, so seams never sit in the same
@@ -357,8 +358,10 @@ def _synchronized(run: _Denoise, plan: TilePlan, noise: torch.Tensor, generator:
     else:
         latents = noise.to(den.device) * scheduler.init_noise_sigma
     anchor = latent_factor(request.anchor, plan.height, plan.width) if init is not None else 0
-    if anchor:
+    if anchor or keep is not None:
         init, noise = init.to(den.device, latents.dtype), noise.to(den.device, latents.dtype)
+    if keep is not None:
+        keep = keep.to(den.device, latents.dtype)
     kwargs = _step_kwargs(scheduler, generator)
     t_host = timesteps.cpu()
     total = len(t_host)
@@ -386,6 +389,9 @@ def _synchronized(run: _Denoise, plan: TilePlan, noise: torch.Tensor, generator:
         if anchor and getattr(scheduler, "state_in_first_order", True):  # ILVR: keep the init image's low band
             ref = init if i + 1 == total else scheduler.add_noise(init, noise, timesteps[i + 1: i + 2])
             latents = keep_low_band(latents, ref, anchor)
+        if keep is not None and getattr(scheduler, "state_in_first_order", True):  # 4.3' keep the known part
+            latents = keep_known(latents, keep, init, noise, scheduler, None if i + 1 == total
+                                 else timesteps[i + 1 : i + 2])
         if bridge is not None:  # 4.4 this step's values are the neighbours' values of the next
             bridge.end_step()
         run.flush_previews()  # the one host wait of the step, after the step is queued
@@ -574,6 +580,27 @@ def _init_latents(den: Denoiser, request: GenerationRequest, plan: TilePlan, emi
     return encode(pixels, lambda _done, _total: None).float().cpu()
 
 
+def _known_latents(den: Denoiser, request: GenerationRequest, plan: TilePlan, known: Known) -> torch.Tensor:
+    """The known picture encoded (1, C, h, w) on the CPU, checked against what the run can keep."""
+    unet = getattr(den, "unet", None)
+    if int(getattr(getattr(unet, "config", None), "in_channels", 0) or 0) == 9:
+        raise RequestError("model", f"{request.model} is an inpainting checkpoint (a 9-channel UNet); refine runs "
+                                    "ordinary checkpoints for now: use the model it was made from")
+    if request.fusion == "independent":
+        raise RequestError("fusion", "independent denoises each tile alone, which cannot keep the picture around "
+                                     "a selection: use cosine (the default) or another fusion")
+    if request.global_context > 0 or request.anchor:
+        raise RequestError("global_context" if request.global_context > 0 else "anchor",
+                           "a refine keeps the picture itself around the selection: use 0")
+    encode = getattr(den, "encode", None)
+    if encode is None:
+        raise RequestError("model", f"{den.name} cannot start from an image (it has no encoder)")
+    if known.mask.shape != (plan.height * plan.scale, plan.width * plan.scale):
+        raise RequestError("mask", f"must be the canvas's size ({plan.width * plan.scale}x"
+                                   f"{plan.height * plan.scale}); got {known.mask.shape[1]}x{known.mask.shape[0]}")
+    return encode(known.pixels, lambda _done, _total: None).float().cpu()
+
+
 def _anchored(image: np.ndarray, request: GenerationRequest, plan: TilePlan, den: Denoiser,
               cancel: CancelToken) -> np.ndarray:
     """The decoded picture back-projected so that shrunk ``anchor``× (box) it equals the init image
@@ -628,10 +655,13 @@ def generate(
     *,
     denoiser: Denoiser | None = None,
     previews: bool = True,
+    known: Known | None = None,
 ) -> GenerationResult:
     """Run one generation. Events go to ``on_event``; the last one is always terminal
-    (Finished, Cancelled or Failed). Raises :class:`Cancelled`, :class:`RequestError`,
-    :class:`ModelUnavailable` or the runtime error after emitting the terminal event.
+    (Finished, Cancelled or Failed). ``known`` (engine.api.refine): the canvas starts from its
+    pixels rather than from ``init_image``'s file, and keeps them where its mask is 0. Raises
+    :class:`Cancelled`, :class:`RequestError`, :class:`ModelUnavailable` or the runtime error after
+    emitting the terminal event.
     """
     shard = distributed.current()
     # With several ranks, rank 0 speaks for all of them.
@@ -695,7 +725,10 @@ def generate(
                 f", on at most {share:.0%} of the run's time (tiles in turn)" if share else "")))
         run = _Denoise(den, request, plan, cond, emit, cancel, previews)
         run.regional = regional(den, request, plan, cond)
-        init = _init_latents(den, request, plan, emit) if request.init_image is not None else None
+        if known is not None:
+            init = _known_latents(den, request, plan, known)
+        else:
+            init = _init_latents(den, request, plan, emit) if request.init_image is not None else None
         run.total_steps = total_steps
         run.batch = _tile_batch(request, den, plan, emit, _bridge_cost(den, plan, request, cond, emit), host_batch)
 
@@ -712,7 +745,8 @@ def generate(
                 guide = _global_context(run, plan, generator) if request.global_context > 0 else None
                 with _bridged(den, plan, request, shard, emit) as bridge:
                     latents = _synchronized(run, plan, noise, generator, jitter=request.jitter, guide=guide,
-                                            bridge=bridge, init=init, strength=request.image_strength)
+                                            bridge=bridge, init=init, strength=request.image_strength,
+                                            keep=None if known is None else known.latent_mask(den.scale, den.device))
 
             # 5. Decode (never after a cancel) and finish; with several ranks rank 0 alone decodes.
             cancel.check()
