@@ -233,9 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--mask", metavar="M.png", help="the selection: a grayscale image, white = refine (resized to "
                                                      "the picture when its size differs)")
     sel.add_argument("--replay", metavar="REFINED.png", help="run the refine that made REFINED.png again")
-    f.add_argument("--feather", type=int, metavar="PX", help="the soft border's width, px (default 32)")
+    f.add_argument("--feather", type=int, metavar="PX",
+                   help=f"the soft border's width, px (default {rq.DEFAULT_REFINE_FEATHER})")
     f.add_argument("--strength", type=float, metavar="0..1",
-                   help="how much of the selection is re-drawn, above 0 and at most 1 (default 0.6)")
+                   help=f"how much of the selection is re-drawn, above 0 and at most 1 (default "
+                        f"{rq.DEFAULT_REFINE_STRENGTH})")
     f.add_argument("-o", "--output", metavar="OUT.png",
                    help="default IMAGE-refined.png (with --replay: REFINED-replay.png)")
     f.add_argument("--model")

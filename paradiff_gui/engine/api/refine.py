@@ -25,7 +25,14 @@ import numpy as np
 
 from ..core.plan import TilePlan
 from ..core.regions import MAX_FEATHER
-from ..core.request import MIN_SIZE, SIZE_MULTIPLE, GenerationRequest, RequestError
+from ..core.request import (
+    DEFAULT_REFINE_FEATHER,
+    DEFAULT_REFINE_STRENGTH,
+    MIN_SIZE,
+    SIZE_MULTIPLE,
+    GenerationRequest,
+    RequestError,
+)
 from ..io.export import open_image
 from ..io.init_image import file_digest
 from ..io.metadata import load_request, read_recipe
@@ -33,8 +40,6 @@ from ..models.info import describe_model
 from ..sampling.inpaint import Known
 from .requests import request_for
 
-DEFAULT_REFINE_STRENGTH = 0.6  # how much of the selection is re-drawn when no strength is given
-DEFAULT_REFINE_FEATHER = 64  # image px: the soft border's width, centred on the selection's edge (docs/QUALITY.md)
 MASK_MODES = ("1", "L", "I;16", "I", "F")  # grayscale masks; white (the mode's top) = refine
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 image px, x1/y1 exclusive
 

@@ -53,6 +53,8 @@ PREVIEWS = ("auto", "linear", "taesd")
 # in the run's dtype): FLUX.1-dev's transformer in 15.2 GB instead of 23.8, for a small loss of
 # precision and some speed. Other models refuse fp8.
 WEIGHTS = ("full", "fp8")
+DEFAULT_REFINE_STRENGTH = 0.6  # refine (engine.api.refine): how much of the selection is re-drawn by default
+DEFAULT_REFINE_FEATHER = 64  # image px: a refine's soft border, centred on the selection's edge (docs/QUALITY.md)
 DEFAULT_STRENGTH = 0.6  # image-to-image: how much of the init image is re-drawn when no strength is given
 
 # Limits in image pixels. Sizes and tiles are multiples of 8 so that they map to whole latent
