@@ -40,9 +40,8 @@ GiB = 2**30
 class LiveBytes(TorchDispatchMode):
     """Peak bytes of the tensors operators return, each storage counted while it lives."""
 
-    def __init__(self, fused: bool) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.fused = fused
         self.live = self.peak = 0
         self.seen: set[int] = set()
 
@@ -122,7 +121,7 @@ def flops_share(unet, net, xl: bool, side: int) -> float:
 
 def view_peak(unet, net, xl: bool, side: int, fused: bool, control: bool) -> int:
     x, t, text, kw = _inputs(xl, side)
-    counter = LiveBytes(fused)
+    counter = LiveBytes()
     sdpa = F.scaled_dot_product_attention
     F.scaled_dot_product_attention = _fused_sdpa if fused else _math_sdpa
     try:

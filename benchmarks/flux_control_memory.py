@@ -54,7 +54,7 @@ def build(depth: tuple[int, int] = (19, 38)):
 def view_peak(transformer, net, controls: int, side: int = SIDE) -> int:
     image = (side // 16) ** 2  # tokens: 2×2 latent px each
     z = lambda *shape: torch.zeros(*shape, device="meta", dtype=DTYPE)  # noqa: E731
-    counter = LiveBytes(True)
+    counter = LiveBytes()
     sdpa = F.scaled_dot_product_attention
     F.scaled_dot_product_attention = _fused
     try:

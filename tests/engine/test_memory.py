@@ -95,39 +95,22 @@ def test_cli_tile_batch_auto_is_recorded(tmp_path, capsys):
     assert "--tile-batch: must be auto or a whole number from 1 to 1024, got 'lots'" in capsys.readouterr().err
 
 
+def _benchmarks_importable() -> None:
+    import sys
+
+    folder = str(Path(__file__).resolve().parents[2] / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+
+
 def test_terrain_view_estimate_covers_the_measured_activations_without_wasting_half():
     """builtin:terrain's per-view figure against the live tensor bytes of a real model call,
     counted tensor by tensor (CPU; the GPU adds attention workspaces, hence the headroom)."""
-    import weakref
-
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_flatten
+    _benchmarks_importable()
+    from control_memory import LiveBytes  # live operator outputs, each storage counted while it lives
 
     from paradiff_gui.engine.models.info import describe_model
     from paradiff_gui.engine.models.terrain import TerrainDenoiser
-
-    class LiveBytes(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.live = self.peak = 0
-            self.seen: set[int] = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in tree_flatten(out)[0]:
-                if isinstance(t, torch.Tensor):
-                    storage = t.untyped_storage()
-                    key, n = storage.data_ptr(), storage.nbytes()
-                    if n and key not in self.seen:
-                        self.seen.add(key)
-                        self.live += n
-                        self.peak = max(self.peak, self.live)
-                        weakref.finalize(storage, self._freed, key, n)
-            return out
-
-        def _freed(self, key, n):
-            self.live -= n
-            self.seen.discard(key)
 
     den = TerrainDenoiser(torch.device("cpu"), torch.float32)
     counter = LiveBytes()
@@ -259,11 +242,9 @@ def test_on_a_cpu_the_budget_picks_the_tile_batch(monkeypatch):
 def test_the_controlnet_share_of_a_view_covers_the_measured_one_without_wasting_half():
     """CONTROL_VIEW_SHARE against what an SD 1.5 ControlNet adds to a 512 px view's live tensors
     (real geometry on the meta device: nothing computed; benchmarks/control_memory.py)."""
-    import sys
-
     from paradiff_gui.engine.runtime import memory
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    _benchmarks_importable()
     from control_memory import control_share
 
     measured = control_share(xl=False, side=512)
