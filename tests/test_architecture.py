@@ -1,5 +1,5 @@
-"""The house's shape, checked: no import cycle anywhere in paradiff_gui, and the app's window
-stays a composition root.
+"""The house's shape, checked: no import cycle anywhere in paradiff_gui, the app's window stays a
+composition root, and the command line stays one module per command.
 
 import-linter's contracts (pyproject.toml, run by ``make lint``) keep the engine's layers in
 order; this test finds any cycle at all, including inside one folder, where layers don't look."""
@@ -11,6 +11,7 @@ from pathlib import Path
 import grimp
 
 QT = Path(__file__).resolve().parents[1] / "paradiff_gui" / "qt"
+CLI = QT.parent / "cli"
 
 
 def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
@@ -81,3 +82,11 @@ def test_the_main_window_stays_a_composition_root():
     # window does not grow back into one file that does everything.
     assert _lines(QT / "window.py") <= 400
     assert {str(p.relative_to(QT)): n for p in sorted(QT.rglob("*.py")) if (n := _lines(p)) > 500} == {}
+
+
+def test_the_command_line_is_one_module_per_command():
+    # A command's parser and its cmd_* live in a module of their own, over shared flag shapes
+    # (cli/args.py), so cli/ does not grow back into one file that holds every command.
+    commands = {"generate", "upscale", "refine", "inspect", "models"}
+    assert commands <= {p.stem for p in CLI.glob("*.py")}
+    assert {p.name: n for p in sorted(CLI.rglob("*.py")) if (n := _lines(p)) > 400} == {}

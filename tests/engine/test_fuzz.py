@@ -82,8 +82,8 @@ def test_the_cli_answers_garbage_with_exit_2_and_a_field(capsys, monkeypatch, tm
         return 99
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("paradiff_gui.cli._generate_and_write", fake_generate)
-    monkeypatch.setattr("paradiff_gui.cli._launch_local_group", lambda args, request, out: fake_generate(
+    monkeypatch.setattr("paradiff_gui.cli.generate.generate_and_write", fake_generate)
+    monkeypatch.setattr("paradiff_gui.cli.generate.launch_local_group", lambda args, request, out: fake_generate(
         args, request, out, None))
     argv = ["generate", "--quiet", "-o", "never.png"]
     for name, value in zip(names, vals):
