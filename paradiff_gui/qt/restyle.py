@@ -325,6 +325,7 @@ class RestyleMode(QObject):
             was, self.comparing, self._source = self.comparing, False, None
             self._show()
             if was:
+                w.statusBar().clearMessage()
                 self.compare_shown.emit(False)
             return
         r = w.current
@@ -346,6 +347,8 @@ class RestyleMode(QObject):
                 return
             self.comparing, self._source = True, pixels
             self._show()
+            w.statusBar().showMessage(f"Showing the starting picture {Path(src).name}, stretched to this picture's "
+                                      "size (Ctrl+B: back to the picture)")
             self.compare_shown.emit(True)
 
         w.jobs.submit(lambda: look(src, relief), read)

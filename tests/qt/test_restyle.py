@@ -192,3 +192,23 @@ def test_real_terrain_restyle_records_the_source_in_the_recipe(qtbot, make_windo
     assert digest(src) == before
     qtbot.waitUntil(lambda: w.current is not None and w.current.path == str(tmp_path / "real-out.png"),
                     timeout=20000)
+
+
+def test_a_request_without_a_strength_comes_back_without_one(win, tmp_path):
+    src = str(heightmap(tmp_path / "plain.png", 64, 64))
+    shown = request_for("builtin:terrain", width=128, height=128, steps=2, seed=3, init_image=src)
+    win.panel.set_request(shown)
+    assert win.panel.start_form.strength.value() == 0.6 and win.panel.request() == shown
+    win.panel.start_form.strength.setValue(0.7)
+    assert win.panel.request().strength == 0.7
+
+
+def test_a_huge_source_is_shown_shrunk_in_its_own_depth():
+    from paradiff_gui.qt.restyle import DISPLAY_PX, display_pixels
+
+    a = np.zeros((300, 9000), np.uint16)
+    a[:, 4500:] = 60000
+    a[0, 0] = 1000  # a range for the grey stretch
+    shown = display_pixels(a, relief=False)
+    assert shown.shape == (75, 2250, 4) and max(shown.shape[:2]) <= DISPLAY_PX
+    assert shown[40, 100, 0] < 10 and shown[40, 2000, 0] > 245  # left dark, right bright: 16-bit kept

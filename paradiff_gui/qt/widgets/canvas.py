@@ -371,6 +371,7 @@ class CanvasWidget(QWidget):
             k = self.layer.level_for(self.device_scale())
             self._draw_part(p, self.layer.images[k], 0.5**k, visible)
         if self.underlay is not None and (self.show_source or (self.layer is None and self._preview is None)):
+            p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)  # a smaller source, stretched
             p.drawImage(self._widget_rect(full), self.underlay)
         if self.show_heatmap and self.heat is not None:
             k = self.heat.level_for(self.device_scale())
