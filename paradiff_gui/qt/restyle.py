@@ -159,6 +159,7 @@ class RestyleMode(QObject):
         w.runner.failed.connect(lambda e: self._stopped("failed", e.message))
         w.runner.cancelled.connect(lambda _e: self._stopped("cancelled", "the restyle was cancelled"))
         w.results.kept.connect(self._result_kept)
+        w.act_relief.toggled.connect(self._relief_changed)
         self.follow()
 
     # -- the dialog and the start --------------------------------------------------------------
@@ -311,6 +312,13 @@ class RestyleMode(QObject):
                 self._show()
 
         self.w.jobs.submit((lambda: look(path, relief)) if reread else (lambda: (Path(path).is_file(), None)), seen)
+
+    def _relief_changed(self, _on: bool) -> None:
+        """Heightmaps are shown another way now: the starting picture is read again to match."""
+        self.w.act_compare.setChecked(False)
+        if self._panel[0] is not None:
+            self._panel = (None, None)
+            self.follow()
 
     def _show(self) -> None:
         pixels = self._source if self.comparing else self._panel[1]

@@ -178,6 +178,23 @@ def test_bad_input_is_refused_by_name_and_nothing_is_written(qtbot, win, engine,
     assert engine.calls == [] and not out.exists()
 
 
+def test_a_canvas_over_the_host_memory_budget_is_refused_before_any_run(qtbot, win, engine, tmp_path):
+    src = heightmap(tmp_path / "big.png", 1024, 1024)
+    win.panel.set_request(win.panel.request().replace(host_memory=0.5, device="cpu"))
+    outcome, said = restyled(qtbot, win, str(src), scale=4, output=str(tmp_path / "big-x4.png"))
+    assert outcome == "refused" and said.startswith("host_memory: the run needs ≈"), said
+    assert engine.calls == [] and not (tmp_path / "big-x4.png").exists()
+
+
+def test_the_underlay_follows_the_relief_view(qtbot, win, tmp_path):
+    src = heightmap(tmp_path / "relief.png", 128, 128)
+    win.panel.set_request(request_for("builtin:terrain", width=128, height=128, steps=2, init_image=str(src)))
+    qtbot.waitUntil(lambda: win.canvas.underlay is not None, timeout=5000)
+    shaded = win.canvas.underlay.copy()
+    win.act_relief.setChecked(not win.act_relief.isChecked())
+    qtbot.waitUntil(lambda: win.canvas.underlay is not None and win.canvas.underlay != shaded, timeout=5000)
+
+
 def test_real_terrain_restyle_records_the_source_in_the_recipe(qtbot, make_window, tmp_path):
     w = make_window(interactive=False)  # the real engine
     w.panel.set_request(request_for("builtin:terrain", width=128, height=128, steps=2, seed=4, device="cpu"))
