@@ -43,6 +43,7 @@ from .jobs import Jobs, StallMonitor
 from .menus import build_menus
 from .overlays import ControlOverlay
 from .plan_summary import PlanSummary, fmt_bytes, fmt_seconds
+from .restyle import RestyleMode
 from .results import ResultView
 from .run import RunController, RunState
 from .session import Session
@@ -107,6 +108,7 @@ class MainWindow(QMainWindow):
         build_menus(self)
         build_status(self)
         self._connect()
+        self.restyling = RestyleMode(self)  # File → Restyle…, View → Compare with source: adds its own actions
         self.prefs.restore_app(self, self._minimum_restored_size())
         self.generating.update_plan(now=True)
         if self.autosaver.recoverable and interactive:

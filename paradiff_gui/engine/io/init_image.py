@@ -45,6 +45,14 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
         return None
 
 
+def check_init_pixels(pixels: np.ndarray, name: str, output: str) -> None:
+    """Refuse pixels (as ``open_image`` reads them) that a model with ``output`` cannot start from:
+    shared with the app's Restyle…, which checks a source before its run."""
+    if output == "height" and pixels.ndim == 3:
+        raise RequestError("init_image", f"{name} is a colour picture; this model starts from a grayscale "
+                                         "heightmap (a 16-bit PNG or TIFF, like its own exports)")
+
+
 def load_init_image(path: str | os.PathLike[str], width: int, height: int, output: str) -> tuple[np.ndarray, list[str]]:
     """``path`` as float32 in [0, 1] at ``width`` x ``height``, and notes for the person (what was
     resized or converted). ``output`` is the model's: "rgb" or "height"."""
@@ -55,10 +63,8 @@ def load_init_image(path: str | os.PathLike[str], width: int, height: int, outpu
         raise RequestError("init_image", exc.message) from None
     notes: list[str] = []
     top = 65535.0 if a.dtype == np.uint16 else 255.0
+    check_init_pixels(a, p.name, output)
     if output == "height":
-        if a.ndim == 3:
-            raise RequestError("init_image", f"{p.name} is a colour picture; this model starts from a grayscale "
-                                             "heightmap (a 16-bit PNG or TIFF, like its own exports)")
         if a.dtype == np.uint8:
             notes.append(f"init image {p.name} is 8-bit: its 256 levels are spread over the model's height range")
         planes = [a]

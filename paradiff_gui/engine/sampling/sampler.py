@@ -768,6 +768,7 @@ def generate(
             info["loras"] = [lo.recipe() for lo in loras]
         if request.init_image is not None:
             info["init_image_sha256"] = init_digest(request.init_image)
+            info["init_image_size"] = list(image_size(request.init_image) or ())  # [w, h] as read: image px
             info["strength"] = request.image_strength
         if request.controls:
             info["controls"] = control_record(request)

@@ -69,6 +69,11 @@ class FormValues:
     loras: tuple[LoraSpec, ...] = ()
     # control.py: the ControlNets as shown (request.controls; "controls" above are the model's options)
     controlnets: tuple[Control, ...] = ()
+    # start.py: the starting picture of an image-to-image run (File → Restyle…); None: text-to-image.
+    # strength None: the request gave none (DEFAULT_STRENGTH); anchor 0: off.
+    init_image: str | None = None
+    strength: float | None = None
+    anchor: int = 0
 
 
 def takes_loras(info: ModelInfo) -> bool:
@@ -125,6 +130,9 @@ def to_request(info: ModelInfo, v: FormValues) -> GenerationRequest:
         regions=_regions_for(info, v.regions),
         loras=v.loras if takes_loras(info) else (),
         controls=v.controlnets if takes_controls(info) else (),
+        init_image=v.init_image,
+        strength=v.strength if v.init_image else None,
+        anchor=v.anchor if v.init_image else 0,
     ), info)
 
 
@@ -178,4 +186,7 @@ def from_request(info: ModelInfo, request: GenerationRequest) -> FormValues:
         regions=request.regions,
         loras=request.loras,
         controlnets=request.controls,
+        init_image=request.init_image,
+        strength=request.strength,
+        anchor=request.anchor,
     )

@@ -27,6 +27,7 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 from ...engine.core.events import TilePreview
 from ..imaging import Layer, qimage
 from .regions import RegionsLayer
+from .underlay import seed_preview
 from .wrapping import clip, copies, repeats, tile_copies
 
 Rect = tuple[int, int, int, int]  # x0, y0, x1, y1 in image px
@@ -99,6 +100,8 @@ class CanvasWidget(QWidget):
         self.show_heatmap = False
         self.control: QImage | None = None  # a ControlNet's control image, stretched over the canvas
         self.show_control = False
+        self.underlay: QImage | None = None  # a restyle's starting picture, stretched under the plan (qt/restyle.py)
+        self.show_source = False  # View → Compare with source: the underlay in place of the picture
         self.tiled = False  # the 2×2 view
         self.seam: SeamMark | None = None
         self._drag: QPointF | None = None
@@ -143,6 +146,7 @@ class CanvasWidget(QWidget):
         self._preview = QImage(w, h, QImage.Format.Format_RGB32)
         self._preview.fill(self.palette().color(QPalette.ColorRole.Window).darker(130))
         self._preview_scale = s
+        seed_preview(self._preview, self.underlay)  # the tiles' previews replace it as they come
         self.layer = self.heat = None
         self.tile_steps.clear()
         self.in_flight.clear()
@@ -366,6 +370,9 @@ class CanvasWidget(QWidget):
         if self.layer is not None:
             k = self.layer.level_for(self.device_scale())
             self._draw_part(p, self.layer.images[k], 0.5**k, visible)
+        if self.underlay is not None and (self.show_source or (self.layer is None and self._preview is None)):
+            p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)  # a smaller source, stretched
+            p.drawImage(self._widget_rect(full), self.underlay)
         if self.show_heatmap and self.heat is not None:
             k = self.heat.level_for(self.device_scale())
             self._draw_part(p, self.heat.images[k], 0.5**k, visible)

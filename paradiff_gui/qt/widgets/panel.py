@@ -28,6 +28,7 @@ from ..forms.prompt import PromptForm
 from ..forms.regions import RegionsForm
 from ..forms.sampling import SamplingForm
 from ..forms.size import SizeForm
+from ..forms.start import StartForm
 from ..forms.tiles import TilesForm
 
 
@@ -42,6 +43,7 @@ class GenerationPanel(QWidget):
         super().__init__(parent)
         self.model_form = ModelForm()
         self.prompt_form = PromptForm()  # text models
+        self.start_form = StartForm()  # image-to-image: the starting picture (File → Restyle…)
         self.options_form = OptionsForm()  # the model's own controls
         self.size_form = SizeForm()
         self.regions_form = RegionsForm()  # regional prompts; the canvas draws and edits them too
@@ -51,9 +53,9 @@ class GenerationPanel(QWidget):
         self.sampling_form = SamplingForm()
         self.coherence_form = CoherenceForm()
         self.performance_form = PerformanceForm()
-        self._value_forms = (self.prompt_form, self.lora_form, self.control_form, self.options_form, self.size_form,
-                             self.regions_form, self.tiles_form, self.sampling_form, self.coherence_form,
-                             self.performance_form)
+        self._value_forms = (self.prompt_form, self.start_form, self.lora_form, self.control_form, self.options_form,
+                             self.size_form, self.regions_form, self.tiles_form, self.sampling_form,
+                             self.coherence_form, self.performance_form)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(8, 8, 8, 8)
         outer.setSpacing(10)
@@ -103,10 +105,12 @@ class GenerationPanel(QWidget):
             regions = self.regions_form.regions()  # kept like the prompt, checked against the new size
             loras = self.lora_form.loras()  # kept too (a model that takes none greys them)
             controlnets = self.control_form.controlnets()  # likewise
+            start = self.start_form.values()  # the starting picture too
             self.set_request(base.replace(**keep), lock_seed=self.seed_lock.isChecked())
             self.regions_form.show_regions(regions)
             self.lora_form.show_values(replace(self.values(), loras=loras))
             self.control_form.show_values(replace(self.values(), controlnets=controlnets))
+            self.start_form.show_values(replace(self.values(), **start))
         self.model_changed.emit(self.info)
         self.changed.emit()
 
@@ -145,6 +149,8 @@ class GenerationPanel(QWidget):
             # The picker shows a model whose description has not arrived: the other fields still
             # belong to the previous one, so no request until it has.
             raise rq.RequestError("model", f"{self.model_form.pending} is still being read")
+        if (problem := self.start_form.problem()) is not None:
+            raise rq.RequestError("init_image", problem)
         return to_request(self.info, self.values())
 
     def _request_or_none(self) -> rq.GenerationRequest | None:
