@@ -263,3 +263,20 @@ def test_real_refine_is_exact_outside_the_feathered_rect_and_writes_its_recipe(q
     shown = win.current
     assert shown.path == str(out) and np.array_equal(shown.image, picture)
     assert win.history.results[-1] is shown and shown.title.startswith("refine ")
+
+
+def test_escape_on_the_canvas_and_clear_selection_clear_it_and_a_new_size_drops_it(qtbot, fwin, pics):
+    assert not fwin.act_refine.isEnabled() and not fwin.refining.act_rect.isEnabled()  # no picture yet
+    opened(qtbot, fwin, source_file(pics / "land.png"))
+    assert fwin.act_refine.isEnabled() and fwin.refining.act_rect.isEnabled()
+    sel = fwin.refining.selection
+    sel.set_rect((10, 10, 90, 90))
+    fwin.canvas.setFocus()
+    qtbot.keyClick(fwin.canvas, Qt.Key.Key_Escape)  # (Esc is Cancel's shortcut while a run is on)
+    assert sel.empty
+    sel.set_rect((10, 10, 90, 90))
+    fwin.refining.act_clear.trigger()
+    assert sel.empty
+    sel.set_rect((10, 10, 90, 90))
+    opened(qtbot, fwin, source_file(pics / "small.png", size=128))
+    assert (sel.width, sel.height) == (128, 128) and sel.empty
