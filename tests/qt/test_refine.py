@@ -77,7 +77,7 @@ def test_a_brush_stroke_selects_its_band_at_image_px_and_erase_takes_it_back(qtb
     m = full_mask(sel.mask, 256, 256)
     assert m[60, 100] == 0 and m[60, 60] == 255 and m[60, 140] == 255
     sel.stroke([QPointF(30, 20), QPointF(200, 20)], 600, erase=True)  # everything
-    assert sel.empty and sel.painted_box() is None
+    assert sel.painted_box() is None and not full_mask(sel.mask, 256, 256).any()
 
 
 def test_a_16k_wide_picture_is_painted_on_a_downscaled_mask_that_maps_back(qtbot):
@@ -214,6 +214,17 @@ def test_a_selection_outside_the_picture_or_the_source_as_output_writes_nothing(
     assert fwin.last_error.startswith(field)
     assert sorted(p.name for p in pics.iterdir()) == ["land.png"]
     assert sha(src) == before and fwin.runner.engine.calls == []
+
+
+def test_a_brush_selection_erased_to_nothing_is_refused_on_the_worker_writing_nothing(qtbot, fwin, pics):
+    src = source_file(pics / "land.png")
+    opened(qtbot, fwin, src)
+    sel = fwin.refining.selection
+    sel.stroke([QPointF(60, 60), QPointF(120, 60)], 20)
+    sel.stroke([QPointF(0, 60), QPointF(256, 60)], 100, erase=True)
+    assert refined(qtbot, fwin)[0] == "failed"
+    assert fwin.last_error.startswith("selection: is empty")
+    assert sorted(p.name for p in pics.iterdir()) == ["land.png"] and fwin.runner.engine.calls == []
 
 
 def test_mask_files_a_mode_is_refused_by_name_another_size_is_resized_with_a_note(qtbot, fwin, pics):

@@ -23,11 +23,15 @@ from PySide6.QtCore import QObject, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QKeyEvent, QMouseEvent, QPainter, QPen
 from PySide6.QtWidgets import QWidget
 
+from ...engine.core.request import RequestError
+
 Rect = tuple[int, int, int, int]  # x0, y0, x1, y1 image px, x1/y1 exclusive
 MASK_MAX_SIDE = 4096  # mask px: the painted mask's longest side at most
 TINT = QColor(255, 120, 40)  # the selection's colour on the canvas
 DEFAULT_BRUSH = 48  # image px across
 TOOLS = ("rect", "brush")
+EMPTY = ("is empty: drag a rectangle (Rectangle) or paint with the brush (Brush) on the picture, or load a "
+         "mask (Mask from file…)")
 
 
 class Selection(QObject):
@@ -60,8 +64,8 @@ class Selection(QObject):
     def empty(self) -> bool:
         if self.kind == "rect":
             return self.rect is None
-        if self.kind == "brush":
-            return self.mask is None or self.painted_box() is None
+        if self.kind == "brush":  # (a mask erased to nothing is found on the worker: write_mask)
+            return self.mask is None
         return self.kind != "file"
 
     def mask_size(self) -> tuple[int, int]:
@@ -133,13 +137,17 @@ def full_mask(mask: QImage, width: int, height: int) -> np.ndarray:
 
 def write_mask(mask: QImage, width: int, height: int, path: Path) -> Path:
     """The painted ``mask`` written as a grayscale PNG at image size (the file a refine reads and
-    its recipe names, so a replay has it). Atomic; for a worker."""
+    its recipe names, so a replay has it). Atomic; for a worker. A mask erased to nothing is
+    refused (field ``selection``) before anything is written."""
     import os
 
     from PIL import Image
 
+    values = full_mask(mask, width, height)
+    if not values.any():
+        raise RequestError("selection", EMPTY)
     tmp = path.with_name(f".{path.name}.part")
-    Image.fromarray(full_mask(mask, width, height), "L").save(tmp, format="PNG")
+    Image.fromarray(values, "L").save(tmp, format="PNG")
     os.replace(tmp, path)
     return path
 
