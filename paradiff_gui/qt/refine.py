@@ -62,8 +62,7 @@ def _backdrop(source: np.ndarray, relief: bool) -> np.ndarray:
     h, w = source.shape[:2]
     step = max(1, -(-max(w, h) // BACKDROP_MAX_SIDE))
     small = np.ascontiguousarray(source[::step, ::step])  # a stride is enough under moving previews
-    rgb = to_display(small, relief)
-    rgb = rgb[..., :3] if rgb.ndim == 3 else np.repeat(rgb[..., None], 3, axis=2)
+    rgb = to_display(small, relief)[..., 2::-1]  # (QImage's RGB32 is B, G, R, 255 in memory)
     return np.asarray(Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).convert("RGB"))
 
 

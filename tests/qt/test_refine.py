@@ -291,3 +291,15 @@ def test_escape_on_the_canvas_and_clear_selection_clear_it_and_a_new_size_drops_
     sel.set_rect((10, 10, 90, 90))
     opened(qtbot, fwin, source_file(pics / "small.png", size=128))
     assert (sel.width, sel.height) == (128, 128) and sel.empty
+
+
+def test_the_backdrop_under_the_previews_keeps_a_colour_picture_s_colours_and_size(qtbot):
+    from paradiff_gui.qt.refine import _backdrop
+
+    red = np.zeros((3000, 1000, 3), np.uint8)
+    red[..., 0] = 200
+    back = _backdrop(red, relief=False)
+    assert back.shape == (1500, 500, 3) and back.dtype == np.uint8  # at most 2048 px a side
+    assert tuple(back[10, 10]) == (200, 0, 0)
+    grey = _backdrop(np.full((64, 64), 30000, np.uint16), relief=False)
+    assert grey.shape == (64, 64, 3)
