@@ -303,3 +303,17 @@ def test_the_backdrop_under_the_previews_keeps_a_colour_picture_s_colours_and_si
     assert tuple(back[10, 10]) == (200, 0, 0)
     grey = _backdrop(np.full((64, 64), 30000, np.uint16), relief=False)
     assert grey.shape == (64, 64, 3)
+
+
+def test_an_unsaved_picture_is_written_beside_the_output_first_and_refined_from_that_file(qtbot, window, pics):
+    with qtbot.waitSignal(window.result_ready, timeout=20000) as blocker:
+        window.generate()
+    picture = blocker.args[0]
+    assert picture.path is None
+    window.refining.selection.set_rect((64, 64, 128, 128))
+    out = pics / "mine-refined.png"
+    assert refined(qtbot, window, feather=0, output=str(out)) == ["finished", str(out)]
+    src = pics / "mine.png"
+    assert np.array_equal(open_image(src), picture.image)  # the picture as it was, with its recipe
+    assert read_recipe(out)["info"]["refine"]["source"] == str(src)
+    assert window.runner.engine.calls[-1].init_image == str(src)
