@@ -34,10 +34,11 @@ Engine = Callable[[GenerationRequest, Callable[[Any], None], CancelToken], Any]
 PreviewFilter = Callable[[ev.TilePreview], ev.TilePreview]
 
 
-def default_engine(request: GenerationRequest, on_event: Callable[[Any], None], cancel: CancelToken) -> Any:
+def default_engine(request: GenerationRequest, on_event: Callable[[Any], None], cancel: CancelToken,
+                   **extra: Any) -> Any:
     from ..engine.sampling.sampler import generate
 
-    return generate(request, on_event, cancel)
+    return generate(request, on_event, cancel, **extra)
 
 
 # On a CPU the model's thread pool takes every core and the interface waits for a time slice.
@@ -55,12 +56,13 @@ class _Worker(QThread):
 
     def __init__(self, engine: Engine, request: GenerationRequest, cancel: CancelToken,
                  previews: dict[int, ev.TilePreview], lock: threading.Lock,
-                 preview_filter: PreviewFilter | None = None) -> None:
+                 preview_filter: PreviewFilter | None = None, extra: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.setObjectName(WORKER_NAME)  # Qt names the OS thread after it when it starts
         self.engine, self.request, self.cancel = engine, request, cancel
         self._previews, self._lock = previews, lock
         self._filter = preview_filter
+        self.extra = extra or {}  # more arguments for the engine: a refine's ``known`` (engine.api.refine)
         self._terminal_sent = False
 
     def _on_event(self, event: Any) -> None:
@@ -82,7 +84,7 @@ class _Worker(QThread):
 
     def run(self) -> None:
         try:
-            self.engine(self.request, self._on_event, self.cancel)
+            self.engine(self.request, self._on_event, self.cancel, **self.extra)
         except Cancelled:
             pass  # the engine emitted Cancelled already
         except Exception as exc:  # the engine emits Failed itself; a fake or broken one may not
@@ -145,7 +147,8 @@ class EngineBridge(QObject):
     def running(self) -> bool:
         return self._worker is not None
 
-    def start(self, request: GenerationRequest) -> None:
+    def start(self, request: GenerationRequest, **extra: Any) -> None:
+        """Run ``request``; ``extra`` goes to the engine as keywords (a refine's ``known``)."""
         if self._worker is not None:
             raise RuntimeError("a generation is already running")
         self._cancel = CancelToken()
@@ -154,7 +157,7 @@ class EngineBridge(QObject):
         self.preview_flushes = self.preview_count = 0
         self.cancel_requested_at = None
         self._terminal = None
-        worker = _Worker(self.engine, request, self._cancel, self._pending, self._lock, self.preview_filter)
+        worker = _Worker(self.engine, request, self._cancel, self._pending, self._lock, self.preview_filter, extra)
         worker.event.connect(self._dispatch)
         worker.finished.connect(self._thread_done)
         self._worker = worker

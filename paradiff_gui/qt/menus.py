@@ -75,7 +75,8 @@ def build_menus(w: Any) -> None:
             ("&File", (w.act_open, w.act_open_request, w.act_save_request, w.act_export, None, w.act_quit)),
             ("&View", (w.act_fit, w.act_actual, w.act_zoom_in, w.act_zoom_out, None, w.act_relief, w.act_tiled,
                        w.act_control)),
-            ("&Generate", (w.act_generate, w.act_cancel, None, w.act_upscale)),
+            ("&Generate", (w.act_generate, w.act_cancel, None, w.act_upscale, w.act_refine)),
+            ("&Select", w.refining.actions),
             ("&Help", (w.act_logs, w.act_about))):
         m = w.menus[title.replace("&", "")] = w.menuBar().addMenu(title)
         for a in actions:
@@ -89,6 +90,7 @@ def build_menus(w: Any) -> None:
         tb.addSeparator() if a is None else tb.addAction(a)
     w.toolbar = tb
     w.addToolBar(tb)
+    w.addToolBar(w.refining.toolbar)  # Rectangle, Brush, its size, Mask…, Clear, Refine… (qt/refine.py)
 
 
 def _open_logs() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -29,15 +30,25 @@ from .widgets.canvas import CanvasWidget
 
 
 def _checked(engine: Engine, info: ModelInfo) -> Engine:
-    def run(request: GenerationRequest, on_event: Callable[[Any], None], cancel: CancelToken) -> Any:
+    def run(request: GenerationRequest, on_event: Callable[[Any], None], cancel: CancelToken, **extra: Any) -> Any:
         try:
             info.plan(request)
         except RequestError as exc:
             on_event(ev.Failed(str(exc), "request"))
             raise
-        return engine(request, on_event, cancel)
+        return engine(request, on_event, cancel, **extra)
 
     return run
+
+
+def _shifted(then: Any, dx: int, dy: int) -> Any:
+    """A preview filter moving each tile preview by (dx, dy) image px (after ``then``), on the worker."""
+    def shift(p: ev.TilePreview) -> ev.TilePreview:
+        p = then(p) if then is not None else p
+        x0, y0, x1, y1 = p.rect
+        return replace(p, rect=(x0 + dx, y0 + dy, x1 + dx, y1 + dy))
+
+    return shift
 
 
 class RunState(enum.Enum):
@@ -77,6 +88,7 @@ class RunController(QObject):
         self.state = RunState.idle
         self.stats: dict[str, Any] = {}
         self._run: dict[str, Any] = {}
+        self.offset = (0, 0)  # image px: where the run's canvas sits on the picture shown
         b = self.bridge
         b.planned.connect(self._on_planned)
         b.notice.connect(self.notice)
@@ -102,16 +114,20 @@ class RunController(QObject):
         self.state_changed.emit(state)
 
     def start(self, request: GenerationRequest, info: ModelInfo, device: str, relief: bool,
-              check: bool = False) -> None:
+              check: bool = False, place: tuple[int, int, int, int] | None = None, **extra: Any) -> None:
         """Run ``request``. ``device``: the device type it will likely run on (for the learnt
         speed; the engine's Planned event corrects it); ``relief``: show a heightmap model's
         previews as shaded relief; ``check``: lay out its plan on the worker first, so a request
-        that cannot be tiled fails before the engine loads a model (seconds)."""
+        that cannot be tiled fails before the engine loads a model (seconds). ``place`` (x0, y0,
+        width, height image px): the request is a part of a bigger picture (a refine's sub-canvas)
+        whose previews and tiles show at that place on it; ``extra`` goes to the engine."""
         self.bridge.engine = _checked(self.engine, info) if check else self.engine
-        self.bridge.preview_filter = relief_preview if relief and info.output == "height" else None
+        shaded = relief_preview if relief and info.output == "height" else None
+        self.offset = (0, 0) if place is None else place[:2]
+        self.bridge.preview_filter = shaded if place is None else _shifted(shaded, *self.offset)
         self._run = {"request": request, "info": info, "started": time.perf_counter(), "step_times": [],
                      "total": 0, "device": device, "views": 0, "consensus": None}
-        self.canvas.set_canvas_size(request.width, request.height)
+        self.canvas.set_canvas_size(*((request.width, request.height) if place is None else place[2:]))
         self.canvas.start_previews()
         self.progress.emit(0, 0)
         self.status.emit("Loading the model…")
@@ -119,7 +135,7 @@ class RunController(QObject):
         self.memory_text.emit("")
         self.stall.start()
         self._set_state(RunState.running)
-        self.bridge.start(request)
+        self.bridge.start(request, **extra)
 
     def cancel(self) -> bool:
         """Ask the run to stop after its current tile batch; False if none runs."""
@@ -137,16 +153,20 @@ class RunController(QObject):
         self._run.update(total=e.total_steps, plan=e.plan, device=e.device.split(":")[0], dtype=e.dtype)
         cfg = 2 if info.text and info.guidance and e.request.guidance > 1 else 1
         self._run["views"] = len(e.plan) * cfg
-        self.canvas.set_plan([e.plan.image_rect(t) for t in e.plan.tiles], e.total_steps)
+        self.canvas.set_plan(self._rects(e.plan), e.total_steps)
         self.progress.emit(0, e.total_steps)
         self.status.emit(f"{len(e.plan)} tiles on {e.device} ({e.dtype})")
 
     def _on_step_started(self, e: ev.StepStarted) -> None:
         if e.plan is not self._run.get("plan"):  # jitter: the grid moved
             self._run["plan"] = e.plan
-            self.canvas.set_plan([e.plan.image_rect(t) for t in e.plan.tiles], e.total)
+            self.canvas.set_plan(self._rects(e.plan), e.total)
         if self.state is RunState.running:  # "Cancelling…" stays up until the run stops
             self.status.emit(f"Step {e.step + 1} of {e.total}")
+
+    def _rects(self, plan: Any) -> list[tuple[int, int, int, int]]:
+        dx, dy = self.offset
+        return [(x0 + dx, y0 + dy, x1 + dx, y1 + dy) for x0, y0, x1, y1 in map(plan.image_rect, plan.tiles)]
 
     def _on_step_finished(self, e: ev.StepFinished) -> None:
         times = self._run["step_times"]

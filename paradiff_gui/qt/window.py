@@ -43,6 +43,7 @@ from .jobs import Jobs, StallMonitor
 from .menus import build_menus
 from .overlays import ControlOverlay
 from .plan_summary import PlanSummary, fmt_bytes, fmt_seconds
+from .refine import RefineMode
 from .restyle import RestyleMode
 from .results import ResultView
 from .run import RunController, RunState
@@ -99,6 +100,7 @@ class MainWindow(QMainWindow):
         self.generating = GenerateMode(self)  # the modes: each connects what it follows
         self.upscaling = UpscaleMode(self)
         self.upscaler = self.upscaling.chain
+        self.refining = RefineMode(self)  # Refine selection… (qt/refine.py)
         self.last_error: str | None = None
         self.error_box: QMessageBox | None = None
         self.close_timeout_ms = CLOSE_TIMEOUT_MS
@@ -206,13 +208,13 @@ class MainWindow(QMainWindow):
         """Start a run from the panel; False (with the reason shown) if it cannot start."""
         return self.generating.generate()
 
-    def start_run(self, request: rq.GenerationRequest, info: ModelInfo, device: str, check: bool) -> None:
+    def start_run(self, request: rq.GenerationRequest, info: ModelInfo, device: str, check: bool, **extra: Any) -> None:
         spare = self.panel.spare_core.isChecked() and (os.cpu_count() or 1) > 1
         set_cpu_threads((os.cpu_count() or 2) - 1 if spare else None)
         self.last_error = None
         self.session.set_current(None)  # late pictures of earlier work are not shown over the run
         self.seams.clear("Generating…")
-        self.runner.start(request, info, device, self.relief, check=check)
+        self.runner.start(request, info, device, self.relief, check=check, **extra)
 
     def cancel(self) -> None:
         if self.upscaler.active:
@@ -235,6 +237,8 @@ class MainWindow(QMainWindow):
             self.progress.setVisible(False)
 
     def _on_finished(self, e: ev.Finished) -> None:
+        if self.refining.finished(e):  # composited, written and shown by the refine (qt/refine.py)
+            return
         step = self.upscaler.running_pass
         title = f"{e.request.width}×{e.request.height} · seed {e.request.seed}" if step is None else \
             f"×{step.factor} upscale · {e.request.width}×{e.request.height}"

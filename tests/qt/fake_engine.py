@@ -33,10 +33,12 @@ class FakeEngine:
     fail_message: str = "CUDA out of memory while running a tile batch (fake)"
     raise_plain: bool = False  # raise without emitting Failed (a broken backend)
     calls: list = field(default_factory=list)
+    knowns: list = field(default_factory=list)  # each run's ``known`` (a refine's kept picture), else None
     batch_seen: threading.Event = field(default_factory=threading.Event)
 
-    def __call__(self, request, on_event, cancel):
+    def __call__(self, request, on_event, cancel, known=None):
         self.calls.append(request)
+        self.knowns.append(known)
         try:
             plan = describe_model(request.model).plan(request)
         except RequestError as exc:

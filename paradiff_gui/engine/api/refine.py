@@ -96,7 +96,7 @@ def _check_rect(rect: Any, w: int, h: int) -> Box:
     return x0, y0, x1, y1
 
 
-def _read_mask(path: str | os.PathLike[str], w: int, h: int, notes: list[str]) -> np.ndarray:
+def read_mask(path: str | os.PathLike[str], w: int, h: int, notes: list[str]) -> np.ndarray:
     """The mask file as (h, w) float32 in [0, 1] of its mode's range, resized to the picture."""
     from PIL import Image, UnidentifiedImageError
 
@@ -207,7 +207,7 @@ def refine_request(source: str | os.PathLike[str], *, rect: Any = None, mask: st
                         _ramp(bx1 - bx0, bx0, x0, x1, feather, w)).astype(np.float32)
         record["rect"] = [x0, y0, x1, y1]
     else:
-        full = _read_mask(mask, w, h, notes)  # type: ignore[arg-type]
+        full = read_mask(mask, w, h, notes)  # type: ignore[arg-type]
         ys, xs = np.nonzero(full > 0)
         if ys.size == 0:
             raise RequestError("mask", f"{Path(mask).name} selects nothing: paint the part to refine white "  # type: ignore[arg-type]
@@ -302,14 +302,24 @@ def run_refinement(job: Refinement, on_event: Callable[[Any], None] | None = Non
     import dataclasses
 
     from ..core.events import Notice
-    from ..io.export import save_image
     from ..sampling.sampler import generate
 
     for note in job.notes:
         if on_event is not None:
             on_event(Notice(note))
     result = generate(job.request, on_event, cancel, denoiser=denoiser, known=job.known())
-    picture = composite(job, result.image)
-    info = {**result.info, "refine": job.record}
-    save_image(job.output, picture, result.request, result.plan, info)
+    picture, info = write_refinement(job, result.image, result.request, result.plan, result.info)
     return dataclasses.replace(result, image=picture, info=info)
+
+
+def write_refinement(job: Refinement, decoded: np.ndarray, request: GenerationRequest, plan: TilePlan,
+                     info: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """The sub-canvas's ``decoded`` picture laid over the source (:func:`composite`) and written to
+    ``job.output`` (atomically) with the sub-canvas's recipe and ``info["refine"]``; returns the
+    whole picture and its info. The CLI, the API and the app write a refine through this."""
+    from ..io.export import save_image
+
+    picture = composite(job, decoded)
+    info = {**info, "refine": job.record}
+    save_image(job.output, picture, request, plan, info)
+    return picture, info

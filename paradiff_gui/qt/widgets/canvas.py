@@ -108,6 +108,7 @@ class CanvasWidget(QWidget):
         self.last_paint_ms = 0.0
         self.placeholder = "Press Generate (Ctrl+Enter) to start"
         self.regions = RegionsLayer(self)  # regional prompts: drawn and edited here (widgets/regions.py)
+        self.tool = None  # a SelectionTool (widgets/selection.py) while one is on: it takes the mouse first
 
     # -- content -----------------------------------------------------------------------------
 
@@ -295,14 +296,15 @@ class CanvasWidget(QWidget):
         event.accept()
 
     def mousePressEvent(self, event: QMouseEvent) -> None:
-        if self.regions.mouse_press(event):
+        if (self.tool is not None and self.tool.mouse_press(event)) or self.regions.mouse_press(event):
             return
         if event.button() in (Qt.MouseButton.LeftButton, Qt.MouseButton.MiddleButton):
             self._drag = event.position()
             self.setCursor(Qt.CursorShape.ClosedHandCursor)
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:
-        if self._drag is None and self.regions.mouse_move(event):
+        if self._drag is None and ((self.tool is not None and self.tool.mouse_move(event))
+                                   or self.regions.mouse_move(event)):
             return
         if self._drag is not None:
             d = event.position() - self._drag
@@ -311,13 +313,13 @@ class CanvasWidget(QWidget):
                                                self.center.y() - d.y() / self.scale))
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:
-        if self.regions.mouse_release(event):
+        if (self.tool is not None and self.tool.mouse_release(event)) or self.regions.mouse_release(event):
             return
         self._drag = None
         self.unsetCursor()
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
-        if not self.regions.key_press(event):
+        if not (self.tool is not None and self.tool.key_press(event)) and not self.regions.key_press(event):
             super().keyPressEvent(event)
 
     def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:
@@ -342,6 +344,8 @@ class CanvasWidget(QWidget):
                         self._paint_picture(p)
                         self._paint_overlays(p)
                 self.regions.paint(p)
+                if self.tool is not None:
+                    self.tool.paint(p)
         self.last_paint_ms = (time.perf_counter() - started) * 1000
         self.paint_ms.emit(self.last_paint_ms)
 
