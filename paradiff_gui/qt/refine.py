@@ -255,16 +255,26 @@ class RefineMode(QObject):
         what = {"rect": lambda: "Selection: rectangle {},{} – {},{}".format(*sel.rect) if sel.rect else "",
                 "brush": lambda: "Selection: painted with the brush", "file": lambda: f"Selection: mask {sel.path}"
                 }.get(sel.kind, lambda: "")() or "Nothing selected yet: drag a rectangle or paint with the brush"
-        base = r.request
-        if base is None:
-            with contextlib.suppress(rq.RequestError):
-                base = self.w.panel.request()
-        box = RefineDialog(self.w, r.title, what, base.prompt if base is not None else "", default_output(r))
+        base, whose = self._base()
+        if base is not None:
+            what += f"<br>Settings: {whose} ({base.model}, {base.steps} steps, seed {base.seed})"
+        takes_prompt = self.w.panel.info.text if whose == "the panel's" else bool(base and base.prompt)
+        box = RefineDialog(self.w, r.title, what, base.prompt if base is not None and takes_prompt else None,
+                           default_output(r))
         box.setWindowModality(Qt.WindowModality.WindowModal)
         box.chosen.connect(lambda prompt, strength, feather, output: self.refine(prompt, strength, feather, output))
         box.open()
         self.box = box
         return box
+
+    def _base(self) -> tuple[rq.GenerationRequest | None, str]:
+        """The settings a refine runs with: the panel's — what the person sees and edits (model, its
+        options, steps, seed) —, or the picture's own recipe while the panel's cannot be built."""
+        try:
+            return self.w.panel.request(), "the panel's"
+        except rq.RequestError:
+            r = self.w.current
+            return (r.request, "the picture's recipe") if r is not None and r.request is not None else (None, "")
 
     def refine(self, prompt: str | None = None, strength: float | None = None, feather: int | None = None,
                output: str | None = None) -> bool:
@@ -280,10 +290,7 @@ class RefineMode(QObject):
         if problem is not None:
             w.show_error("Cannot refine", problem)
             return False
-        base = r.request
-        if base is None:
-            with contextlib.suppress(rq.RequestError):
-                base = w.panel.request()
+        base, _ = self._base()
         fields: dict[str, Any] = {"strength": strength, "feather": feather}
         if prompt is not None:
             fields["prompt"] = prompt

@@ -142,6 +142,8 @@ def fwin(make_window):
 def test_the_run_gets_the_sub_canvas_and_its_known_picture_and_previews_land_in_place(qtbot, fwin, pics):
     src = source_file(pics / "land.png")
     opened(qtbot, fwin, src)
+    # The refine runs with the panel's settings (what the person sees and edits), not the picture's recipe.
+    fwin.panel.set_request(request_for("builtin:terrain", steps=3, seed=5, extra={"terrain_difficulty": 77}))
     fwin.refining.selection.set_rect((96, 96, 160, 160))
     rects: list = []
     fwin.bridge.previews.connect(lambda batch: rects.extend(p.rect for p in batch))
@@ -150,6 +152,7 @@ def test_the_run_gets_the_sub_canvas_and_its_known_picture_and_previews_land_in_
     run, known = fwin.runner.engine.calls[-1], fwin.runner.engine.knowns[-1]
     x0, y0, x1, y1 = job.box
     assert (run.width, run.height, run.strength) == (x1 - x0, y1 - y0, 0.5) and run.init_image == str(src)
+    assert (run.extra["terrain_difficulty"], run.steps, run.seed) == (77, 3, 5)
     assert known.mask.shape == (y1 - y0, x1 - x0) and known.pixels.shape[:2] == (y1 - y0, x1 - x0)
     # Every tile preview landed inside the sub-canvas's place on the 256² picture.
     assert rects and all(x0 <= a and y0 <= b and c <= x1 and d <= y1 for a, b, c, d in rects)
