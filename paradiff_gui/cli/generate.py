@@ -54,8 +54,8 @@ def add_parser(sub: Any) -> None:
                         "negative_prompt, weight, feather, extra); mask paths are relative to the file")
     generation_flags(g, "lora_specs")
     g.add_argument("--init-image", dest="init_image", metavar="IMAGE",
-                   help="image-to-image: start from this picture (resized to --size; a 16-bit heightmap for "
-                        "builtin:terrain)")
+                   help="image-to-image: start from this picture (at its own size, each side rounded to a multiple "
+                        "of 8, unless --size or --request says otherwise; a 16-bit heightmap for builtin:terrain)")
     g.add_argument("--strength", type=float_arg(0.0, 1.0), metavar="0..1",
                    help=f"how much of the init image is re-drawn, above 0 and at most 1 (default "
                         f"{rq.DEFAULT_STRENGTH}); 1 is text-to-image")
@@ -135,6 +135,12 @@ def request_from_args(args: argparse.Namespace) -> rq.GenerationRequest:
         controls["terrain_difficulty"] = args.terrain_difficulty
     if args.request_file:
         return build_request(changes, controls, base=load_request(args.request_file))
+    if args.init_image and args.size is None:  # image to image at the picture's own size (a restyle)
+        from ..engine.io.init_image import image_size
+
+        size = image_size(args.init_image)  # None: unreadable, which the engine says by name
+        if size is not None:
+            changes["width"], changes["height"] = rq.canvas_size(*size)
     return build_request(changes, controls, model=os.environ.get("PARADIFF_MODEL") or rq.DEFAULT_MODEL)
 
 

@@ -131,3 +131,19 @@ def test_bad_upscale_exits_2(args, needle, tmp_path, capsys):
 def test_upscale_of_a_missing_file_names_it(tmp_path, capsys):
     code, err = run(["upscale", str(tmp_path / "none.png"), "--scale", "2"], capsys)
     assert code == 2 and "image: no such file" in err
+
+
+def test_init_image_without_a_size_keeps_the_pictures_own_size(tmp_path):
+    # A restyle in the CLI: the canvas is the picture's size (each side to the nearest multiple of 8),
+    # not the model's default; --size still wins.
+    from paradiff_gui.cli import build_parser, request_from_args
+
+    def request(path, *extra):
+        return request_from_args(build_parser().parse_args(["generate", "--init-image", str(path), *extra]))
+
+    src = tmp_path / "wide.png"
+    Image.fromarray(np.zeros((203, 1001), np.uint16)).save(src)
+    r = request(src)
+    assert (r.width, r.height) == (1000, 200) and r.init_image == str(src)
+    r = request(src, "--size", "512x512")
+    assert (r.width, r.height) == (512, 512)

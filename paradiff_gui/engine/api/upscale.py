@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.regions import MAX_FEATHER, Region
-from ..core.request import SIZE_MULTIPLE, GenerationRequest, RequestError
+from ..core.request import GenerationRequest, RequestError, canvas_size
 from ..io.export import open_image
 from ..io.metadata import load_request
 from .requests import request_for
@@ -84,7 +84,7 @@ def upscale_passes(source: str | os.PathLike[str], scale: int, *, strength: floa
         k *= 2
         # Each side rounded to the request's multiple of 8; the engine's note says what the init image
         # was resized to (and if that changed its aspect ratio).
-        width, height = (max(SIZE_MULTIPLE, round(v * k / SIZE_MULTIPLE) * SIZE_MULTIPLE) for v in (w, h))
+        width, height = canvas_size(w, h, k)
         regions = tuple(_scaled_region(r, i, width / base.width, height / base.height)
                         for i, r in enumerate(base.regions))
         request = base.replace(width=width, height=height, init_image=previous, strength=strength, anchor=anchor,

@@ -115,6 +115,14 @@ def _check_str(name: str, value: Any, max_chars: int) -> str:
     return value
 
 
+def canvas_size(width: int, height: int, scale: int = 1) -> tuple[int, int]:
+    """The canvas for a ``width`` × ``height`` picture made ``scale``× larger: each side rounded to
+    the nearest multiple of SIZE_MULTIPLE (image to image at the picture's size, restyles, upscale
+    passes; the engine resizes the picture to it and says so when that changes its aspect ratio)."""
+    return (max(SIZE_MULTIPLE, round(width * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE),
+            max(SIZE_MULTIPLE, round(height * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE))
+
+
 def parse_grid(text: str) -> tuple[int, int]:
     """Parse ``RxC`` (e.g. ``3x5``) into (rows, cols)."""
     m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)

@@ -38,11 +38,8 @@ EXPORT_FILTERS = ";;".join(f.file_filter for f in FORMATS.values())
 
 
 def restyle_size(width: int, height: int, scale: int) -> tuple[int, int]:
-    """The canvas of a restyle to ``scale``× a ``width`` × ``height`` picture: each side rounded to
-    the request's multiple of 8, as the engine's upscale passes round (engine/api/upscale.py); the
-    engine resizes the picture to it and says so when that changes its aspect ratio."""
-    return (max(rq.SIZE_MULTIPLE, round(width * scale / rq.SIZE_MULTIPLE) * rq.SIZE_MULTIPLE),
-            max(rq.SIZE_MULTIPLE, round(height * scale / rq.SIZE_MULTIPLE) * rq.SIZE_MULTIPLE))
+    """The canvas of a restyle to ``scale``× a ``width`` × ``height`` picture (the engine's rounding)."""
+    return rq.canvas_size(width, height, scale)
 
 
 @dataclass(frozen=True)
