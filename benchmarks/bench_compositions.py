@@ -4,6 +4,7 @@
     python benchmarks/bench_compositions.py upscale --scale 4   # -> benchmarks/results/compositions-upscale-x4.json
     python benchmarks/bench_compositions.py wrap      # -> benchmarks/results/compositions-wrap.json
     python benchmarks/bench_compositions.py refine    # -> benchmarks/results/compositions-refine.json
+    python benchmarks/bench_compositions.py restyle --strength 0.8 --anchor 8   # -> ...-restyle-s0.8-a8.json
     python benchmarks/bench_compositions.py ... --seeds 1 2 3 --pictures docs/images
 
 - **regions**: 512², background difficulty 10, a region over the right half with difficulty 90
@@ -26,6 +27,12 @@
   ran (counted from its events) against the whole picture's plan at the same settings; and the same
   refine on a 1024² picture (the source upscaled bicubically), where the whole picture is not run,
   only planned; and the plans of a 512² selection in an 8192² picture.
+
+- **restyle** (``--strength``, ``--anchor``): a 256² terrain at difficulty 10 (smooth, seed s) re-drawn
+  at difficulty 90 (rugged, seed s + 100), kept at its size. The style: roughness (mean |∇|) of the
+  result against the source's and a fresh difficulty-90 terrain's of the same seed (1 = as rugged as
+  the model makes it); the composition: the correlation with the source after both are shrunk 8×
+  (box) and 16× (Lanczos, which the anchor does not use); the seam ratio over the tiles.
 
 Times are wall seconds of ``generate`` with the model loaded once (CPU; the machine's cores are
 shared with whatever else runs).
@@ -86,9 +93,20 @@ def box_down(h: np.ndarray, k: int) -> np.ndarray:
     return h.astype(np.float64).reshape(H // k, k, W // k, k).mean(axis=(1, 3))
 
 
-def save_relief(path: Path, heights: np.ndarray) -> None:
+def save_relief(path: Path, heights: np.ndarray, outline=None) -> None:
+    """``heights`` as shaded relief; ``outline`` (x0, y0, x1, y1): a selection drawn as a dashed box."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(shaded_relief(heights)).save(path)
+    im = Image.fromarray(shaded_relief(heights))
+    if outline is not None:
+        from PIL import ImageDraw
+
+        draw, (x0, y0, x1, y1) = ImageDraw.Draw(im), outline
+        for a, b in (((x0, y0), (x1, y0)), ((x1, y0), (x1, y1)), ((x1, y1), (x0, y1)), ((x0, y1), (x0, y0))):
+            n = max(abs(b[0] - a[0]), abs(b[1] - a[1])) // 8
+            for k in range(0, n, 2):  # dashes of 8 px
+                p = [(a[0] + (b[0] - a[0]) * j / n, a[1] + (b[1] - a[1]) * j / n) for j in (k, k + 1)]
+                draw.line(p, fill=(255, 255, 255), width=2)
+    im.save(path)
 
 
 def run(den, **fields):
@@ -251,8 +269,8 @@ def bench_refine(den, seeds, pictures, feather, strength):
         rows.append(r)
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
         if pictures and seed == seeds[0]:
-            save_relief(pictures / "refine-source.png", src.image)
-            save_relief(pictures / "refine-result.png", out)
+            save_relief(pictures / "refine-source.png", src.image, outline=rect)
+            save_relief(pictures / "refine-result.png", out, outline=rect)
     # The same selection in a 1024² picture: only the sub-canvas runs.
     big = tmp / "big.png"
     Image.fromarray(np.asarray(Image.fromarray(src.image.astype(np.float32), mode="F").resize(
@@ -285,6 +303,45 @@ def bench_refine(den, seeds, pictures, feather, strength):
                                        "inside_mean_abs_change", "seconds"])}
 
 
+def bench_restyle(den, seeds, pictures, strength, anchor):
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            src, _ = run(den, width=256, height=256, seed=seed, extra={"terrain_difficulty": 10})
+            path = Path(tmp) / f"smooth-{seed}.png"
+            save_png(path, src.image, src.request, src.plan, src.info)
+            out, secs = run(den, width=256, height=256, seed=seed + 100, extra={"terrain_difficulty": 90},
+                            init_image=str(path), strength=strength, anchor=anchor)
+            fresh, _ = run(den, width=256, height=256, seed=seed + 100, extra={"terrain_difficulty": 90})
+            source, big = src.image.astype(np.float64), out.image.astype(np.float64)
+
+            def lanczos(a, k=16):
+                return np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize(
+                    (a.shape[1] // k, a.shape[0] // k), Image.Resampling.LANCZOS), dtype=np.float64)
+
+            r = {"seed": seed, "seconds": round(secs, 1),
+                 "roughness_source": roughness(source), "roughness_result": roughness(big),
+                 "roughness_fresh_90": roughness(fresh.image),
+                 "corr_box8": float(np.corrcoef(box_down(big, 8).ravel(), box_down(source, 8).ravel())[0, 1]),
+                 "corr_lanczos16": float(np.corrcoef(lanczos(big).ravel(), lanczos(source).ravel())[0, 1]),
+                 "corr_fresh_box8": float(np.corrcoef(box_down(fresh.image, 8).ravel(),
+                                                      box_down(source, 8).ravel())[0, 1]),
+                 "seam_ratio": analyse(out.image, [out.plan.image_rect(t) for t in out.plan.tiles]).seam_ratio}
+            r["style_share"] = (r["roughness_result"] - r["roughness_source"]) / (
+                r["roughness_fresh_90"] - r["roughness_source"])
+            rows.append(r)
+            print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
+            if pictures and seed == seeds[0]:
+                save_relief(pictures / "restyle-source.png", src.image)
+                save_relief(pictures / "restyle-result.png", out.image)
+    return {"setup": f"256² terrain at difficulty 10 (8 steps) re-drawn at difficulty 90, strength {strength}, "
+                     f"anchor {anchor}; style share = (roughness - source's) / (fresh difficulty 90's - source's); "
+                     "composition = correlation with the source shrunk 8x (box) / 16x (Lanczos)",
+            "strength": strength, "anchor": anchor, "rows": rows,
+            "summary": _summary(rows, ["style_share", "roughness_source", "roughness_result", "roughness_fresh_90",
+                                       "corr_box8", "corr_lanczos16", "corr_fresh_box8", "seam_ratio", "seconds"])}
+
+
 def _summary(rows, keys):
     out = {}
     for k in keys:
@@ -295,11 +352,12 @@ def _summary(rows, keys):
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=("regions", "upscale", "wrap", "refine"))
+    ap.add_argument("what", choices=("regions", "upscale", "wrap", "refine", "restyle"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--strength", type=float, default=None)
     ap.add_argument("--scale", type=int, choices=(2, 4, 8), default=4, help="upscale: the factor")
-    ap.add_argument("--anchor", type=int, choices=(0, 2), default=None, help="upscale: 2 (faithful, the default) or 0")
+    ap.add_argument("--anchor", type=int, choices=(0, 2, 4, 8, 16, 32, 64), default=None,
+                    help="upscale: 2 (faithful, the default) or 0; restyle: N (default 0)")
     ap.add_argument("--feather", type=int, default=None,
                     help="regions: the region's feather (px, default 64); refine: the selection's (default 64)")
     ap.add_argument("--pictures", type=Path, default=None, help="write shaded-relief pictures here")
@@ -312,6 +370,8 @@ def main() -> int:
     elif args.what == "refine":
         data = bench_refine(den, args.seeds, args.pictures, 64 if args.feather is None else args.feather,
                             args.strength or 0.6)
+    elif args.what == "restyle":
+        data = bench_restyle(den, args.seeds, args.pictures, args.strength or 0.8, args.anchor or 0)
     elif args.what == "upscale":
         from paradiff_gui.engine.api.upscale import DEFAULT_UPSCALE_STRENGTH
 
@@ -325,6 +385,8 @@ def main() -> int:
     name = args.what
     if args.what == "refine":
         name = f"refine-f{data['feather']}-s{data['strength']}"
+    if args.what == "restyle":
+        name = f"restyle-s{data['strength']}-a{data['anchor']}"
     if args.what == "upscale":
         name = f"upscale-x{args.scale}" + ("-anchor0" if args.anchor == 0 else "") \
             + (f"-{args.strength}" if args.strength else "")
