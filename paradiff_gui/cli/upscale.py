@@ -27,8 +27,7 @@ def add_parser(sub: Any) -> None:
                    help="2 (the default): each pass shrunk 2x equals its source, so the result shrunk SCALE times "
                         "is IMAGE; 0: the model may move the large shapes too")
     u.add_argument("-o", "--output", metavar="OUT.png", help="the last pass's file (default IMAGE-xSCALE.png)")
-    # No --guidance: each pass keeps the recipe's (or the model's default).
-    generation_flags(u, *(f for f in RECIPE_FLAGS if f != "guidance"), helps={
+    generation_flags(u, *RECIPE_FLAGS, helps={
         "host_memory": "the most host memory each pass may take (default: $PARADIFF_HOST_MEMORY)"})
     control_args(u)
     generation_flags(u, "lora_specs", "quiet")

@@ -105,7 +105,7 @@ def test_upscale_writes_every_pass_with_its_recipe(tmp_path, capsys):
     src = tmp_path / "t.png"
     code, err = run(["generate", *QUICK, "--size", "128x128", "-o", str(src)], capsys)
     assert code == 0, err
-    code, err = run(["upscale", str(src), "--scale", "4", "--steps", "2", "--quiet"], capsys)
+    code, err = run(["upscale", str(src), "--scale", "4", "--steps", "2", "--guidance", "3", "--quiet"], capsys)
     assert code == 0, err
     x2, x4 = tmp_path / "t-x2.png", tmp_path / "t-x4.png"
     assert "pass 1 of 2" in err and "pass 2 of 2" in err
@@ -113,6 +113,7 @@ def test_upscale_writes_every_pass_with_its_recipe(tmp_path, capsys):
     r2, r4 = load_request(x2), load_request(x4)
     assert r2.init_image == str(src) and r4.init_image == str(x2)
     assert r4.strength == 0.5 and r4.seed == 4 and r4.steps == 2  # the source's recipe, the flags on top
+    assert r2.guidance == r4.guidance == 3.0
 
 
 @pytest.mark.parametrize(("args", "needle"), [

@@ -21,8 +21,7 @@ def _options(command: str) -> dict[str, argparse.Action]:
 @pytest.mark.parametrize("flag", SHARED)
 def test_a_generation_flag_is_the_same_on_every_command_that_takes_it(flag):
     actions = {c: o[flag] for c in ("generate", "upscale", "refine") if flag in (o := _options(c))}
-    # upscale alone has no --guidance (each pass keeps the recipe's); every other flag is on all three.
-    assert set(actions) == ({"generate", "refine"} if flag == "--guidance" else {"generate", "upscale", "refine"})
+    assert set(actions) == {"generate", "upscale", "refine"}
     first, *rest = actions.values()
     for other in rest:
         assert (other.dest, other.type, other.metavar, other.choices, other.default, type(other)) == (
