@@ -11,6 +11,7 @@ import torch
 from diffusers import (
     AutoencoderKL,
     EulerDiscreteScheduler,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -71,6 +72,18 @@ def tiny_sd(prediction_type: str = "epsilon", seed: int = 0) -> StableDiffusionP
     )
     return StableDiffusionPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tiny_tokenizer(), scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def tiny_sd_inpaint(seed: int = 0) -> StableDiffusionInpaintPipeline:
+    """The tiny SD pipeline with an inpainting UNet: 9 input channels (latents, mask, masked
+    picture's latents), saved as ``StableDiffusionInpaintPipeline`` like real inpainting folders."""
+    base = tiny_sd(seed=seed)
+    torch.manual_seed(seed + 100)
+    unet = UNet2DConditionModel.from_config({**dict(base.unet.config), "in_channels": 9})
+    return StableDiffusionInpaintPipeline(
+        unet=unet, vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, scheduler=base.scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
 

@@ -230,19 +230,6 @@ def test_a_small_selection_of_an_8192_picture_costs_under_2_percent(tmp_path):
         assert share <= 0.02, (tile, share)
 
 
-def test_a_9_channel_inpainting_unet_is_refused_by_name(sd_folder, sd, tmp_path, monkeypatch):
-    from diffusers import UNet2DConditionModel
-
-    # An inpainting checkpoint's UNet: the latents, the mask and the masked picture's latents in.
-    nine = UNet2DConditionModel.from_config({**dict(sd.unet.config), "in_channels": 9})
-    monkeypatch.setattr(sd, "unet", nine)
-    src_path = rgb_png(tmp_path / "c.png", 128, 128)
-    with pytest.raises(RequestError) as e:
-        refine(src_path, rect=(32, 32, 96, 96), base=sd_base(sd_folder), denoiser=sd)
-    assert e.value.field == "model" and "inpainting checkpoint (a 9-channel UNet)" in e.value.message
-    assert not (tmp_path / "c-refined.png").exists()
-
-
 def _mask(tmp_path, mode, size=(128, 128), value=255):
     path = tmp_path / f"mask-{mode}.png"
     im = Image.new(mode, size, 0)

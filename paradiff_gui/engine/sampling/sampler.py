@@ -582,10 +582,6 @@ def _init_latents(den: Denoiser, request: GenerationRequest, plan: TilePlan, emi
 
 def _known_latents(den: Denoiser, request: GenerationRequest, plan: TilePlan, known: Known) -> torch.Tensor:
     """The known picture encoded (1, C, h, w) on the CPU, checked against what the run can keep."""
-    unet = getattr(den, "unet", None)
-    if int(getattr(getattr(unet, "config", None), "in_channels", 0) or 0) == 9:
-        raise RequestError("model", f"{request.model} is an inpainting checkpoint (a 9-channel UNet); refine runs "
-                                    "ordinary checkpoints for now: use the model it was made from")
     if request.fusion == "independent":
         raise RequestError("fusion", "independent denoises each tile alone, which cannot keep the picture around "
                                      "a selection: use cosine (the default) or another fusion")
@@ -713,7 +709,16 @@ def generate(
             emit(Notice(f"global context has nothing to add: the canvas's short side is no larger than "
                         f"{den.name}'s native {den.native_tile} px, where one pass already sees the whole picture"))
 
-        # 2. Conditioning, computed once for all tiles and steps; the tile batch that fits.
+        # 2. Conditioning, computed once for all tiles and steps; the tile batch that fits. A known
+        #    picture is checked and encoded first: a model that takes it as input (an inpainting
+        #    checkpoint, sd/inpaint.py) gets it before its conditioning is built, and then keeps
+        #    the known part itself; for any other model the loop keeps it by blending.
+        #    (Such a model without a known picture is refused before an init image is encoded.)
+        take_known = getattr(den, "take_known", None)
+        init = _known_latents(den, request, plan, known) if known is not None else None
+        model_keeps = take_known(request, plan, known) if take_known is not None else False
+        if known is None and request.init_image is not None:
+            init = _init_latents(den, request, plan, emit)
         cond = den.prepare(request, plan)
         preview_method = getattr(den, "preview_method", "") if previews else "off"
         if request.preview == "taesd" and getattr(den, "tiny", None) is None:  # a backend without any
@@ -725,10 +730,7 @@ def generate(
                 f", on at most {share:.0%} of the run's time (tiles in turn)" if share else "")))
         run = _Denoise(den, request, plan, cond, emit, cancel, previews)
         run.regional = regional(den, request, plan, cond)
-        if known is not None:
-            init = _known_latents(den, request, plan, known)
-        else:
-            init = _init_latents(den, request, plan, emit) if request.init_image is not None else None
+        keep = None if known is None or model_keeps else known.latent_mask(den.scale, den.device)
         run.total_steps = total_steps
         run.batch = _tile_batch(request, den, plan, emit, _bridge_cost(den, plan, request, cond, emit), host_batch)
 
@@ -746,7 +748,7 @@ def generate(
                 with _bridged(den, plan, request, shard, emit) as bridge:
                     latents = _synchronized(run, plan, noise, generator, jitter=request.jitter, guide=guide,
                                             bridge=bridge, init=init, strength=request.image_strength,
-                                            keep=None if known is None else known.latent_mask(den.scale, den.device))
+                                            keep=keep)
 
             # 5. Decode (never after a cancel) and finish; with several ranks rank 0 alone decodes.
             cancel.check()

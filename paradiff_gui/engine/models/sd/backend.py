@@ -30,12 +30,13 @@ finally:
     _tlogging.set_verbosity(_verbosity)
 
 from ...core.plan import Tile, TilePlan
-from ...core.request import GenerationRequest
+from ...core.request import GenerationRequest, RequestError
 from ..base import ModelUnavailable
 from . import bridging, taesd
 from . import control as controlnets
 from . import preview as previews
 from .codec import VaeCodec
+from .inpaint import InpaintInputs, is_inpainting
 from .schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class SDConditioning:
     timestep_cond: torch.Tensor | None  # LCM-distilled UNets embed the guidance scale
     canvas_hw: tuple[int, int]  # image px
     control: controlnets.ControlSet | None = None  # ControlNets with their maps (sd/control.py)
+    inpaint: InpaintInputs | None = None  # an inpainting UNet's mask and masked picture (sd/inpaint.py)
 
 
 class SDDenoiser(VaeCodec):
@@ -70,7 +72,10 @@ class SDDenoiser(VaeCodec):
         self.unet = pipe.unet
         self.vae = pipe.vae
         self.scale = int(pipe.vae_scale_factor)
-        self.channels = int(self.unet.config.in_channels)
+        # The latent canvas's channels are the VAE's: an inpainting UNet takes more (sd/inpaint.py).
+        self.channels = int(self.vae.config.latent_channels)
+        self.inpainting = is_inpainting(self.unet, self.channels)
+        self._inpaint: InpaintInputs | None = None  # the run's, from take_known
         sample = self.unet.config.sample_size or 64  # latent px; a config without it is SD1.x-sized
         self.native_tile = int((sample[0] if isinstance(sample, (list, tuple)) else sample) * self.scale)
         self.scheduler_config = pipe.scheduler.config
@@ -135,8 +140,24 @@ class SDDenoiser(VaeCodec):
                 self._control.key = key
         return SDConditioning(
             embeds.to(self.dtype), None if pooled_all is None else pooled_all.to(self.dtype),
-            g, cfg, timestep_cond, (request.height, request.width), self._control,
+            g, cfg, timestep_cond, (request.height, request.width), self._control, self._inpaint,
         )
+
+    def take_known(self, request: GenerationRequest, plan: TilePlan, known: Any) -> bool:
+        """Called by the loop before ``prepare``, with the run's known picture (sampling/inpaint.py
+        ``Known``) or None. An inpainting checkpoint takes it as UNet input (True: the loop then
+        leaves the known part to the model); an ordinary checkpoint does not (False: the loop keeps
+        it by blending). An inpainting checkpoint without a known picture is refused."""
+        self._inpaint = None
+        if not self.inpainting:
+            return False
+        if known is None:
+            raise RequestError("model", f"{request.model} is an inpainting checkpoint (its UNet takes a mask and the "
+                                        "masked picture): it re-draws a selection of a picture, so use it with "
+                                        "paradiff refine (--rect or --mask) or the app's Refine selection…; for "
+                                        "text-to-image and image-to-image use an ordinary checkpoint")
+        self._inpaint = InpaintInputs.build(known.pixels, known.mask, self.scale, self.encode, self.device, self.dtype)
+        return True
 
     def begin_step(self, plan: TilePlan, step: int, total: int) -> None:
         """The loop says which step of how many it starts, on which plan: ControlNets steer only
@@ -179,6 +200,7 @@ class SDDenoiser(VaeCodec):
             ).repeat(halves, 1)
             added = {"text_embeds": cond.pooled.repeat_interleave(b, dim=0), "time_ids": time_ids}
         tcond = None if cond.timestep_cond is None else cond.timestep_cond.expand(len(x_in), -1)
+        unet_in = x_in if cond.inpaint is None else torch.cat([x_in, cond.inpaint.crops(tiles, halves)], dim=1)
         # ControlNets: each tile's own crop of each control map, both guidance halves (sd/control.py).
         extra = {} if cond.control is None else cond.control.residuals(
             x_in, t, tiles, halves, encoder_hidden_states=ehs, timestep_cond=tcond, added_cond_kwargs=added)
@@ -186,7 +208,7 @@ class SDDenoiser(VaeCodec):
         # layout a bridge expects.
         with self.bridge.tiles(tiles) if self.bridge is not None else contextlib.nullcontext():
             out = self.unet(
-                x_in, t, encoder_hidden_states=ehs, timestep_cond=tcond, added_cond_kwargs=added, return_dict=False,
+                unet_in, t, encoder_hidden_states=ehs, timestep_cond=tcond, added_cond_kwargs=added, return_dict=False,
                 **extra,
             )[0]
         if cond.cfg:
@@ -208,11 +230,15 @@ class SDDenoiser(VaeCodec):
 
 def _pipeline_class(name: str) -> Any:
     classes = {c.__name__: c for c in (StableDiffusionPipeline, StableDiffusionXLPipeline)}
-    if name not in classes:
+    # Inpainting folders hold the same components (their UNet takes 9 channels, sd/inpaint.py);
+    # they load through the plain pipelines, whose prompt encoding is the same.
+    inpainting = {"StableDiffusionInpaintPipeline": StableDiffusionPipeline,
+                  "StableDiffusionXLInpaintPipeline": StableDiffusionXLPipeline}
+    if name not in classes and name not in inpainting:
         raise ModelUnavailable(
-            f"model: {name} is not supported; Paradiff runs {', '.join(classes)} checkpoints"
+            f"model: {name} is not supported; Paradiff runs {', '.join([*classes, *inpainting])} checkpoints"
         )
-    return classes[name]
+    return classes.get(name) or inpainting[name]
 
 
 def _is_sdxl_checkpoint(path: Path) -> bool:
