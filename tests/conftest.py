@@ -29,6 +29,13 @@ def sd_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sd_inpaint_folder(tmp_path_factory) -> Path:
+    from tiny import save, tiny_sd_inpaint
+
+    return save(tiny_sd_inpaint(), tmp_path_factory.mktemp("models") / "tiny-sd-inpaint")
+
+
+@pytest.fixture(scope="session")
 def sd_v_folder(tmp_path_factory) -> Path:
     from tiny import save, tiny_sd
 

@@ -93,3 +93,19 @@ def test_bad_refines_exit_2_naming_the_field(args, needle, source, tmp_path, cap
 def test_refine_of_a_missing_file_names_it(tmp_path, capsys):
     code, err = run(["refine", str(tmp_path / "none.png"), "--rect", "0,0,8,8"], capsys)
     assert code == 2 and "image: no such file" in err
+
+
+def test_an_inpainting_checkpoint_refines_and_is_refused_for_plain_generation(sd_inpaint_folder, tmp_path, capsys):
+    g = np.random.default_rng(3)
+    src = tmp_path / "c.png"
+    Image.fromarray((g.random((128, 128, 3)) * 255).astype(np.uint8)).save(src)
+    fast = ["--model", str(sd_inpaint_folder), "--prompt", "a red castle", "--steps", "2", "--seed", "5",
+            "--device", "cpu", "--quiet"]
+    code, err = run(["refine", str(src), "--rect", "40,40,88,88", "--feather", "4", *fast], capsys)
+    assert code == 0, err
+    before, after = pixels(src), pixels(tmp_path / "c-refined.png")
+    assert np.array_equal(after[:30], before[:30]) and not np.array_equal(after, before)
+    out = tmp_path / "plain.png"
+    code, err = run(["generate", "--size", "128x128", "-o", str(out), *fast], capsys)
+    assert code == 2 and "model: " in err and "inpainting checkpoint" in err and "paradiff refine" in err
+    assert "Traceback" not in err and not out.exists()

@@ -24,10 +24,8 @@ STEPS = 4
 
 
 @pytest.fixture(scope="module")
-def inpaint_folder(tmp_path_factory):
-    from tiny import save, tiny_sd_inpaint
-
-    return save(tiny_sd_inpaint(), tmp_path_factory.mktemp("models") / "tiny-sd-inpaint")
+def inpaint_folder(sd_inpaint_folder):
+    return sd_inpaint_folder
 
 
 @pytest.fixture(scope="module")

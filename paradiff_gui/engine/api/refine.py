@@ -3,7 +3,8 @@
 The work is a **sub-canvas**: the selection's feathered mask, its bounding box widened by a context
 margin (one tile overlap, rounded out to the request's size multiple, clamped to the picture), is
 cut out and run as image-to-image with the picture around the selection kept at every step
-(sampling/inpaint.py). Only that cut-out's tiles run, so the cost follows the selection, not the
+(sampling/inpaint.py) — or, for an SD inpainting checkpoint, given to the model as its mask and
+masked-picture inputs (models/sd/inpaint.py). Only that cut-out's tiles run, so the cost follows the selection, not the
 picture: :func:`model_calls` counts it against the whole picture's. The decoded cut-out is laid
 over the *original pixels* with the soft mask, so outside the mask the output is the source bit for
 bit (no VAE round trip reaches it).

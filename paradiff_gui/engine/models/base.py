@@ -74,6 +74,12 @@ class Denoiser(Protocol):
         """The finished canvas (1, channels, H, W) as an image on the CPU: (H, W, 3) uint8."""
         ...
 
+    # Optional hooks the loop looks up with getattr (a backend without them is not asked):
+    # encode(pixels, on_progress) for image-to-image; begin_step(plan, step, total) for step-steered
+    # inputs (ControlNets); take_known(request, plan, known) -> bool, called before prepare with a
+    # refine's known picture or None: True when the model takes it as input and keeps the known
+    # part itself (SD inpainting checkpoints, sd/inpaint.py), so the loop does not blend it.
+
 
 Factory = Callable[[GenerationRequest, torch.device, torch.dtype], "Denoiser"]
 

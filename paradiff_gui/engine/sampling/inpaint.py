@@ -11,6 +11,10 @@ blended latent diffusion (Avrahami et al. 2022, "Blended Latent Diffusion", alg.
 ``m`` is the soft mask averaged over each latent pixel, so a feathered border stays soft in the
 latent too. The blend moves latents only; the picture outside the mask is made exact in pixels by
 the caller, who composites the decoded cut-out over the original pixels with the same soft mask.
+
+A model that takes the known picture as input (an SD inpainting checkpoint: models/sd/inpaint.py)
+says so through its ``take_known`` hook and is not blended: it was trained to keep the unmasked part
+from its own inputs. The pixel composite applies to it all the same.
 """
 
 from __future__ import annotations
