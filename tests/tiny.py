@@ -13,6 +13,7 @@ from diffusers import (
     EulerDiscreteScheduler,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
@@ -109,6 +110,18 @@ def tiny_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
     return StableDiffusionXLPipeline(
         unet=unet, vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=tiny_tokenizer(),
         tokenizer_2=tiny_tokenizer(), scheduler=scheduler,
+    )
+
+
+def tiny_sdxl_inpaint(seed: int = 0) -> StableDiffusionXLInpaintPipeline:
+    """The tiny SDXL pipeline with a 9-channel inpainting UNet (no aesthetic score, as SDXL
+    inpainting 0.1), saved as ``StableDiffusionXLInpaintPipeline``."""
+    b = tiny_sdxl(seed=seed)
+    torch.manual_seed(seed + 100)
+    unet = UNet2DConditionModel.from_config({**dict(b.unet.config), "in_channels": 9})
+    return StableDiffusionXLInpaintPipeline(
+        unet=unet, vae=b.vae, text_encoder=b.text_encoder, text_encoder_2=b.text_encoder_2, tokenizer=b.tokenizer,
+        tokenizer_2=b.tokenizer_2, scheduler=b.scheduler, requires_aesthetics_score=False,
     )
 
 

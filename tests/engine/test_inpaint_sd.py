@@ -1,5 +1,5 @@
 """SD inpainting checkpoints (9-channel UNets, models/sd/inpaint.py) in a refine: one tile equals
-diffusers' ``StableDiffusionInpaintPipeline``; several tiles each get their own crop of the mask and
+diffusers' ``StableDiffusionInpaintPipeline`` (and the SDXL one); several tiles each get their own crop of the mask and
 the masked picture's latents, no latent blending, and the picture outside the feathered mask is the
 source bit for bit; without a selection such a model is refused naming ``model``. (Tiny random
 weights: mechanics, not looks.)"""
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionInpaintPipeline
+from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
 from PIL import Image
 
 from paradiff_gui.engine import GenerationRequest, generate
@@ -61,21 +61,31 @@ def support(job):
     return s
 
 
-@pytest.mark.parametrize("strength", [0.75, 1.0])
-def test_one_tile_equals_diffusers_inpaint_pipeline(inpaint_folder, den, tmp_path, strength):
+@pytest.fixture(scope="module")
+def xl_folder(tmp_path_factory):
+    from tiny import save, tiny_sdxl_inpaint
+
+    return save(tiny_sdxl_inpaint(), tmp_path_factory.mktemp("models") / "tiny-sdxl-inpaint")
+
+
+@pytest.mark.parametrize(("kind", "strength"), [("sd", 0.75), ("sd", 1.0), ("sdxl", 0.75)])
+def test_one_tile_equals_diffusers_inpaint_pipeline(request, kind, strength, tmp_path):
+    folder = request.getfixturevalue("inpaint_folder" if kind == "sd" else "xl_folder")
+    model = request.getfixturevalue("den") if kind == "sd" else load_denoiser(
+        GenerationRequest(model=str(folder), device="cpu"), torch.device("cpu"), torch.float32)
     src = picture(tmp_path / "c.png", 128, 128)
     # Edges off the 8-px latent grid: the mask's shrink to latent px (nearest) is part of the check.
     mask = mask_png(tmp_path / "m.png", 128, 128, (43, 45, 77, 71))
-    job = refine_request(src, mask=mask, feather=0, strength=strength, base=base(inpaint_folder, overlap=0))
+    job = refine_request(src, mask=mask, feather=0, strength=strength, base=base(folder, overlap=0))
     x0, y0, x1, y1 = job.box
     assert (x1 - x0, y1 - y0) == (64, 64) and len(sampler.TilePlan.for_request(job.request, 8, 128)) == 1
-    got = run_refinement(job, denoiser=den)
+    got = run_refinement(job, denoiser=model)
 
-    known = job.known()
     crop = Image.fromarray(job.source[y0:y1, x0:x1])
     hard = Image.fromarray((job.mask * 255).astype(np.uint8))
-    pipe = StableDiffusionInpaintPipeline.from_pretrained(str(inpaint_folder), local_files_only=True,
-                                                          safety_checker=None, requires_safety_checker=False)
+    cls = StableDiffusionInpaintPipeline if kind == "sd" else StableDiffusionXLInpaintPipeline
+    extra = {"safety_checker": None, "requires_safety_checker": False} if kind == "sd" else {}
+    pipe = cls.from_pretrained(str(folder), local_files_only=True, **extra)
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = make_scheduler("ddim", pipe.scheduler.config)
     with torch.no_grad():  # the pipeline's own masked picture, encoded to its latent mean
@@ -83,13 +93,13 @@ def test_one_tile_equals_diffusers_inpaint_pipeline(inpaint_folder, den, tmp_pat
         masked_latents = pipe.vae.encode(masked).latent_dist.mode() * pipe.vae.config.scaling_factor
     # Four-channel images are taken as latents (the VAE samples otherwise, drawing from the
     # generator before the noise); the noise comes from the same seed as the engine's.
-    init = den.encode(known.pixels, lambda d, n: None)
+    init = model.encode(job.known().pixels, lambda d, n: None)
     expect = pipe(prompt="a red castle", negative_prompt="blue", image=init, mask_image=hard,
                   masked_image_latents=masked_latents, height=64, width=64, strength=strength,
                   num_inference_steps=STEPS, guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(7),
                   output_type="latent").images
     diff = (got.latents - expect).abs().max().item()
-    print(f"max |engine - pipeline| latents, strength {strength}: {diff:.2e}")
+    print(f"max |engine - pipeline| latents, {kind} strength {strength}: {diff:.2e}")
     torch.testing.assert_close(got.latents, expect, rtol=1e-4, atol=1e-4)
     assert (got.latents - init).abs().mean() > 0.05  # the model re-drew something
 
