@@ -34,6 +34,9 @@ FUSIONS = ("independent", "none", "uniform", "gaussian", "cosine")
 # Tiles that compute as one model while they denoise (sampling/bridges.py): convolution halos,
 # shared GroupNorm statistics, attention to the other tiles — one channel alone, or all three.
 BRIDGES = ("off", "halos", "norms", "attention", "full")
+# Where bridges take the neighbours' values from: the previous step (tiles batched freely), or the
+# same step (every tile of a process in one call, so each layer sees every tile's values of now).
+BRIDGE_STEPS = ("previous", "same")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 # Seamless canvases: the tile plan wraps across these canvas edges (a torus), so the picture tiles.
 WRAPS = ("none", "x", "y", "xy")
@@ -164,6 +167,7 @@ class GenerationRequest:
     global_context: float = 0.0
     bridges: str = "off"
     bridge_width: int = 0  # attention bridges: a strip this wide (px) along each border; 0 = whole neighbour tiles
+    bridge_step: str = "previous"  # bridges: the neighbours' values of the previous or the same step (BRIDGE_STEPS)
     regions: tuple[Region, ...] = ()  # regional prompts over the main prompt (core/regions.py)
     # LoRAs applied to the model for this run (core/lora.py; models/lora.py applies them)
     loras: tuple[LoraSpec, ...] = ()
@@ -231,6 +235,10 @@ class GenerationRequest:
             raise RequestError("bridges", "reach into the model's layers, which a compiled model hides: use bridges "
                                           "off or no compile")
         _check_int("bridge_width", self.bridge_width, 0, MAX_TILE // 2, SIZE_MULTIPLE)
+        _check_choice("bridge_step", self.bridge_step, BRIDGE_STEPS)
+        if self.bridge_step == "same" and self.bridges == "off":
+            raise RequestError("bridge_step", "says where bridges take their neighbours' values from: use bridges "
+                                              "halos, norms, attention or full with it, or bridge_step previous")
         if self.bridge_width and self.bridges not in ("attention", "full"):
             raise RequestError("bridge_width", "sets the strip that attention bridges reach into: use bridges "
                                                f"attention or full, or bridge_width 0 (bridges is {self.bridges})")
@@ -244,6 +252,10 @@ class GenerationRequest:
         tb = self.tile_batch
         if tb != "auto" and (isinstance(tb, bool) or not isinstance(tb, int) or not 1 <= tb <= MAX_TILE_BATCH):
             raise RequestError("tile_batch", f"must be auto or a whole number from 1 to {MAX_TILE_BATCH}, got {tb!r}")
+        if self.bridge_step == "same" and self.tile_batch != "auto":
+            raise RequestError("tile_batch", "same-step bridges run every tile of a step in one call (each process "
+                                             f"its own tiles): use tile_batch auto (got {self.tile_batch!r}), or "
+                                             "bridge_step previous")
         if not isinstance(self.device, str) or not _DEVICE_RE.match(self.device):
             raise RequestError("device", f"must be auto, cpu, cuda, cuda:N or mps; got {self.device!r}")
         _check_choice("dtype", self.dtype, DTYPES)

@@ -62,23 +62,41 @@ from ..core.plan import Tile, TilePlan
 NORM_MODES = ("off", "canvas", "window")
 
 
+POOLS = ("total", "within")
+
+
 @dataclass(frozen=True)
 class BridgeConfig:
     halos: bool = True
     norms: str = "canvas"  # one of NORM_MODES
     attention: bool = True
-    fresh: bool = True  # neighbours' values from this call (all tiles in one batch)
+    fresh: bool = True  # neighbours' values from this call (all the process's tiles in one batch)
     reach: int | None = None  # attention: model-input px past the tile edge; None = whole canvas
     rescale: bool = False  # attention: logits × sqrt(log N / log n) (Jin et al. 2023)
     window: float = 1.0  # norms="window": tent half-width, in tiles (its area: one tile's)
+    # norms: how tiles' second moments pool. "total": raw second moments, so the tiles' differing
+    # means count as variance (a whole-canvas GroupNorm: the exactness proof); "within": each
+    # tile's variance around its own mean (tiles that differ only by an offset keep their spread).
+    pool: str = "total"
+    mean_share: float = 1.0  # norms: the pooled mean's weight against the tile's own (0: own only)
+    var_share: float = 1.0  # norms: the pooled variance's weight against the tile's own
+    min_factor: int = 1  # bridge only layers at least this many times smaller than the input
+    first_step: int = 0  # steps before this one run unbridged (a warm-up)
 
     def __post_init__(self) -> None:
         if self.norms not in NORM_MODES:
             raise ValueError(f"norms must be one of {NORM_MODES}, got {self.norms!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
         if self.reach is not None and self.reach < 1:
             raise ValueError(f"reach must be at least 1 px (or None for the whole canvas), got {self.reach}")
         if self.window <= 0:
             raise ValueError(f"window must be above 0 tiles, got {self.window}")
+        for name in ("mean_share", "var_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be from 0 to 1, got {getattr(self, name)}")
+        if self.min_factor < 1 or self.first_step < 0:
+            raise ValueError("min_factor must be at least 1 and first_step at least 0")
 
 
 class _Ring:
@@ -130,14 +148,17 @@ class _Ring:
         self.counts = torch.from_numpy(valid.sum(1)).to(device)
 
 
-def config_for(bridges: str, reach: int | None = None) -> BridgeConfig:
-    """The previous-step configuration of a request's ``bridges`` value (not ``off``);
-    ``reach`` in model-input px (the attention's strip along each border)."""
+def config_for(bridges: str, reach: int | None = None, same_step: bool = False) -> BridgeConfig:
+    """The generation configuration of a request's ``bridges`` value (not ``off``): neighbours'
+    values from the previous step, or with ``same_step`` from the same step (every tile of a
+    process in one call); ``reach`` in model-input px (the attention's strip along each border).
+    Statistics pool within-tile variances (``pool="within"``)."""
+    common = dict(fresh=same_step, pool="within")
     return {
-        "halos": BridgeConfig(halos=True, norms="off", attention=False, fresh=False),
-        "norms": BridgeConfig(halos=False, norms="window", attention=False, fresh=False),
-        "attention": BridgeConfig(halos=False, norms="off", attention=True, fresh=False, reach=reach),
-        "full": BridgeConfig(norms="window", fresh=False, reach=reach),
+        "halos": BridgeConfig(halos=True, norms="off", attention=False, **common),
+        "norms": BridgeConfig(halos=False, norms="window", attention=False, **common),
+        "attention": BridgeConfig(halos=False, norms="off", attention=True, reach=reach, **common),
+        "full": BridgeConfig(norms="window", reach=reach, **common),
     }[bridges]
 
 
@@ -146,11 +167,15 @@ class Bridge:
     inside :meth:`tiles` for each batch."""
 
     def __init__(self, model: nn.Module, plan: TilePlan, config: BridgeConfig | None = None,
-                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, local: int | None = None) -> None:
         self.model = model
         self.plan = plan
         self.config = config or BridgeConfig()
+        # With several processes: sums a tensor over them (previous-step stores at each step's
+        # end; same-step values at every bridged layer of every call).
         self.reduce = reduce
+        self.local = len(plan.tiles) if local is None else local  # the tiles this process runs
+        self.step = 0  # steps closed by end_step
         self._tiles: Sequence[Tile] | None = None
         self._fresh = self.config.fresh
         self._patched: list[tuple[nn.Module, str, Any]] = []
@@ -182,8 +207,9 @@ class Bridge:
         the plan in the batch) — for a previous-step bridge, the *filling pass* of step 0, which
         leaves exact values for step 1 to use."""
         self._fresh = self.config.fresh if fresh is None else fresh
-        if self._fresh and len(tiles) != len(self.plan.tiles):
-            raise ValueError("a fresh call needs every tile of the plan in one batch")
+        if self._fresh and len(tiles) != self.local:
+            raise ValueError(f"a fresh call needs every tile of the process in one batch ({self.local}); "
+                             f"got {len(tiles)}")
         self._tiles = tiles
         self._pending: list[tuple[tuple[int, str], torch.Tensor, torch.Tensor]] = []
         try:
@@ -237,6 +263,12 @@ class Bridge:
             for store, name in parts:
                 store[name] = self.reduce(store[name])
         self._prev, self._cur = self._cur, {}
+        self.step += 1
+
+    def _off(self, f: int) -> bool:
+        """Whether a layer ``f`` times smaller than the input runs unbridged now (a shallow layer
+        below ``min_factor``, or a warm-up step before ``first_step``)."""
+        return f < self.config.min_factor or self.step < self.config.first_step
 
     # -- geometry ----------------------------------------------------------------------------
 
@@ -279,6 +311,8 @@ class Bridge:
             for i, t in enumerate(self._tiles):
                 local, slots = ring.feeds[t.index]
                 here[:, :, slots] += flat[i::n][:, :, local].float()
+            if self.reduce is not None and self.config.fresh:  # every process's tiles, this very layer
+                here = self.reduce(here)
             return here
         prev = self._prev.get(key)
         return None if prev is None else prev["sum"]
@@ -300,9 +334,11 @@ class Bridge:
                 return conv._conv_forward(x, conv.weight, conv.bias)
             rows, c, h, w = x.shape
             f, halves = self._layout(rows, h, w)
+            if self._off(f) and self._fresh:
+                return conv._conv_forward(x, conv.weight, conv.bias)
             ring = self._ring(f, h, w, ph, pw, x.device)
             store = self._store(key, ring, x, halves)
-            if store is None:
+            if store is None or self._off(f):
                 return conv._conv_forward(x, conv.weight, conv.bias)  # step 0: no neighbour values yet
             size = (h + 2 * ph) * (w + 2 * pw)
             crops = x.new_zeros(rows, c, size + 1)  # + a spare column for the rings' padding
@@ -332,47 +368,64 @@ class Bridge:
 
     def _norm(self, norm: nn.GroupNorm) -> Any:
         key = (id(norm), "norm")
+        c = self.config
+
+        def plain(x: torch.Tensor) -> torch.Tensor:
+            return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             if self._tiles is None or x.ndim != 4:  # (a norm over tokens, (B, C, T), has no grid)
-                return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
-            rows, c, h, w = x.shape
-            _, halves = self._layout(rows, h, w)
-            n = len(self._tiles)
+                return plain(x)
+            rows, ch, h, w = x.shape
+            f, halves = self._layout(rows, h, w)
+            n, total = len(self._tiles), len(self.plan.tiles)
             idx = self._index(x.device)
-            wts = self._tile_weights(x.device)
             xs = x.float().reshape(rows, norm.num_groups, -1)
-            size = xs.shape[-1]
-            own = torch.stack([xs.sum(-1), (xs * xs).sum(-1)]).view(2, halves, n, -1)  # (2, halves, n, groups)
-            if not self.config.fresh:
+            var, mean = torch.var_mean(xs, dim=-1, correction=0)
+            own = torch.stack([mean, var + mean * mean]).view(2, halves, n, -1)  # each tile's E[x], E[x²]
+            if not c.fresh:  # kept for the next step, also while this layer or step is not bridged
                 here = self._cur.get(key)
                 if here is None:
-                    here = self._cur[key] = {
-                        "stats": own.new_zeros(2, halves, len(self.plan.tiles), own.shape[-1]),
-                        "seen": own.new_zeros(len(self.plan.tiles))}
+                    here = self._cur[key] = {"stats": own.new_zeros(2, halves, total, own.shape[-1]),
+                                             "seen": own.new_zeros(total)}
                 here["stats"][:, :, idx] = own
                 here["seen"][idx] = 1
+            if self._off(f):
+                return plain(x)
+            wts = self._tile_weights(x.device)
             if self._fresh:
-                # Every tile's statistics (each tile's pixels once), weighted for each tile.
-                sub = wts[idx][:, idx]  # (n, n)
-                stats = torch.einsum("ij,shjg->shig", sub, own)
-                count = sub.sum(1) * size
+                # This call's tiles (and, with several processes, every other process's: the
+                # same step's statistics of every tile), each tile's pixels once.
+                table = own.new_zeros(2, halves, total, own.shape[-1])
+                table[:, :, idx] = own
+                seen = own.new_zeros(total)
+                seen[idx] = 1
+                if self.reduce is not None and c.fresh:
+                    packed = self.reduce(torch.cat([table.flatten(), seen]))
+                    table, seen = packed[:-total].view_as(table), packed[-total:]
+                theirs = wts[idx] * seen[None]  # (n, total), the tile itself included
+                mine = theirs.new_zeros(n)
             else:
                 prev = self._prev.get(key)
                 if prev is None:  # step 0: no neighbour values yet
-                    return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+                    return plain(x)
                 # Own statistics fresh, every other tile's from the previous step.
-                others = wts[idx] * prev["seen"][None]
-                others[torch.arange(n, device=x.device), idx] = 0
+                table, seen = prev["stats"], prev["seen"]
+                theirs = wts[idx] * seen[None]
+                theirs[torch.arange(n, device=x.device), idx] = 0
                 mine = wts[idx, idx]
-                theirs = prev["stats"][:, :, None].expand(-1, -1, n, -1, -1) / size  # E[x], E[x²]
-                stats = mine[:, None] * own + size * torch.einsum("ij,shijg->shig", others, theirs)
-                count = (mine + others.sum(1)) * size
-            stats = stats.reshape(2, rows, -1)
-            count = count.repeat(halves)[:, None]
-            mean = stats[0] / count
-            var = (stats[1] / count - mean * mean).clamp_min(0)
-            out = ((xs - mean[..., None]) * torch.rsqrt(var[..., None] + norm.eps)).reshape(rows, c, h, w)
+            pooled_q = c.pool == "total"
+            # Pool E[x] and either E[x²] (total) or each tile's own variance (within).
+            second = (lambda t: t[1]) if pooled_q else (lambda t: t[1] - t[0] * t[0])
+            weight = (mine + theirs.sum(1))[None, :, None]  # (1, n, 1)
+            m = (mine[None, :, None] * own[0] + torch.einsum("ij,hjg->hig", theirs, table[0])) / weight
+            s = (mine[None, :, None] * second(own) + torch.einsum("ij,hjg->hig", theirs, second(table))) / weight
+            v = s - m * m if pooled_q else s
+            own_m, own_v = own[0], own[1] - own[0] * own[0]
+            m = c.mean_share * m + (1 - c.mean_share) * own_m
+            v = (c.var_share * v + (1 - c.var_share) * own_v).clamp_min(0)
+            m, v = m.reshape(rows, -1), v.reshape(rows, -1)
+            out = ((xs - m[..., None]) * torch.rsqrt(v[..., None] + norm.eps)).reshape(rows, ch, h, w)
             if norm.affine:
                 out = out * norm.weight.float()[None, :, None, None] + norm.bias.float()[None, :, None, None]
             return out.to(x.dtype)
@@ -398,12 +451,14 @@ class Bridge:
                 rh, rw = -(-self.plan.height // f), -(-self.plan.width // f)
             else:
                 rh = rw = -(-self.config.reach // f)
+            if self._off(f) and self._fresh:
+                return attend(q, k, v)
             ring = self._ring(f, h, w, rh, rw, k.device)
             # Keys and values as one layer of 2·heads·d channels over the tile's grid.
             kv = torch.cat([k[:, :, context:], v[:, :, context:]], dim=1)
             kv = kv.transpose(2, 3).reshape(rows, 2 * heads * d, h, w)
             store = self._store(key, ring, kv, halves)
-            if store is None or ring.longest == 0:
+            if store is None or ring.longest == 0 or self._off(f):
                 return attend(q, k, v)  # step 0: no neighbour values yet (or nothing in reach)
             extra = self._read(store, ring, halves, k.dtype).view(rows, 2 * heads, d, ring.longest).transpose(2, 3)
             k_all = torch.cat([k, extra[:, :heads]], dim=2)

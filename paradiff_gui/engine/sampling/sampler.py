@@ -205,9 +205,13 @@ class _Denoise:
                 raise
         _free_device_cache(self.den.device)
         tl = tiles[0]
+        bridge = getattr(self.den, "bridge", None)
+        if bridge is not None and bridge.config.fresh:  # halving would change the picture: say why
+            raise RequestError("bridge_step", f"same-step bridges run {len(tiles)} tiles in one call, which does not "
+                                              f"fit in the memory of {self.den.device}: use bridge_step previous, "
+                                              "fewer or smaller tiles, --dtype fp16, or more devices")
         if len(tiles) == 1:
             s = self.plan.scale
-            bridge = getattr(self.den, "bridge", None)
             kept = "" if bridge is None else (
                 f" next to the {bridge.kept_bytes() / 2**30:.2f} GiB that bridges keep (use bridges off, attention "
                 "with a --bridge-width, or fewer, larger tiles)")
@@ -485,8 +489,8 @@ def _bridged(den: Denoiser, plan: TilePlan, request: GenerationRequest, shard: A
     if shard.active and len(plan.tiles) < shard.world:
         raise RequestError("bridges", f"need a tile for every process: {len(plan.tiles)} tiles for {shard.world} "
                                       "processes; use fewer devices, smaller tiles or bridges off")
-    bridge = Bridge(module, plan, config_for(request.bridges, _reach(request, plan)),
-                    reduce=shard.all_reduce if shard.active else None)
+    bridge = Bridge(module, plan, config_for(request.bridges, _reach(request, plan), _same_step(request, den)),
+                    reduce=shard.all_reduce if shard.active else None, local=len(shard.mine(list(plan.tiles))))
     # The denoiser opens its layers for the run first (SD: self-attention gets `attend`) and
     # closes them last, after the bridge is removed.
     with getattr(den, "bridgeable", contextlib.nullcontext)(), bridge.installed():
@@ -497,6 +501,12 @@ def _bridged(den: Denoiser, plan: TilePlan, request: GenerationRequest, shard: A
             den.bridge = None
 
 
+def _same_step(request: GenerationRequest, den: Denoiser) -> bool:
+    """Whether the run's bridges take the same step's values (every tile of a process in one call)."""
+    return request.bridges != "off" and request.bridge_step == "same" \
+        and getattr(den, "bridge_module", None) is not None
+
+
 def _bridge_cost(den: Denoiser, plan: TilePlan, request: GenerationRequest, cond: Any, emit: EventSink) -> int:
     """Bytes the run's bridge will keep on the device (this step's neighbour values and the
     previous step's), found by running one tile through a bridge: its stores are made whole on
@@ -504,6 +514,8 @@ def _bridge_cost(den: Denoiser, plan: TilePlan, request: GenerationRequest, cond
     module = getattr(den, "bridge_module", None)
     if request.bridges == "off" or module is None:  # (compile with bridges is refused by the request)
         return 0
+    if _same_step(request, den):
+        return 0  # nothing kept between calls: each layer's values live while the call is at that layer
     config = dataclasses.replace(config_for(request.bridges, _reach(request, plan)), fresh=False)
     survey = Bridge(module, plan, config)
     tile = plan.tiles[0]
@@ -529,16 +541,30 @@ def _reach(request: GenerationRequest, plan: TilePlan) -> int:
 
 
 def _tile_batch(request: GenerationRequest, den: Denoiser, plan: TilePlan, emit: EventSink,
-                bridge_bytes: int = 0, host_batch: int | None = None) -> int:
+                bridge_bytes: int = 0, host_batch: int | None = None, same_step: int = 0) -> int:
     """The request's tile batch, or for ``auto`` the largest that fits (engine.memory) — on a CPU
     under a host-memory budget, at most ``host_batch``; on a GPU a batch whose estimated peak
-    exceeds the free memory is refused here, before any denoising."""
+    exceeds the free memory is refused here, before any denoising. Same-step bridges need the
+    process's ``same_step`` tiles in one call: refused up front, with the estimate, when they
+    cannot be held."""
     device = torch.device(den.device)
     info = _loaded_info(request, den, plan)
     fp = memory.footprint(request, info, dtype_name(den.dtype))
     # Weights loaded already (the free memory below excludes them); the bridges' kept values.
     fp = dataclasses.replace(fp, weights=0, bridges=bridge_bytes)
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    if same_step:
+        held = None
+        if free is not None and fp.peak(same_step) > free * memory.MARGIN:
+            held = f"needs {fp.describe(same_step)} but {device} has {free / memory.GiB:.1f} GiB free"
+        elif host_batch is not None and host_batch < same_step:
+            held = f"the host-memory budget holds at most {host_batch} tiles a call"
+        if held:
+            raise RequestError("bridge_step", f"same-step bridges run this process's {same_step} tiles in one "
+                                              f"call, which {held}: use bridge_step previous, fewer or smaller "
+                                              "tiles, or more devices")
+        emit(Notice(f"same-step bridges: the {same_step} tiles of each step in one call ({fp.describe(same_step)})"))
+        return same_step
     if request.tile_batch == "auto":
         batch = memory.choose_tile_batch(fp, free, device.type)
         if host_batch is not None and host_batch < batch:
@@ -732,7 +758,8 @@ def generate(
         run.regional = regional(den, request, plan, cond)
         keep = None if known is None or model_keeps else known.latent_mask(den.scale, den.device)
         run.total_steps = total_steps
-        run.batch = _tile_batch(request, den, plan, emit, _bridge_cost(den, plan, request, cond, emit), host_batch)
+        run.batch = _tile_batch(request, den, plan, emit, _bridge_cost(den, plan, request, cond, emit), host_batch,
+                                same_step=len(shard.mine(list(plan.tiles))) if _same_step(request, den) else 0)
 
         # 3. Noise for the whole canvas from one CPU generator: the image depends on the seed
         #    alone, not on tile_batch, the device or the number of devices.

@@ -176,7 +176,9 @@ class TerrainDenoiser:
         x = x.to(self.device, torch.float32).contiguous(memory_format=self.memory_format)
         # On a CPU, activations of more than a few tiles fall out of the caches and the
         # elementwise passes become memory-bound (49 tiles at once: 1.5x slower per tile).
-        chunk = CPU_CHUNK if self.device.type == "cpu" else b
+        # Same-step bridges need the whole batch in one call.
+        fresh = self.bridge is not None and self.bridge.config.fresh
+        chunk = CPU_CHUNK if self.device.type == "cpu" and not fresh else b
         outs = []
         for i in range(0, b, chunk):
             part = slice(i, i + chunk)
