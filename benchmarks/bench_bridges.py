@@ -32,16 +32,12 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import paradiff_gui.engine.models.terrain as terrain  # noqa: E402
 from paradiff_gui import __version__  # noqa: E402
 from paradiff_gui.engine import generate  # noqa: E402
 from paradiff_gui.engine.analysis.seams import analyse  # noqa: E402
 from paradiff_gui.engine.api.requests import request_for  # noqa: E402
-from paradiff_gui.engine.core.request import MAX_TILE_BATCH  # noqa: E402
 from paradiff_gui.engine.sampling import sampler  # noqa: E402
 from paradiff_gui.engine.sampling.bridges import BridgeConfig, config_for  # noqa: E402
-
-CPU_CHUNK = terrain.CPU_CHUNK
 
 PREV = dict(fresh=False)
 # name: (the request's bridges value, the bridge configuration; None = the request's own)
@@ -60,11 +56,28 @@ VARIANTS: dict[str, tuple[str, BridgeConfig | None]] = {
     "attention-strip32+norms": ("full", BridgeConfig(halos=False, norms="window", reach=32, **PREV)),
     "attention+halos": ("full", BridgeConfig(norms="off", reach=128, **PREV)),
     "full": ("full", None),
-    # Current-step values (all tiles in one call): not a generation mode — the picture would
-    # depend on the batch — but what the model does when tiles compute exactly as one model.
-    "norms-window-fresh": ("norms", BridgeConfig(halos=False, norms="window", attention=False)),
-    "norms-canvas-fresh": ("norms", BridgeConfig(halos=False, norms="canvas", attention=False)),
+    # Same-step values (bridge_step same: every tile of a step in one call). "-total" pools raw
+    # second moments (the first one-off measurement's statistics); the rest pool within-tile
+    # variances, as generation does since issue 24.
+    "norms-window-fresh": ("norms", BridgeConfig(halos=False, norms="window", attention=False, pool="total")),
+    "norms-canvas-fresh": ("norms", BridgeConfig(halos=False, norms="canvas", attention=False, pool="total")),
+    "same-norms": ("norms", None),  # the request's: bridge_step same, window one tile, within-tile variances
+    **{f"same-norms-mean{m}": ("norms", BridgeConfig(halos=False, norms="window", attention=False, pool="within",
+                                                     mean_share=m)) for m in (0.25, 0.5, 0.75)},
+    "same-norms-var0": ("norms", BridgeConfig(halos=False, norms="window", attention=False, pool="within",
+                                              var_share=0.0)),
+    "same-norms-window0.5": ("norms", BridgeConfig(halos=False, norms="window", window=0.5, attention=False,
+                                                   pool="within")),
+    **{f"same-norms-deep{f}": ("norms", BridgeConfig(halos=False, norms="window", attention=False, pool="within",
+                                                     min_factor=f)) for f in (2, 4)},
+    **{f"same-norms-from{k}": ("norms", BridgeConfig(halos=False, norms="window", attention=False, pool="within",
+                                                     first_step=k)) for k in (1, 2, 4)},
+    # Previous-step values with within-tile variances (the request's "norms" since issue 24).
+    "prev-norms-total": ("norms", BridgeConfig(halos=False, norms="window", attention=False, fresh=False)),
+    **{f"prev-norms-mean{m}": ("norms", BridgeConfig(halos=False, norms="window", attention=False, pool="within",
+                                                     fresh=False, mean_share=m)) for m in (0.5,)},
 }
+SAME = {"same-norms"}  # request-run variants with bridge_step same
 
 
 def spectrum_high_share(image: np.ndarray, cutoff: float = 1 / 16) -> float:
@@ -104,10 +117,10 @@ def sheet(pictures: list[tuple[str, np.ndarray]], width: int = 256) -> Image.Ima
 
 def run(size: int, overlap: int, variant: str, seed: int, keep: list | None = None) -> dict:
     bridges, config = VARIANTS[variant]
-    fresh = config is not None and config.fresh
+    fresh = variant in SAME or (config is not None and config.fresh)
+    # Same-step values: the generation mode (every tile of a step in one call).
     req = request_for("builtin:terrain", width=size, height=size, seed=seed, overlap=overlap, device="cpu",
-                      bridges=bridges, tile_batch=MAX_TILE_BATCH if fresh else "auto")
-    terrain.CPU_CHUNK = MAX_TILE_BATCH if fresh else CPU_CHUNK  # a fresh bridge needs every tile in one call
+                      bridges=bridges, bridge_step="same" if fresh and bridges != "off" else "previous")
     sampler.config_for = (lambda *_: config) if config is not None else config_for
     try:
         started = time.perf_counter()
