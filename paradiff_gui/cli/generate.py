@@ -17,8 +17,8 @@ from .write import generate_and_write
 
 # The request fields a flag of the same name overrides (on a replayed --request too).
 _OVERRIDES = ("model", "prompt", "negative_prompt", "overlap", "steps", "guidance", "sampler", "seed",
-              "fusion", "jitter", "global_context", "bridges", "bridge_width", "tile_batch", "device", "dtype",
-              "host_memory", "compile", "init_image", "strength", "anchor", "wrap", "positions", "transformer",
+              "fusion", "jitter", "global_context", "bridges", "bridge_width", "bridge_step", "tile_batch", "device",
+              "dtype", "host_memory", "compile", "init_image", "strength", "anchor", "wrap", "positions", "transformer",
               "weights", "preview")
 
 
@@ -41,10 +41,14 @@ def add_parser(sub: Any) -> None:
                    help="first denoise a small whole-canvas version and let it guide the layout (0 = off)")
     g.add_argument("--bridges", choices=rq.BRIDGES,
                    help="tiles that compute as one model while they denoise: convolution halos, shared GroupNorm "
-                        "statistics, attention to the other tiles (from the previous step); one alone, or full")
+                        "statistics, attention to the other tiles (see --bridge-step); one alone, or full")
     g.add_argument("--bridge-width", dest="bridge_width", type=int_arg(0, rq.MAX_TILE // 2), metavar="PX",
                    help="attention bridges see a strip this wide along each tile border (0, the default: the "
                         "whole neighbour tiles); at most half a tile")
+    g.add_argument("--bridge-step", dest="bridge_step", choices=rq.BRIDGE_STEPS,
+                   help="where bridges take the neighbours' values from: the previous step (the default; tiles "
+                        "batched freely) or the same step (every tile of a step in one call; each process its own "
+                        "tiles, exchanged at every bridged layer)")
     g.add_argument("--region", dest="region_specs", action="append", default=[], metavar="X0,Y0,X1,Y1:PROMPT",
                    help="a regional prompt over a rectangle (image px; repeatable); the main prompt is the "
                         "background. Options after |, e.g. \"0,0,512,1024:a castle|weight=2|feather=32|negative=fog\"; "

@@ -135,3 +135,32 @@ def test_same_step_refusals_name_the_field():
     with pytest.raises(RequestError, match=r"^bridge_step: same-step bridges run this process's \d+ tiles in one "
                                            r"call, which the host-memory budget holds at most"):
         _generate(bridges="norms", bridge_step="same", width=1024, height=1024, host_memory=1.0)
+
+
+def test_two_gloo_ranks_give_the_same_step_picture_of_one_process(tmp_path):
+    # Same-step bridges with two processes: each runs its own tiles in one call and the ranks sum
+    # every bridged layer's values at that layer (GroupNorm statistics here). The same picture as
+    # one process, up to float summation order.
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from paradiff_gui.cli import main
+
+    args = ["generate", "--model", "builtin:terrain", "--size", "192x192", "--overlap", "64", "--steps", "3",
+            "--seed", "4", "--bridges", "norms", "--bridge-step", "same", "--quiet"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    assert main([*args, "--device", "cpu", "-o", str(tmp_path / "one.png")]) == 0
+    done = subprocess.run([sys.executable, "-m", "paradiff_gui", *args, "--devices", "cpu,cpu", "-o",
+                           str(tmp_path / "two.png")], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    runs = {}
+    for name in ("one", "two"):
+        with Image.open(tmp_path / f"{name}.png") as im:
+            runs[name] = np.asarray(im).astype(np.int64)
+    diff = np.abs(runs["one"] - runs["two"])
+    assert diff.max() <= 32 and diff.mean() < 0.5, (diff.max(), diff.mean())  # of 65535 (see test_bridges)
+    previous = _generate(bridges="norms", seed=4)
+    assert np.abs(runs["two"] - previous.image.astype(np.int64)).mean() > 20  # the ranks bridged the same step

@@ -36,7 +36,7 @@ def requests(sd_like: str) -> list[rq.GenerationRequest]:
                     preview="linear", extra={"terrain_difficulty": 70, "from_elsewhere": "kept"}),
         request_for(sd_like, prompt="a castle", negative_prompt="blur", width=1024, height=512, grid=(2, 3),
                     overlap=64, steps=7, guidance=5.5, sampler="euler_a", seed=9, fusion="uniform",
-                    dtype="fp16", device="cuda:1", bridges="full", bridge_width=64, preview="taesd"),
+                    dtype="fp16", device="cuda:1", bridges="full", bridge_width=64, bridge_step="same", preview="taesd"),
         request_for(sd_like, prompt="a harbour", width=1536, height=768, tile=640, overlap=160, guidance=9.0,
                     sampler="unipc", seed=0, fusion="independent", global_context=1.0),
     ]
@@ -295,3 +295,17 @@ def test_the_bridge_width_is_offered_only_to_attention_bridges(panel, sd_like):
     c.bridges.setCurrentIndex(c.bridges.findData("norms"))  # greyed: the width is not sent
     assert not c.bridge_width.isEnabled() and panel.request().bridge_width == 0
     assert [c.bridges.itemData(i) for i in range(c.bridges.count())] == list(rq.BRIDGES)
+
+
+def test_bridge_values_are_offered_with_bridges_and_say_what_same_step_costs(panel, sd_like):
+    panel.set_request(request_for(sd_like, width=1024, height=1024))
+    c = panel.coherence_form
+    assert not c.bridge_step.isEnabled() and panel.request().bridge_step == "previous"
+    c.bridges.setCurrentIndex(c.bridges.findData("norms"))
+    assert c.bridge_step.isEnabled()
+    c.bridge_step.setCurrentIndex(c.bridge_step.findData("same"))
+    assert (panel.request().bridges, panel.request().bridge_step) == ("norms", "same")
+    tip = c.bridge_step.toolTip()
+    assert "every tile of a step runs in one call" in tip and "memory of all the tiles" in tip
+    c.bridges.setCurrentIndex(c.bridges.findData("off"))  # greyed: not sent
+    assert not c.bridge_step.isEnabled() and panel.request().bridge_step == "previous"

@@ -40,6 +40,18 @@ POSITION_LABELS = {
     "local": "Tile-local (as trained)",
     "canvas": "Canvas (each tile at its place)",
 }
+BRIDGE_STEP_LABELS = {
+    "previous": "Previous step (any batch)",
+    "same": "Same step (every tile in one call)",
+}
+BRIDGE_STEP_TIP = (
+    "Where bridges take the neighbours' values from. Previous step: each tile sees its neighbours as they were "
+    "one step ago, so tiles run in batches of any size; few-step models (the built-in terrain model, turbo/LCM, "
+    "FLUX schnell) can drift, because one step changes a lot. Same step: every tile of a step runs in one call "
+    "and each bridged layer sees all the tiles' values of now (with several GPUs they exchange them at every "
+    "layer) — the picture still does not depend on the batch or the GPUs. It costs the memory of all the "
+    "tiles in one call (the plan summary's estimate; refused up front when it does not fit) and, on a CPU, "
+    "some speed; docs/QUALITY.md has the measured trade-off.")
 # Only attention bridges reach into a strip.
 WIDTH_BRIDGES = ("attention", "full")
 # A diffusion transformer's tiles meet only in attention (no convolution or GroupNorm spans them),
@@ -68,8 +80,8 @@ class CoherenceForm(Form):
         layout.addRow("Global context", self.global_context)
         self.bridges = QComboBox()
         self.bridges.setObjectName("bridges")
-        self.bridges.setToolTip("Tiles that compute as one model while they denoise, with values from their "
-                                "neighbours' previous step")
+        self.bridges.setToolTip("Tiles that compute as one model while they denoise: each bridged layer sees "
+                                "its neighbours' values (from the previous or the same step: Bridge values)")
         for b in rq.BRIDGES:
             self.bridges.addItem(BRIDGE_LABELS[b], b)
         layout.addRow("Bridges", self.bridges)
@@ -81,6 +93,12 @@ class CoherenceForm(Form):
         self.bridge_width.setSpecialValueText("Whole neighbour tiles")
         self.bridge_width.setToolTip("Attention bridges see a strip this wide along each tile border")
         layout.addRow("Bridge width", self.bridge_width)
+        self.bridge_step = QComboBox()
+        self.bridge_step.setObjectName("bridge_step")
+        self.bridge_step.setToolTip(BRIDGE_STEP_TIP)
+        for k in rq.BRIDGE_STEPS:
+            self.bridge_step.addItem(BRIDGE_STEP_LABELS[k], k)
+        layout.addRow("Bridge values", self.bridge_step)
         self.wrap = QComboBox()
         self.wrap.setObjectName("wrap")
         self.wrap.setToolTip("Tiles wrap across these canvas edges, so the picture repeats without a seam "
@@ -104,6 +122,7 @@ class CoherenceForm(Form):
         self.wrap.currentIndexChanged.connect(self._changed)
         self.bridges.currentIndexChanged.connect(self._bridges_changed)
         self.bridge_width.valueChanged.connect(self._changed)
+        self.bridge_step.currentIndexChanged.connect(self._changed)
         self._bridges_changed()
         self.fusion.currentIndexChanged.connect(self._changed)
         self.jitter.toggled.connect(self._changed)
@@ -130,13 +149,15 @@ class CoherenceForm(Form):
 
     def _bridges_changed(self) -> None:
         self.bridge_width.setEnabled(self.bridges.currentData() in WIDTH_BRIDGES)
+        self.bridge_step.setEnabled(self.bridges.currentData() != "off")
         self._follow_bridges()
         self._changed()
 
     def values(self) -> dict[str, Any]:
         return {"fusion": self.fusion.currentData(), "jitter": self.jitter.isChecked(),
                 "global_context": self.global_context.value(), "bridges": self.bridges.currentData(),
-                "bridge_width": self.bridge_width.value(), "wrap": self.wrap.currentData(),
+                "bridge_width": self.bridge_width.value(), "bridge_step": self.bridge_step.currentData(),
+                "wrap": self.wrap.currentData(),
                 "positions": self.positions.currentData()}
 
     def show_values(self, v: FormValues) -> None:
@@ -147,6 +168,8 @@ class CoherenceForm(Form):
             self.bridges.setCurrentIndex(max(0, self.bridges.findData(v.bridges)))
             self.bridge_width.setValue(v.bridge_width)
             self.bridge_width.setEnabled(v.bridges in WIDTH_BRIDGES)
+            self.bridge_step.setCurrentIndex(max(0, self.bridge_step.findData(v.bridge_step)))
+            self.bridge_step.setEnabled(v.bridges != "off")
             self.wrap.setCurrentIndex(max(0, self.wrap.findData(v.wrap)))
             self.positions.setCurrentIndex(max(0, self.positions.findData(v.positions)))
             self._follow_bridges()

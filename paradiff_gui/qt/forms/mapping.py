@@ -56,6 +56,7 @@ class FormValues:
     compile: bool
     host_memory: float = 0.0  # GiB; 0 = no budget (request.host_memory None)
     positions: str = "local"  # coherence.py; diffusion transformers only (request.positions)
+    bridge_step: str = "previous"  # coherence.py: previous | same, with bridges only (greyed otherwise)
     preview: str = "auto"  # performance.py: live previews, auto, linear or taesd (request.preview)
     # options.py: the model's controls by key; ``given`` ones are kept even at their default (the
     # shown request named them), ``carried`` extras have no control and pass through untouched.
@@ -118,6 +119,7 @@ def to_request(info: ModelInfo, v: FormValues) -> GenerationRequest:
         global_context=round(v.global_context, 2),  # the field shows two decimals
         bridges=v.bridges,
         bridge_width=v.bridge_width if v.bridges in ("attention", "full") else 0,  # greyed: not sent
+        bridge_step=v.bridge_step if v.bridges != "off" else "previous",  # greyed: not sent
         wrap=v.wrap,
         positions=v.positions if info.positions else "local",  # greyed for other models: not sent
         tile_batch=v.tile_batch or "auto",
@@ -172,6 +174,7 @@ def from_request(info: ModelInfo, request: GenerationRequest) -> FormValues:
         global_context=request.global_context,
         bridges=request.bridges,
         bridge_width=request.bridge_width,
+        bridge_step=request.bridge_step,
         wrap=request.wrap,
         positions=request.positions,
         tile_batch=0 if request.tile_batch == "auto" else int(request.tile_batch),
