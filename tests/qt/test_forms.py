@@ -36,7 +36,8 @@ def requests(sd_like: str) -> list[rq.GenerationRequest]:
                     preview="linear", extra={"terrain_difficulty": 70, "from_elsewhere": "kept"}),
         request_for(sd_like, prompt="a castle", negative_prompt="blur", width=1024, height=512, grid=(2, 3),
                     overlap=64, steps=7, guidance=5.5, sampler="euler_a", seed=9, fusion="uniform",
-                    dtype="fp16", device="cuda:1", bridges="full", bridge_width=64, bridge_step="same", preview="taesd"),
+                    dtype="fp16", device="cuda:1", bridges="full", bridge_width=64, bridge_step="same",
+                    preview="taesd"),
         request_for(sd_like, prompt="a harbour", width=1536, height=768, tile=640, overlap=160, guidance=9.0,
                     sampler="unipc", seed=0, fusion="independent", global_context=1.0),
     ]
