@@ -69,7 +69,11 @@ VARIANTS: dict[str, tuple[str, BridgeConfig | None]] = {
     "same-norms-window0.5": ("norms", BridgeConfig(halos=False, norms="window", window=0.5, attention=False,
                                                    pool="within")),
     **{f"same-norms-deep{f}": ("norms", BridgeConfig(halos=False, norms="window", attention=False, pool="within",
-                                                     min_factor=f)) for f in (2, 4)},
+                                                     min_factor=f)) for f in (2, 4, 8)},
+    "same-norms-deep4-mean0.5": ("norms", BridgeConfig(halos=False, norms="window", attention=False, pool="within",
+                                                       min_factor=4, mean_share=0.5)),
+    "same-norms-deep4-var0": ("norms", BridgeConfig(halos=False, norms="window", attention=False, pool="within",
+                                                    min_factor=4, var_share=0.0)),
     **{f"same-norms-from{k}": ("norms", BridgeConfig(halos=False, norms="window", attention=False, pool="within",
                                                      first_step=k)) for k in (1, 2, 4)},
     # Previous-step values with within-tile variances (the request's "norms" since issue 24).
