@@ -132,3 +132,23 @@ def test_bridges_a_transformer_cannot_carry_are_refused_by_name(dens, kw, field,
         with pytest.raises(RequestError) as err:
             generate(_request(**kw), denoiser=den, previews=False)
         assert err.value.field == field and says in err.value.message, err.value
+
+
+@pytest.mark.parametrize("kind", ["flux", "sd3"])
+def test_same_step_generation_runs_every_tile_in_one_call_and_leaves_the_model_plain(dens, kind):
+    # The generation-level check (the exactness of a same-step call is the test above: a whole-
+    # canvas generation is not the oracle here, its schedule's shift is the one for the canvas's
+    # size, not the tile's).
+    den = dens[kind]
+    kw = dict(guidance=3.5 if kind == "flux" else 4.0, bridges="attention")
+    calls = []
+    same = generate(_request(bridge_step="same", **kw), lambda e: calls.append(len(e.tiles))
+                    if type(e).__name__ == "BatchStarted" else None, denoiser=den, previews=False)
+    assert len(same.plan) == 4 and calls == [4, 4]  # each of the 2 steps: one call with the 4 tiles
+    previous = generate(_request(tile_batch=1, **kw), denoiser=den, previews=False)
+    off = generate(_request(**{**kw, "bridges": "off"}), denoiser=den, previews=False)
+    assert (same.latents - previous.latents).abs().max().item() > 1e-4  # step 1 saw this step's keys
+    assert (same.latents - off.latents).abs().max().item() > 1e-3
+    layers = flux_attention.attention_modules(den.transformer) if kind == "flux" else \
+        sd3_attention.attention_modules(den.transformer)
+    assert layers and all("attend" not in m.__dict__ for m in layers)

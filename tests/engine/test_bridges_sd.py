@@ -205,3 +205,21 @@ def test_bridgeable_restores_after_an_error(unets):
         raise RuntimeError("boom")
     assert _plain(unet)
     assert [m.processor for m in unet.modules() if isinstance(m, Attention)] == processors
+
+
+def test_same_step_generation_at_overlap_0_with_every_channel_equals_the_whole_canvas(den, sd_folder, monkeypatch):
+    # bridge_step same, every channel over the whole canvas with raw second moments (the exact
+    # configuration): the tiled generation is the whole canvas's, step by step, through the loop.
+    from paradiff_gui.engine.sampling import sampler
+
+    monkeypatch.setattr(sampler, "config_for", lambda *_: BridgeConfig())
+    calls = []
+    bridged = _generate(den, sd_folder, tile=64, overlap=0, bridges="full", bridge_step="same",
+                        on_event=lambda e: calls.append(len(e.tiles)) if type(e).__name__ == "BatchStarted" else None)
+    assert len(bridged.plan) == 9 and calls == [9, 9, 9]  # 3x3 tiles meeting edge to edge, every step one call
+    whole = _generate(den, sd_folder, tile=256, overlap=0)  # one tile: the canvas (192 px)
+    assert len(whole.plan) == 1
+    scale = whole.latents.abs().max().item()
+    assert (bridged.latents - whole.latents).abs().max().item() < 1e-4 * scale
+    plain = _generate(den, sd_folder, tile=64, overlap=0)
+    assert (plain.latents - whole.latents).abs().max().item() > 1e-2 * scale  # tiles alone are not it
