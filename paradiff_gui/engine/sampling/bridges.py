@@ -25,10 +25,13 @@ receives is kept compactly: only the layer pixels that some tile reads (for a 3�
 a one-pixel ring around each tile), summed over the tiles that cover them and divided by how
 many do.
 
-``fresh=True`` takes the neighbours' values from the same call (all tiles must be in one batch):
-with overlap 0 and every channel on (``norms="canvas"``, ``reach=None``), the tiled call equals
-one call of the model on the whole canvas — the proof that the bridges carry everything a tile
-border cuts (``tests/engine/test_bridges.py``). ``fresh=False`` (the mode for generation) takes
+``fresh=True`` takes the neighbours' values from the same call (all the process's tiles in one
+batch; with several processes ``reduce`` sums each bridged layer's values over them at that layer):
+with overlap 0 and every channel on (``norms="canvas"``, ``pool="total"``, ``reach=None``), the
+tiled call equals one call of the model on the whole canvas — the proof that the bridges carry
+everything a tile border cuts (``tests/engine/test_bridges.py``) — and it is generation's
+``bridge_step same`` (``config_for(..., same_step=True)``). ``fresh=False`` (``bridge_step
+previous``, the default) takes
 the neighbours' values from the **previous step** (DistriFusion, Li et al. 2024): a tile's own
 values are always current, every other tile's come from step t−1, so the picture does not
 depend on how tiles are batched or which GPU runs them; :meth:`Bridge.end_step` closes a step
