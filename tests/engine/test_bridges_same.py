@@ -164,3 +164,29 @@ def test_two_gloo_ranks_give_the_same_step_picture_of_one_process(tmp_path):
     assert diff.max() <= 32 and diff.mean() < 0.5, (diff.max(), diff.mean())  # of 65535 (see test_bridges)
     previous = _generate(bridges="norms", seed=4)
     assert np.abs(runs["two"] - previous.image.astype(np.int64)).mean() > 20  # the ranks bridged the same step
+
+
+def test_out_of_memory_in_a_same_step_call_names_bridge_step_and_does_not_halve(monkeypatch):
+    # Halving the batch would change a same-step picture (each half would see only its own tiles).
+    from paradiff_gui.engine import events
+    from paradiff_gui.engine.core.request import RequestError
+    from paradiff_gui.engine.models.registry import _CACHE
+
+    _generate(bridges="off", steps=1)  # the model, loaded and kept
+    (den,) = _CACHE.values()
+    plain = den.predict
+    sizes = []
+
+    def tight(x, t, tiles, cond):
+        sizes.append(len(tiles))
+        if den.bridge is not None:
+            raise torch.OutOfMemoryError("CUDA out of memory (fake)")
+        return plain(x, t, tiles, cond)
+
+    monkeypatch.setattr(den, "predict", tight)
+    notices = []
+    with pytest.raises(RequestError, match=r"^bridge_step: same-step bridges run 4 tiles in one call, which does not "
+                                           r"fit in the memory of cpu: use bridge_step previous"):
+        _generate(bridges="norms", bridge_step="same",
+                  on_event=lambda e: notices.append(e.message) if isinstance(e, events.Notice) else None)
+    assert sizes == [4] and not any(n.startswith("out of memory") for n in notices)
