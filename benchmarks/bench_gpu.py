@@ -16,7 +16,9 @@ values; nothing is downloaded). Measures, on the same card in the same process:
 7. a 16384² SD1.5 generation (one step) to the end: peak VRAM, peak host memory, decode method;
 8. Paradiff at batch B again with ``--compile`` (torch.compile, channels-last);
 9. bridges (issue 12): ms per view at 2048² with full and attention bridges against bridges off,
-   the same request otherwise (target: full ≤ 1.15× off);
+   the same request otherwise (target: full ≤ 1.15× off); and same-step bridges (issue 24, norms
+   and full with ``bridge_step same``: every tile of a step in one call, against bridges off with
+   every tile in one call too; target ≤ 1.3× per view);
 10. the exact tiled decode alone at 4096² and 8192²: where its stage canvases go, time, VRAM;
 11. FLUX.1-dev and SD3.5-large, random weights of the real configurations in bf16 (bench_dit.py):
     ms per view of Paradiff's predict against the bare transformer (target ≤ 1.10×), 2048² and 4096²
@@ -308,17 +310,28 @@ def main() -> int:
                              tile=den.native_tile, steps=3 if args.smoke else 10, seed=1, sampler="euler",
                              tile_batch=B)
     per_view = {}
-    for bridges in ("off", "full", "attention"):
-        r = req9.replace(bridges=bridges)
+    every = len(TilePlan.for_request(req9, den.scale, den.native_tile).tiles)
+    # Same-step bridges run every tile of a step in one call; like with like, they are compared
+    # with bridges off at that batch too ("off-all"), the others with off at B.
+    for name in ("off", "full", "attention", "norms", "off-all", "norms-same", "full-same"):
+        bridges, _, how = name.partition("-")
+        r = req9.replace(bridges=bridges, **({"bridge_step": "same", "tile_batch": "auto"} if how == "same" else
+                                             {"tile_batch": every} if how == "all" else {}))
         generate(r.replace(steps=2), denoiser=den, previews=False)  # warm-up (ring geometry, kernels)
         times9, _ = step_times(r, den)
         tiles9 = len(TilePlan.for_request(r, den.scale, den.native_tile).tiles)
-        per_view[bridges] = statistics.median(times9[1:]) / tiles9 * 1000
+        per_view[name] = statistics.median(times9[1:]) / tiles9 * 1000
     log("bridges_2048", {"size": size9, "tile_batch": B, "steps": req9.steps,
                          "ms_per_view": {k: round(v, 3) for k, v in per_view.items()},
                          "full_to_off": round(per_view["full"] / per_view["off"], 3),
                          "attention_to_off": round(per_view["attention"] / per_view["off"], 3),
-                         "timed": "median step time over steps 1.., divided by the plan's tiles; previews on"})
+                         "norms_to_off": round(per_view["norms"] / per_view["off"], 3),
+                         "tiles": every,
+                         "norms_same_to_off_all": round(per_view["norms-same"] / per_view["off-all"], 3),
+                         "full_same_to_off_all": round(per_view["full-same"] / per_view["off-all"], 3),
+                         "timed": "median step time over steps 1.., divided by the plan's tiles; previews on; "
+                                  "same-step: every tile of a step in one call, against off-all (off, every tile in "
+                                  "one call); the rest at B against off"})
 
     # 10. The exact tiled decode alone (issue 14): SD1.5's VAE at 4096² and 8192², where the
     #     planner puts its stage canvases (memory, or spilled to $PARADIFF_SCRATCH), its time and

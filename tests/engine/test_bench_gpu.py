@@ -26,7 +26,11 @@ def test_bench_gpu_smoke_run_writes_every_section(tmp_path):
     assert set(decodes) == {"512x512", "1024x1024"} and r["exact_decode"]["timed"]
     assert all(d["where"] in ("memory", "disk") and d["seconds"] > 0 for d in decodes.values())
     br = r["bridges_2048"]
-    assert set(br["ms_per_view"]) == {"off", "full", "attention"} and all(v > 0 for v in br["ms_per_view"].values())
+    assert set(br["ms_per_view"]) == {"off", "full", "attention", "norms", "off-all", "norms-same", "full-same"}
+    assert all(v > 0 for v in br["ms_per_view"].values())
+    # Same-step bridges (every tile in one call) against bridges off at that same batch: like with like.
+    a, b = br["ms_per_view"]["norms-same"], br["ms_per_view"]["off-all"]
+    assert abs(br["norms_same_to_off_all"] - a / b) <= (a / b) * (5e-4 / a + 5e-4 / b) * 1.01 + 5e-4
     a, b = br["ms_per_view"]["full"], br["ms_per_view"]["off"]
     assert abs(br["full_to_off"] - a / b) <= (a / b) * (5e-4 / a + 5e-4 / b) * 1.01 + 5e-4
     assert r["end_to_end_16384"]["size"] == [2048, 2048] and r["end_to_end_16384"]["decode"]
