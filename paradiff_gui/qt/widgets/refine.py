@@ -11,22 +11,17 @@ from pathlib import Path
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QDialog,
-    QDialogButtonBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
-    QPushButton,
     QSpinBox,
     QWidget,
 )
 
 from ...engine.core.regions import MAX_FEATHER
-from ...engine.core.request import DEFAULT_REFINE_FEATHER, DEFAULT_REFINE_STRENGTH, RequestError
-from ...engine.io.export import format_for
-from .upscale import EXPORT_FILTERS
+from ...engine.core.request import DEFAULT_REFINE_FEATHER, DEFAULT_REFINE_STRENGTH
+from .output import add_output_rows, output_problem
 
 
 class RefineDialog(QDialog):
@@ -62,47 +57,14 @@ class RefineDialog(QDialog):
         self.feather.setToolTip("The soft border centred on the selection's edge (image px); outside it the "
                                 "picture stays bit for bit")
         form.addRow("Feather", self.feather)
-        self.output = QLineEdit(str(output))
-        self.output.setObjectName("refine_output")
-        self.output.setToolTip("A new file: the source is never overwritten")
-        browse = QPushButton("Browse…")
-        browse.clicked.connect(self._browse)
-        row = QHBoxLayout()
-        row.addWidget(self.output, 1)
-        row.addWidget(browse)
-        form.addRow("Output", row)
-        self.error = QLabel()
-        self.error.setObjectName("refine_error")
-        self.error.setStyleSheet("color: #e5534b")
-        self.error.setWordWrap(True)
-        self.error.setVisible(False)
-        form.addRow(self.error)
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
-        buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Refine")
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        self.buttons = buttons
-        form.addRow(buttons)
+        self.output, self.error, self.buttons = add_output_rows(
+            self, form, "refine", "A new file: the source is never overwritten", "Refine", "Refine to")
+        self.output.setText(str(output))
         self.output.textEdited.connect(lambda *_: self.error.setVisible(False))
-
-    def _browse(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Refine to", self.output.text(), EXPORT_FILTERS)
-        if path:
-            self.output.setText(path)
 
     def problem(self) -> str | None:
         """What is wrong with the output, naming the field; None if nothing."""
-        text = self.output.text().strip()
-        if not text:
-            return "output: give the file the refined picture is written to (.png, .tif, .webp or .jpg)"
-        try:
-            format_for(text)
-        except RequestError as exc:
-            return f"output: {exc.message}"
-        folder = Path(text).expanduser().parent
-        if not folder.is_dir():
-            return f"output: the folder {folder} does not exist"
-        return None
+        return output_problem(self.output.text(), "refined")
 
     def accept(self) -> None:
         problem = self.problem()

@@ -16,7 +16,6 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
-    QDialogButtonBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -28,13 +27,13 @@ from PySide6.QtWidgets import (
 )
 
 from ...engine.core import request as rq
-from ...engine.io.export import FORMATS, format_for
+from ...engine.io.export import FORMATS
 from ..forms.start import anchor_box, strength_box
+from .output import add_output_rows, output_problem
 
 SIZES = (1, 2, 4)  # keep, ×2, ×4
 DEFAULT_ANCHORS = {1: 0, 2: 2, 4: 4}  # a restyle to k× the size keeps its source with anchor k (none at 1×)
 IMAGE_FILTER = "Images (" + " ".join(f"*{e}" for f in FORMATS.values() for e in f.extensions) + ")"
-EXPORT_FILTERS = ";;".join(f.file_filter for f in FORMATS.values())
 
 
 def restyle_size(width: int, height: int, scale: int) -> tuple[int, int]:
@@ -113,27 +112,9 @@ class RestyleDialog(QDialog):
         form.addRow("Size", row)
         self.anchor = anchor_box("restyle_anchor")
         form.addRow("Keep large shapes", self.anchor)
-        self.output = QLineEdit()
-        self.output.setObjectName("restyle_output")
-        self.output.setToolTip("The restyled picture's file, with its recipe; the source is never written")
-        browse_out = QPushButton("Browse…")
-        browse_out.clicked.connect(self._browse_output)
-        row = QHBoxLayout()
-        row.addWidget(self.output, 1)
-        row.addWidget(browse_out)
-        form.addRow("Output", row)
-        self.error = QLabel()
-        self.error.setObjectName("restyle_error")
-        self.error.setStyleSheet("color: #e5534b")
-        self.error.setWordWrap(True)
-        self.error.setVisible(False)
-        form.addRow(self.error)
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
-        buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Restyle")
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        self.buttons = buttons
-        form.addRow(buttons)
+        self.output, self.error, self.buttons = add_output_rows(
+            self, form, "restyle", "The restyled picture's file, with its recipe; the source is never written",
+            "Restyle", "Restyle to", self._output_named)
         self.scale.currentIndexChanged.connect(self._follow)
         self.anchor.activated.connect(self._anchor_chosen)
         self.output.textEdited.connect(self._output_named)
@@ -185,26 +166,13 @@ class RestyleDialog(QDialog):
         if path:
             self._set_source(path)
 
-    def _browse_output(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Restyle to", self.output.text(), EXPORT_FILTERS)
-        if path:
-            self.output.setText(path)
-            self._output_named()
-
     # -- the answer ---------------------------------------------------------------------------------
 
     def problem(self) -> str | None:
         """What is wrong with the fields, naming the field (the picture's own checks follow on the pool)."""
         if not self.source.text().strip():
             return "init_image: choose the picture to restyle (Browse…, or Current picture)"
-        text = self.output.text().strip()
-        if not text:
-            return "output: give the file the restyled picture is written to (.png, .tif, .webp or .jpg)"
-        try:
-            format_for(text)
-        except rq.RequestError as exc:
-            return f"output: {exc.message}"
-        return None
+        return output_problem(self.output.text(), "restyled")
 
     def show_problem(self, message: str) -> None:
         self.error.setText(message)

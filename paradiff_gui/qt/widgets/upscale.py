@@ -14,22 +14,16 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
-    QDialogButtonBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
-    QPushButton,
     QWidget,
 )
 
 from ...engine.api.upscale import DEFAULT_UPSCALE_STRENGTH, SCALES
 from ...engine.core import request as rq
-from ...engine.io.export import FORMATS, format_for
-
-EXPORT_FILTERS = ";;".join(f.file_filter for f in FORMATS.values())
+from .output import add_output_rows, output_problem
 
 
 class UpscaleDialog(QDialog):
@@ -69,27 +63,9 @@ class UpscaleDialog(QDialog):
         self.strength.setValue(DEFAULT_UPSCALE_STRENGTH)
         self.strength.setToolTip("How much of each pass is re-drawn: low keeps the picture, 1 draws anew")
         form.addRow("Strength", self.strength)
-        self.output = QLineEdit()
-        self.output.setObjectName("upscale_output")
-        self.output.setToolTip("The last pass's file; the passes before it are written beside it (NAME-x2.png…)")
-        browse = QPushButton("Browse…")
-        browse.clicked.connect(self._browse)
-        row = QHBoxLayout()
-        row.addWidget(self.output, 1)
-        row.addWidget(browse)
-        form.addRow("Output", row)
-        self.error = QLabel()
-        self.error.setObjectName("upscale_error")
-        self.error.setStyleSheet("color: #e5534b")
-        self.error.setWordWrap(True)
-        self.error.setVisible(False)
-        form.addRow(self.error)
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
-        buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Upscale")
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        self.buttons = buttons
-        form.addRow(buttons)
+        self.output, self.error, self.buttons = add_output_rows(
+            self, form, "upscale", "The last pass's file; the passes before it are written beside it (NAME-x2.png…)",
+            "Upscale", "Upscale to", self._edited)
         self.scale.currentIndexChanged.connect(self._scale_changed)
         self.output.textEdited.connect(self._edited)
         self._scale_changed()
@@ -106,29 +82,13 @@ class UpscaleDialog(QDialog):
             self.output.setText(str(self.default_output(k)))
         self.error.setVisible(False)
 
-    def _browse(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Upscale to", self.output.text(), EXPORT_FILTERS)
-        if path:
-            self.output.setText(path)
-            self._edited()
-
     def problem(self) -> str | None:
         """What is wrong with the values, naming the field and what is allowed; None if nothing."""
         k = self.scale.currentData()
         w, h = self.source_size
         if max(w, h) * k > rq.MAX_SIZE:
             return f"scale: ×{k} makes {w * k}×{h * k} px; each side may be at most {rq.MAX_SIZE} px"
-        text = self.output.text().strip()
-        if not text:
-            return "output: give the file the upscaled picture is written to (.png, .tif, .webp or .jpg)"
-        try:
-            format_for(text)
-        except rq.RequestError as exc:
-            return f"output: {exc.message}"
-        folder = Path(text).expanduser().parent
-        if not folder.is_dir():
-            return f"output: the folder {folder} does not exist"
-        return None
+        return output_problem(self.output.text(), "upscaled")
 
     def accept(self) -> None:
         problem = self.problem()
